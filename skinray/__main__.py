@@ -1,0 +1,3 @@
+from skinray.cli import main
+
+raise SystemExit(main())

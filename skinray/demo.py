@@ -1,0 +1,112 @@
+"""The whole pipeline on an embedded default: synth → prepare → train → evaluate → score → query.
+
+No internet and no data needed; ``weights`` and ``ham10000`` switch the same demo to real weights and images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any, Callable
+
+from skinray import storage
+from skinray.config import SkinrayConfig
+
+SMALL = {"image.size": 96, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 4}
+REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3}
+
+
+def _apply(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
+    data = cfg.model_dump(by_alias=True)
+    for key, value in values.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    return SkinrayConfig.model_validate(data)
+
+
+def run_demo(out: str, n: int = 480, weights: str | None = None, ham10000: str | None = None,
+             epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None,
+             log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    from skinray.evaluate import evaluate
+    from skinray.prepare import prepare
+    from skinray.query import preset_sql, run_query
+    from skinray.score import score
+    from skinray.synth import generate
+    from skinray.train import train
+
+    t0 = time.time()
+    out = storage.normalize(out)
+    cfg = base_config or SkinrayConfig()
+    settings = dict(REAL if weights else SMALL)
+    if weights:
+        settings["train.weights"] = weights
+    if epochs:
+        settings["train.epochs"] = epochs
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    if ham10000:
+        manifest = os.path.join(ham10000, "HAM10000_metadata.csv")
+        images_root = os.path.join(ham10000, "images")
+        score_input = manifest
+        log(f"using HAM10000 from {ham10000}")
+    else:
+        data = os.path.join(out, "data")
+        log(f"generating {n} synthetic images in {data}")
+        generate(data, n, image_size=128, schema="isic", seed=7, corrupt=3, missing=3, storage=cfg.storage)
+        manifest, images_root, score_input = os.path.join(data, "metadata.csv"), os.path.join(data, "images"), None
+        score_input = images_root
+    settings.update({
+        "prepare.manifest": manifest, "prepare.images": images_root, "prepare.out": os.path.join(out, "prepared"),
+        "train.prepared": os.path.join(out, "prepared"), "train.out": os.path.join(out, "model"),
+        "train.workers": workers,
+        "evaluate.model": os.path.join(out, "model"), "evaluate.prepared": os.path.join(out, "prepared"),
+        "evaluate.out": os.path.join(out, "report"),
+        "score.model": os.path.join(out, "model"), "score.input": score_input, "score.images": images_root,
+        "score.out": os.path.join(out, "scores"), "score.date": today,
+    })
+    cfg = _apply(cfg, settings)
+
+    log("prepare")
+    prep = prepare(cfg, log)
+    log("train")
+    meta = train(cfg, log)
+    log("evaluate")
+    ev = evaluate(cfg, log)
+    log("score")
+    run = score(cfg, log)
+    top = run_query(cfg.score.out, preset_sql("top_suspicious", 5, today), cfg.storage)
+    counts = run_query(cfg.score.out, preset_sql("daily_counts"), cfg.storage)
+
+    at, rk = ev["at_threshold"], ev["ranking"]
+    ci = ev.get("roc_auc_ci95") or [None, None]
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        "skinray demo finished in %.0f s" % (time.time() - t0),
+        f"  data      {prep['rows_in']} rows → kept {prep['kept']}, rejected {prep['rejected']} "
+        f"{prep['rejected_by_reason']}",
+        "  splits    " + ", ".join(f"{k} {v['rows']}" for k, v in prep["splits"].items()),
+        f"  model     {cfg.train.out} (best epoch {meta['training']['best_epoch']}/"
+        f"{meta['training']['epochs_run']}, threshold {meta['threshold']['threshold']:.3f}, "
+        f"ONNX parity {meta['onnx']['parity_max_abs_diff']:.1e})",
+        f"  test      ROC-AUC {f(rk['roc_auc'])} [{f(ci[0])}, {f(ci[1])}], sensitivity {f(at['sensitivity'])}, "
+        f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}",
+        f"  scored    {run['scored']} images, {run['failed']} failed {run['failed_by_reason']} "
+        f"({run['images_per_second_overall']} img/s) → {run['output']}",
+        "",
+        "files written:",
+        f"  {cfg.prepare.out}/manifest.parquet, rejects.parquet, report.json",
+        f"  {cfg.train.out}/model.keras, model.onnx, skinray.json",
+        f"  {cfg.evaluate.out}/report.md, metrics.json, predictions.parquet, roc.png, pr.png, confusion.png, "
+        "calibration.png, score_histogram.png",
+        f"  {cfg.score.out}/runs/{run['run_id']}/run.json, " + ", ".join(run.get("pngs", [])),
+        "",
+        "top suspicious images today:",
+        top.to_string(index=False),
+        "",
+        "daily counts:",
+        counts.to_string(index=False),
+    ]
+    return {"text": "\n".join(lines), "prepare": prep, "evaluate": ev, "score": run}

@@ -1,0 +1,150 @@
+"""The one place where a file becomes pixels: used by prepare (checks), train, evaluate, score and predict.
+
+Train/serve skew is the classic bug of this field, so the model directory records ``preprocessing_spec`` and
+every consumer calls :func:`decode` with it. Scaling to MobileNetV2's [-1, 1] lives inside the model itself.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from skinray.config import ImageConfig
+
+PREPROCESSING_VERSION = 1
+# Our own pixel limit is checked first; PIL's bomb error stays as a second guard.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``reason`` is a short stable code stored in rejects and score errors."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def preprocessing_spec(cfg: ImageConfig) -> dict[str, Any]:
+    return {
+        "version": PREPROCESSING_VERSION,
+        "decoder": "PIL",
+        "size": cfg.size,
+        "resize": cfg.resize,
+        "resample": "bilinear",
+        "color": "RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit",
+        "dtype": "float32 in [0, 255]; the model scales to [-1, 1] (MobileNetV2)",
+        "max_pixels": cfg.max_pixels,
+    }
+
+
+def image_config_from_spec(spec: dict[str, Any]) -> ImageConfig:
+    return ImageConfig(size=spec["size"], resize=spec["resize"], max_pixels=spec.get("max_pixels", 64_000_000))
+
+
+def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
+    if not data:
+        raise ImageError("empty", "zero-byte file")
+    if len(data) > cfg.max_bytes:
+        raise ImageError("too_large", f"{len(data)} bytes > {cfg.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageError("not_image", "not a recognised image format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_many_pixels", str(exc)) from exc
+    except Exception as exc:  # PIL raises many types on garbage headers
+        raise ImageError("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    w, h = img.size
+    if w * h > cfg.max_pixels:
+        raise ImageError("too_many_pixels", f"{w}x{h} > {cfg.max_pixels} pixels")
+    if w < 1 or h < 1:
+        raise ImageError("undecodable", "zero-size image")
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if (mode.startswith("I;16") or arr.max() > 255) else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _resize(img: Image.Image, size: int, mode: str) -> Image.Image:
+    w, h = img.size
+    if mode == "center_crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    elif mode == "pad":
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), (0, 0, 0))
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = canvas
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return img
+
+
+def decode(data: bytes, cfg: ImageConfig) -> np.ndarray:
+    """Bytes → ``uint8`` array (size, size, 3), or :class:`ImageError` with a reason code."""
+    img = _open(data, cfg)
+    try:
+        if img.format == "JPEG":
+            # Decode at a reduced DCT scale that is still >= the target size: 2-4x faster on large photos.
+            target = (cfg.size, cfg.size)
+            if cfg.resize == "center_crop":
+                short = min(img.size)
+                scale = cfg.size / short
+                target = (int(img.size[0] * scale) + 1, int(img.size[1] * scale) + 1)
+            img.draft("RGB", target)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        img = _resize(img, cfg.size, cfg.resize)
+        arr = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated data, bad Huffman tables, broken PNG chunks...
+        raise ImageError("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    if arr.shape != (cfg.size, cfg.size, 3):
+        raise ImageError("undecodable", f"unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def check(data: bytes, cfg: ImageConfig) -> tuple[str | None, int | None, int | None]:
+    """(reason or None, width, height): a full but cheap decode (reduced DCT scale for JPEG).
+
+    ``Image.verify`` alone misses truncated files, so the pixels are really decoded.
+    """
+    try:
+        img = _open(data, cfg)
+        w, h = img.size
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+        img.load()
+        _to_rgb(img)
+    except ImageError as exc:
+        return exc.reason, None, None
+    except Exception:
+        return "undecodable", None, None
+    return None, w, h

@@ -1,0 +1,119 @@
+"""Shared fixtures: a real S3 endpoint (moto server on 127.0.0.1), one local Ray per session, sample data, a model.
+
+The S3 variables are set before Ray starts so that Ray's worker processes inherit them, exactly as on a cluster
+whose nodes carry AWS settings in their environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HAM10000 = REPO.parent / "shared" / "data" / "ham10000"
+BUCKET = "skinray-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A moto S3 server process; the AWS variables point the default credential chain and endpoint at it."""
+    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start")
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    })
+    from skinray.storage import boto3_client
+
+    boto3_client().create_bucket(Bucket=BUCKET)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One local Ray for the whole session (started after the S3 variables exist)."""
+    from skinray.runtime import ensure_ray
+
+    ray = ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory, s3_endpoint) -> dict:
+    """Synthetic data with planted faults, locally and (the same files) on S3."""
+    from skinray import storage
+    from skinray.synth import generate
+
+    root = tmp_path_factory.mktemp("sample")
+    summary = generate(str(root), 96, image_size=64, schema="isic", malignant_fraction=0.3, seed=3, corrupt=4,
+                       missing=3)
+    s3_root = f"s3://{BUCKET}/sample"
+    storage.upload_dir(str(root), s3_root)
+    return {"local": str(root), "s3": s3_root, "summary": summary}
+
+
+def tiny_train_overrides(prepared: str, out: str) -> dict:
+    return {
+        "train.prepared": prepared, "train.out": out, "train.workers": 2, "train.epochs": 2,
+        "train.batch_size": 8, "train.weights": "none", "train.alpha": 0.35, "image.size": 32,
+    }
+
+
+@pytest.fixture(scope="session")
+def prepared(sample, ray_session, tmp_path_factory) -> str:
+    from skinray.config import load_config
+    from skinray.prepare import prepare
+
+    out = str(tmp_path_factory.mktemp("prepared"))
+    cfg = load_config(overrides={"prepare.manifest": f"{sample['local']}/metadata.csv",
+                                 "prepare.images": f"{sample['local']}/images", "prepare.out": out})
+    prepare(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(prepared, tmp_path_factory) -> str:
+    """A small model trained by the real 2-worker Ray Train path (weights none, 32 px, alpha 0.35)."""
+    from skinray.config import load_config
+    from skinray.train import train
+
+    out = str(tmp_path_factory.mktemp("model"))
+    train(load_config(overrides=tiny_train_overrides(prepared, out)))
+    return out
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The installed command line in a fresh process (as a user or a Ray job would run it)."""
+    return subprocess.run([sys.executable, "-m", "skinray", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)

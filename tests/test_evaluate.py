@@ -1,0 +1,48 @@
+"""evaluate: the report's numbers are exactly scikit-learn's on predictions.parquet."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score,
+                             precision_score, recall_score, roc_auc_score)
+
+from skinray.config import load_config
+from skinray.evaluate import evaluate
+
+pytestmark = pytest.mark.slow
+
+
+def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_path):
+    out = str(tmp_path / "report")
+    cfg = load_config(overrides={"evaluate.model": model_dir, "evaluate.prepared": prepared, "evaluate.out": out,
+                                 "evaluate.bootstrap": 200})
+    report = evaluate(cfg)
+    pred = pd.read_parquet(os.path.join(out, "predictions.parquet"))
+    test_rows = pd.read_parquet(os.path.join(prepared, "manifest.parquet")).query("split == 'test'")
+    assert len(pred) == len(test_rows) and set(pred.isic_id) == set(test_rows.isic_id)
+    ok = pred[pred.error.isna()]
+    y, p = ok.label.to_numpy(), ok.prob_malignant.to_numpy()
+    thr = report["at_threshold"]["threshold"]
+    yhat = (p >= thr).astype(int)
+    at = report["at_threshold"]
+    assert report["ranking"]["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert report["ranking"]["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    assert report["ranking"]["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert at["accuracy"] == pytest.approx(accuracy_score(y, yhat))
+    assert at["sensitivity"] == pytest.approx(recall_score(y, yhat))
+    assert at["specificity"] == pytest.approx(recall_score(1 - y, 1 - yhat))
+    if yhat.sum():
+        assert at["precision"] == pytest.approx(precision_score(y, yhat))
+        assert at["f1"] == pytest.approx(f1_score(y, yhat))
+    assert (ok.predicted == pd.Series(yhat, index=ok.index).map({0: "benign", 1: "malignant"})).all()
+    lo, hi = report["roc_auc_ci95"]
+    assert lo <= report["ranking"]["roc_auc"] <= hi
+    assert json.load(open(os.path.join(out, "metrics.json")))["n"] == len(ok)
+    assert "ROC-AUC" in open(os.path.join(out, "report.md")).read()
+    for png in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png"):
+        Image.open(os.path.join(out, png)).verify()
+    assert {g["group"] for g in report["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",
+                                                                   "unknown"}

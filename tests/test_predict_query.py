@@ -1,0 +1,43 @@
+import os
+
+import pytest
+from PIL import Image
+
+from skinray.predict import predict
+from skinray.query import preset_sql, query, run_query
+from skinray.score import score
+from skinray.config import load_config
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
+    images = sorted(os.listdir(f"{sample['local']}/images"))[:5]
+    paths = [f"{sample['local']}/images/{p}" for p in images] + [str(tmp_path / "missing.jpg")]
+    sheet = str(tmp_path / "sheet.png")
+    df = predict(model_dir, paths, sheet=sheet)
+    assert len(df) == 6 and df["error"].iloc[-1].startswith("missing")
+    ok = df[df.error.isna()]
+    assert ok["prob_malignant"].between(0, 1).all() and set(ok["predicted"]) <= {"benign", "malignant"}
+    Image.open(sheet).verify()
+    proc = run_cli("predict", "--model", model_dir, *paths[:2], "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence")
+
+
+def test_query_presets_and_sql(sample, model_dir, ray_session, tmp_path):
+    out = str(tmp_path / "scores")
+    for date in ("2026-11-24", "2026-11-25"):
+        score(load_config(overrides={"score.model": model_dir, "score.input": f"{sample['local']}/images",
+                                     "score.out": out, "score.date": date}))
+    counts = run_query(out, preset_sql("daily_counts"))
+    assert counts["scored_date"].astype(str).tolist() == ["2026-11-24", "2026-11-25"]
+    top = run_query(out, preset_sql("top_suspicious", 3, "2026-11-25"))
+    assert len(top) == 3 and top["prob_malignant"].is_monotonic_decreasing
+    assert '"predicted"' in query(out, "SELECT predicted, count(*) AS n FROM scores GROUP BY 1", fmt="json")
+    proc = run_cli("query", out, "--top-suspicious", "2", "--format", "csv")
+    assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) == 3
+    bad = run_cli("query", out, "SELECT nope FROM scores")
+    assert bad.returncode == 2 and "query failed" in bad.stderr

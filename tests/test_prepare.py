@@ -1,0 +1,87 @@
+"""prepare: every input row ends up kept or rejected with its reason, locally and through S3."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from skinray import storage
+from skinray.config import load_config
+from skinray.prepare import load_prepared, prepare
+
+from conftest import BUCKET, run_cli
+
+
+def _prepare(manifest: str, images: str, out: str, **extra):
+    cfg = load_config(overrides={"prepare.manifest": manifest, "prepare.images": images, "prepare.out": out,
+                                 **extra})
+    return prepare(cfg)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_planted_faults_are_rejected_by_reason(where, sample, ray_session, tmp_path):
+    root = sample[where]
+    out = str(tmp_path / "prepared") if where == "local" else f"s3://{BUCKET}/prepared-test"
+    report = _prepare(f"{root}/metadata.csv", f"{root}/images", out)
+    s = sample["summary"]
+    rejects = storage.read_parquet(storage.join(out, "rejects.parquet")).to_pandas()
+    kept = load_prepared(out)
+    assert report["rows_in"] == s["n"] == len(kept) + len(rejects)
+    assert set(rejects.loc[rejects.reason == "missing", "isic_id"]) == set(s["missing_ids"])
+    assert set(rejects.loc[rejects.reason != "missing", "isic_id"]) == set(s["corrupt_ids"])
+    assert sum(report["rejected_by_reason"].values()) == s["corrupt"] + s["missing"]
+    assert report["lesions_in_two_splits"] == 0
+    assert kept["age_approx"].notna().all() and kept["anatom_site_general"].notna().all()
+    assert set(kept.columns) >= {"isic_id", "image_uri", "label", "benign_malignant", "split", "lesion_id"}
+    saved = storage.read_text(storage.join(out, "config.yaml"))
+    assert "manifest:" in saved and json.dumps(report["splits"])  # config saved next to the output
+
+
+def test_manifest_level_rejects_and_imputation(tmp_path, sample, ray_session):
+    images = f"{sample['local']}/images"
+    good = sorted(set(pd.read_csv(f"{sample['local']}/metadata.csv")["isic_id"])
+                  - set(sample["summary"]["missing_ids"]) - set(sample["summary"]["corrupt_ids"]))
+    rows = [
+        {"isic_id": good[0], "benign_malignant": "benign", "age_approx": 40, "anatom_site_general": ""},
+        {"isic_id": good[1], "benign_malignant": "malignant", "age_approx": None, "anatom_site_general": "head/neck"},
+        {"isic_id": good[0], "benign_malignant": "benign", "age_approx": 40, "anatom_site_general": ""},  # dup
+        {"isic_id": "", "benign_malignant": "benign", "age_approx": 50, "anatom_site_general": ""},
+        {"isic_id": "../../etc/passwd", "benign_malignant": "benign", "age_approx": 50, "anatom_site_general": ""},
+        {"isic_id": good[2], "benign_malignant": "indeterminate", "age_approx": 50, "anatom_site_general": ""},
+    ] + [{"isic_id": g, "benign_malignant": "malignant" if i % 3 == 0 else "benign", "age_approx": 60,
+          "anatom_site_general": "back"} for i, g in enumerate(good[3:30])]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    report = _prepare(str(manifest), images, str(tmp_path / "out"))
+    assert report["rejected_by_reason"] == {"duplicate_id": 1, "empty_id": 1, "unsafe_id": 1, "unknown_label": 1}
+    assert report["kept"] + report["rejected"] == len(rows)
+    kept = load_prepared(str(tmp_path / "out"))
+    assert kept.loc[kept.isic_id == good[0], "anatom_site_general"].item() == "unknown"
+    train_median = report["imputed"]["age_approx"]["value"]
+    assert kept.loc[kept.isic_id == good[1], "age_approx"].item() == pytest.approx(train_median)
+
+
+def test_ham10000_schema_with_image_template(tmp_path, ray_session):
+    from skinray.synth import generate
+
+    s = generate(str(tmp_path / "ham"), 30, image_size=48, schema="ham10000", seed=1)
+    report = _prepare(f"{tmp_path}/ham/metadata.csv", f"{tmp_path}/ham/images", str(tmp_path / "out"))
+    assert report["schema"] == "ham10000" and report["kept"] == s["n"]
+    assert report["lesion_grouped"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--manifest", "/nope/m.csv", "--images", "/nope", "--out", "/tmp/x"], "manifest not found"),
+    (["--manifest", "MANIFEST", "--images", "/nope", "--out", "/tmp/x", "--schema", "weird"], "invalid choice"),
+    (["--manifest", "s3://no-such-bucket-skinray/m.csv", "--images", "s3://x", "--out", "/tmp/x",
+      "--endpoint-url", "http://127.0.0.1:9"], "cannot access"),
+    (["--manifest", "EMPTY", "--images", "/nope", "--out", "/tmp/x"], "no rows"),
+])
+def test_bad_arguments_exit_with_one_line(args, message, sample, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("isic_id,benign_malignant\n")
+    args = [a.replace("MANIFEST", f"{sample['local']}/metadata.csv").replace("EMPTY", str(empty)) for a in args]
+    proc = run_cli("prepare", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,75 @@
+import json
+
+import pandas as pd
+import pytest
+
+from skinray import SkinrayError, schema
+
+
+def test_detects_both_schemas():
+    assert schema.detect_schema(["image_id", "dx", "lesion_id"]) == "ham10000"
+    assert schema.detect_schema(["isic_id", "benign_malignant"]) == "isic"
+    with pytest.raises(SkinrayError, match="schema"):
+        schema.detect_schema(["foo", "bar"])
+
+
+def test_ham10000_mapping():
+    raw = pd.DataFrame({"lesion_id": ["L1", "L1", "L2"], "image_id": ["a", "b", "c"], "dx": ["mel", "mel", "nv"],
+                        "age": ["60.0", "", "35"], "sex": ["male", "female", "unknown"],
+                        "localization": ["back", "face", "acral"]})
+    c = schema.to_canonical(raw, "auto", ["mel", "bcc", "akiec"])
+    assert c["label"].tolist() == [1, 1, 0]
+    assert c["benign_malignant"].tolist() == ["malignant", "malignant", "benign"]
+    assert c["anatom_site_general"].tolist() == ["posterior torso", "head/neck", "palms/soles"]
+    assert pd.isna(c["age_approx"][1]) and c["age_approx"][0] == 60
+    assert c["sex"].tolist() == ["male", "female", "unknown"]
+    assert c.attrs["schema"] == "ham10000"
+    c2 = schema.to_canonical(raw, "ham10000", ["nv"])
+    assert c2["label"].tolist() == [0, 0, 1]  # the malignant set is configurable
+
+
+def test_isic_labels_unknown_become_na():
+    raw = pd.DataFrame({"isic_id": ["x", "y", "z"], "benign_malignant": ["benign", "indeterminate", "Malignant"]})
+    c = schema.to_canonical(raw, "isic", [])
+    assert c["label"].tolist()[0] == 0 and pd.isna(c["label"][1]) and c["label"][2] == 1
+    with pytest.raises(SkinrayError, match="label column"):
+        schema.to_canonical(raw.drop(columns="benign_malignant"), "isic", [])
+    unlabeled = schema.to_canonical(raw.drop(columns="benign_malignant"), "auto", [], labels_required=False)
+    assert unlabeled["label"].isna().all()
+
+
+@pytest.mark.parametrize("value, unsafe", [
+    ("ISIC_1", False), ("a.b", False), ("../etc/passwd", True), ("..", True), ("a/b", True), ("a\\b", True),
+    ("~root", True),
+])
+def test_unsafe_ids(value, unsafe):
+    assert schema.unsafe_id(value) is unsafe
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_read_manifest_formats_lose_no_rows(tmp_path, fmt):
+    df = pd.DataFrame({"isic_id": ["a", "b", ""], "benign_malignant": ["benign", None, "malignant"],
+                       "age_approx": [45, None, 70]})
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "parquet":
+        df.to_parquet(path)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))
+    assert len(schema.read_manifest(str(path))) == 3
+
+
+def test_read_manifest_rejects_unknown_format(tmp_path):
+    (tmp_path / "m.xlsx").write_bytes(b"x")
+    with pytest.raises(SkinrayError, match="unknown format"):
+        schema.read_manifest(str(tmp_path / "m.xlsx"))
+
+
+def test_image_uri_resolution():
+    assert schema.resolve_image_uri("a", None, "s3://b/img", "{images}/{isic_id}.jpg", {}) == "s3://b/img/a.jpg"
+    assert schema.resolve_image_uri("a", "sub/a.png", "/data", "{images}/{isic_id}.jpg", {}) == "/data/sub/a.png"
+    assert schema.resolve_image_uri("a", "s3://x/y.jpg", "/data", "", {}) == "s3://x/y.jpg"
+    assert schema.resolve_image_uri("a", None, "/d", "{images}/{site}/{isic_id}.jpg", {"site": "s"}) == "/d/s/a.jpg"
+    with pytest.raises(SkinrayError, match="--images"):
+        schema.resolve_image_uri("a", None, None, "{images}/{isic_id}.jpg", {})

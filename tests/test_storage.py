@@ -1,0 +1,78 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from skinray import SkinrayError, storage
+from skinray.storage import StorageConfig
+
+from conftest import BUCKET
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path, s3_endpoint):
+    if request.param == "local":
+        return str(tmp_path)
+    return f"s3://{BUCKET}/storage-test/{os.urandom(4).hex()}"
+
+
+def test_bytes_json_parquet_roundtrip(root):
+    storage.write_bytes(storage.join(root, "a", "b.bin"), b"xyz")
+    assert storage.read_bytes(storage.join(root, "a", "b.bin")) == b"xyz"
+    storage.write_json(storage.join(root, "r.json"), {"k": [1, 2]})
+    assert storage.read_json(storage.join(root, "r.json")) == {"k": [1, 2]}
+    table = pa.table({"x": [1, 2, 3]})
+    storage.write_parquet(table, storage.join(root, "t.parquet"))
+    assert storage.read_parquet(storage.join(root, "t.parquet")).equals(table)
+    assert storage.exists(storage.join(root, "a", "b.bin"))
+    assert storage.is_dir(storage.join(root, "a"))
+    assert not storage.exists(storage.join(root, "nope"))
+
+
+def test_list_files_skips_hidden_and_staging(root):
+    for name in ("x/1.jpg", "x/2.PNG", "x/_staging/3.jpg", "x/.hidden.jpg", "x/readme.txt"):
+        storage.write_bytes(storage.join(root, name), b"1")
+    files = storage.list_files(storage.join(root, "x"), suffixes=(".jpg", ".png"))
+    assert [f.rsplit("/", 1)[1] for f in files] == ["1.jpg", "2.PNG"]
+
+
+def test_publish_dir_moves_everything(root):
+    storage.write_bytes(storage.join(root, "stage", "p-0.parquet"), b"0")
+    storage.write_bytes(storage.join(root, "stage", "p-1.parquet"), b"1")
+    storage.publish_dir(storage.join(root, "stage"), storage.join(root, "final", "run"))
+    assert not storage.exists(storage.join(root, "stage"))
+    assert storage.read_bytes(storage.join(root, "final", "run", "p-1.parquet")) == b"1"
+
+
+def test_local_write_is_atomic(tmp_path):
+    target = tmp_path / "f.bin"
+    storage.write_bytes(str(target), b"old")
+    storage.write_bytes(str(target), b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["f.bin"]  # no temp files left behind
+
+
+def test_missing_and_unreachable_give_clear_errors(s3_endpoint):
+    with pytest.raises(SkinrayError, match="not found"):
+        storage.read_bytes("/definitely/not/here.csv")
+    bad = StorageConfig(endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    with pytest.raises(SkinrayError, match="cannot access s3://"):
+        storage.exists("s3://some-bucket/x", bad)
+
+
+def test_endpoint_and_region_resolution(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    cfg = StorageConfig()
+    assert cfg.resolved_endpoint() == "http://127.0.0.1:1234"
+    assert cfg.resolved_region() == "eu-west-1"
+    assert StorageConfig(endpoint_url="http://x:1", region="us-west-2").resolved_region() == "us-west-2"
+    fs, path = storage.filesystem("s3://bucket/key", StorageConfig(endpoint_url="http://127.0.0.1:1234"))
+    assert path == "bucket/key"
+
+
+def test_uri_normalisation(tmp_path):
+    assert storage.normalize(f"file://{tmp_path}/x/") == f"{tmp_path}/x"
+    assert storage.normalize("s3://b/p/") == "s3://b/p"
+    assert storage.join("s3://b/p", "q", "r.json") == "s3://b/p/q/r.json"

@@ -1,0 +1,81 @@
+"""Ray Train: 2 workers, MultiWorkerMirroredStrategy, checkpoints, resume after a killed worker, the artifact."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from skinray import SkinrayError
+from skinray.config import load_config
+from skinray.model import ModelArtifact
+from skinray.train import train
+
+from conftest import run_cli, tiny_train_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
+    art = ModelArtifact.open(model_dir)
+    meta = art.meta
+    assert meta["training"]["config"]["train"]["workers"] == 2
+    assert meta["training"]["global_batch_size"] == 16
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert 0 < meta["threshold"]["threshold"] < 1 and meta["threshold"]["policy"] == "youden"
+    assert meta["onnx"]["parity_max_abs_diff"] < 1e-4
+    assert meta["preprocessing"]["size"] == 32
+    assert len(meta["data"]["fingerprint"]) == 64
+    assert meta["versions"]["ray"] and meta["weights_source"].startswith("none")
+    model = art.load_keras()  # safe_mode=True
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    p = np.asarray(model(x, training=False)).reshape(-1)
+    assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+    assert os.path.exists(os.path.join(model_dir, "config.yaml"))
+
+
+def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
+    over = tiny_train_overrides(prepared, str(tmp_path / "m"))
+    over.update({"train.epochs": 3, "train.fail_after_epoch": 1, "train.max_failures": 1, "train.run_name": "fault"})
+    meta = train(load_config(overrides=over))
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert meta["training"]["epochs_run"] == 3
+    marker = tmp_path / "m" / "_ray" / "fault" / "_injected_failure_done"
+    assert marker.exists()  # the failure really happened once
+
+
+def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_session, tmp_path):
+    over = tiny_train_overrides(prepared, str(tmp_path / "m"))
+    over.update({"train.epochs": 1, "train.run_name": "again"})
+    first = train(load_config(overrides=over))
+    over["train.epochs"] = 2
+    second = train(load_config(overrides=over))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]  # epoch 1 came from the checkpoint, not a new run
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"train.weights": "/no/such/weights.h5"}, "weights file not found"),
+    ({"train.weights": "imagenet", "image.size": 40}, "ImageNet MobileNetV2 weights exist for image sizes"),
+])
+def test_bad_training_input_is_one_clear_error(extra, message, prepared, tmp_path):
+    over = {**tiny_train_overrides(prepared, str(tmp_path / "m")), **extra}
+    with pytest.raises(SkinrayError, match=message):
+        train(load_config(overrides=over))
+
+
+def test_one_class_and_missing_prepared_data(tmp_path, prepared):
+    import pandas as pd
+
+    from skinray import storage
+
+    df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
+    one = tmp_path / "one"
+    one.mkdir()
+    df.assign(label=0).to_parquet(one / "manifest.parquet")
+    (one / "report.json").write_text(json.dumps({}))
+    with pytest.raises(SkinrayError, match="one class only"):
+        train(load_config(overrides=tiny_train_overrides(str(one), str(tmp_path / "m"))))
+    proc = run_cli("train", "--prepared", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and "not a prepared dataset" in proc.stderr and "Traceback" not in proc.stderr
+    assert storage.exists(prepared)
