@@ -42,8 +42,11 @@ def preprocessing_spec(cfg: ImageConfig) -> dict[str, Any]:
     }
 
 
-def image_config_from_spec(spec: dict[str, Any]) -> ImageConfig:
-    return ImageConfig(size=spec["size"], resize=spec["resize"], max_pixels=spec.get("max_pixels", 64_000_000))
+def image_config_from_spec(spec: dict[str, Any], guards: ImageConfig | None = None) -> ImageConfig:
+    """Pixels as the model was trained (size, resize), input guards (bomb and byte limits) as this run says."""
+    guards = guards or ImageConfig(max_pixels=spec.get("max_pixels", ImageConfig().max_pixels))
+    return ImageConfig(size=spec["size"], resize=spec["resize"], max_pixels=guards.max_pixels,
+                       max_bytes=guards.max_bytes)
 
 
 def _open(data: bytes, cfg: ImageConfig) -> Image.Image:

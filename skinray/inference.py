@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from skinray import SkinrayError, images, storage
+from skinray.config import ImageConfig
 from skinray.metrics import apply_temperature
 from skinray.model import ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.storage import StorageConfig
@@ -126,11 +127,12 @@ class ImagePredictor:
     """
 
     def __init__(self, model_uri: str, storage_cfg: StorageConfig | None = None, engine: str = "onnx",
-                 use_gpu: bool = False, threads: int = 1, tta: bool = False) -> None:
+                 use_gpu: bool = False, threads: int = 1, tta: bool = False,
+                 image_guards: ImageConfig | None = None) -> None:
         self.storage_cfg = storage_cfg or StorageConfig()
         self.artifact = ModelArtifact.open(model_uri, self.storage_cfg)
         self.engine = make_engine(self.artifact, engine, use_gpu, threads)
-        self.image_cfg = images.image_config_from_spec(self.artifact.meta["preprocessing"])
+        self.image_cfg = images.image_config_from_spec(self.artifact.meta["preprocessing"], image_guards)
         self.tta = tta
         self.threshold = self.artifact.threshold
         self.temperature = self.artifact.temperature

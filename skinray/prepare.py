@@ -31,7 +31,7 @@ REJECT_REASONS = {
     "not_image": "the file is not an image",
     "undecodable": "the image is truncated or corrupt",
 }
-ROWS_PER_BLOCK = 2000
+ROWS_PER_BLOCK = 20_000  # bench/bench_prepare.py: 1.55x faster than 2,000 at 200k rows
 
 
 def _read_and_check(uri: str, storage_cfg: StorageConfig, image_cfg: ImageConfig
@@ -72,7 +72,7 @@ def check_images(rows: pd.DataFrame, cfg: SkinrayConfig) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame({"_row": [], "reason": [], "width": [], "height": []})
     ensure_ray()
-    blocks = max(cluster_cpus() * 2, int(np.ceil(len(rows) / ROWS_PER_BLOCK)))
+    blocks = max(cluster_cpus() * 4, int(np.ceil(len(rows) / ROWS_PER_BLOCK)))
     ds = dataset_from_frame(rows[["_row", "image_uri"]].reset_index(drop=True), blocks)
     checked = ds.map_batches(
         check_images_batch,

@@ -133,7 +133,9 @@ def _pipeline(todo: pd.DataFrame, cfg: SkinrayConfig) -> Any:
         actors = s.actors or gpus
     else:
         actors = s.actors or max(1, int(cluster_cpus() // s.cpus_per_actor))
-    blocks = max(actors * 4, int(np.ceil(len(todo) / (s.batch_size * 8))))
+    # Small blocks: rows reach the driver (and its Parquet parts) a block at a time, so a block of a few batches
+    # keeps memory flat and progress smooth; per-block overhead is small next to decode + inference.
+    blocks = max(actors * 4, int(np.ceil(len(todo) / (s.batch_size * 2))))
     ds = dataset_from_frame(todo, blocks)
     return ds.map_batches(
         inference.ImagePredictor,
@@ -144,6 +146,7 @@ def _pipeline(todo: pd.DataFrame, cfg: SkinrayConfig) -> Any:
             "use_gpu": s.use_gpu,
             "threads": max(1, int(s.cpus_per_actor)),
             "tta": s.tta,
+            "image_guards": cfg.image,
         },
         batch_size=s.batch_size,
         batch_format="pandas",
@@ -247,7 +250,7 @@ def score(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
     todo = rows[~rows["input_row"].isin(done)].reset_index(drop=True)
     log(f"run {run_id}: {len(rows):,} inputs, {len(done):,} already scored, {len(todo):,} to score "
         f"with {s.engine} (model {artifact.model_id})")
-    first_row_at = None
+    first_row_at, first_rows = None, 0
     t_pipeline = time.time()
     actors = 0
     if len(todo):
@@ -268,7 +271,7 @@ def score(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
 
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
             if first_row_at is None:
-                first_row_at = time.time()
+                first_row_at, first_rows = time.time(), len(batch)
             buffer.append(batch)
             buffered += len(batch)
             if buffered >= s.part_rows:
@@ -286,9 +289,9 @@ def score(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
 
     n_failed = int(result["error"].notna().sum())
     errors_by_reason = result["error"].dropna().str.split(":").str[0].value_counts().to_dict()
-    steady = None
-    if first_row_at is not None and len(todo) > 0 and finished > first_row_at:
-        steady = round(len(todo) / (finished - first_row_at), 1)
+    steady = None  # rows after the first batch over the time after it: start-up (model load, warm-up) excluded
+    if first_row_at is not None and len(todo) > first_rows and finished > first_row_at:
+        steady = round((len(todo) - first_rows) / (finished - first_row_at), 1)
     summary: dict[str, Any] = {
         "run_id": run_id,
         "scored_date": date,

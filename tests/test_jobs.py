@@ -47,7 +47,7 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     for name in sorted(os.listdir(f"{sample['local']}/images"))[:12]:
         os.link(f"{sample['local']}/images/{name}", day / name)
     entrypoint = (f"{sys.executable} jobs/score.py --model {model_dir} --input-root {tmp_path / 'incoming'} "
-                  f"--date 2026-11-25 --out {out}")
+                  f"--date 2026-11-25 --out {out} --set score.max_failure_fraction=0.5")
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO),
                                                                    "excludes": [".venv", ".git", "demo-out"]})
     deadline = time.time() + 420
@@ -59,6 +59,9 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     df = scores_dataset(str(out)).to_table().to_pandas()
     assert len(df) == 12 and str(df["scored_date"].iloc[0]) == "2026-11-25"
+    # planted corrupt files among the 12 are rows with an error, not a failed job
+    corrupt = {f"{i}.jpg" for i in sample["summary"]["corrupt_ids"]}
+    assert set(df[df.error.notna()].image_uri.str.rsplit("/", n=1).str[-1]) == corrupt & set(os.listdir(day))
     # Ray Jobs do not retry: re-submitting the same night is safe and writes nothing twice.
     again = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO),
                                                                   "excludes": [".venv", ".git", "demo-out"]})

@@ -71,9 +71,9 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     by_name = df.set_index(df["image_uri"].str.rsplit("/", n=1).str[-1])
     for name, reason in BAD.items():
         assert by_name.loc[name, "error"].startswith(reason), (name, by_name.loc[name, "error"])
-        assert np.isnan(by_name.loc[name, "prob_malignant"])
+        assert pd.isna(by_name.loc[name, "prob_malignant"])
     for name in VALID_ODD:
-        assert by_name.loc[name, "error"] is None and 0 <= by_name.loc[name, "prob_malignant"] <= 1
+        assert pd.isna(by_name.loc[name, "error"]) and 0 <= by_name.loc[name, "prob_malignant"] <= 1
     ok = df[df.error.isna()]
     assert ((ok.prob_malignant >= ok.threshold) == (ok.predicted == "malignant")).all()
     assert summary["failed"] == len(BAD) and summary["failed_by_reason"] == {r: 1 for r in BAD.values()}

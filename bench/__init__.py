@@ -1,0 +1,1 @@
+"""Benchmarks for skinray: see bench/README.md."""
