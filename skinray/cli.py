@@ -23,6 +23,8 @@ def _log(msg: str) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration")
     g.add_argument("--config", metavar="YAML", help="config file (local or s3://); flags override it")
+    g.add_argument("--recipe", metavar="NAME", help="start from a named training recipe: seed (the notebook's, "
+                   "for comparison) or improved (the default's settings, spelled out); file and flags override it")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set train.learning_rate=3e-4 (repeatable)")
     g.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--split", choices=["train", "val", "test"])
     p.add_argument("--engine", choices=["onnx", "tf"])
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
 
     p = add("score", "score an image set (manifest or folder) into date-partitioned Parquet", """
         skinray score --model out/model --input data/sample/images --out out/scores
@@ -107,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--actors", type=int)
     p.add_argument("--gpu", action="store_true", default=None, help="one GPU per actor (onnxruntime-gpu)")
-    p.add_argument("--tta", action="store_true", default=None, help="average over flips")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
 
     p = add("predict", "predict a few images now (no Ray) and optionally draw a contact sheet", """
         skinray predict --model out/model img1.jpg img2.jpg --sheet sheet.png""")
@@ -115,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--sheet", help="write a PNG contact sheet of the images with their predictions")
     p.add_argument("--engine", choices=["onnx", "tf"], default="onnx")
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     p = add("query", "SQL over scoring output (DuckDB view `scores`) or a preset", """
@@ -149,7 +155,7 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
               "epochs": "train.epochs", "batch_size": "train.batch_size", "image_size": "image.size",
               "weights": "train.weights", "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
-                 "split": "evaluate.split", "engine": "score.engine"},
+                 "split": "evaluate.split", "engine": "score.engine", "tta": "score.tta"},
     "score": {"model": "score.model", "input": "score.input", "out": "score.out", "images": "score.images",
               "run_id": "score.run_id", "date": "score.date", "engine": "score.engine",
               "batch_size": "score.batch_size", "actors": "score.actors", "gpu": "score.use_gpu", "tta": "score.tta"},
@@ -166,7 +172,7 @@ def build_config(args: argparse.Namespace) -> SkinrayConfig:
         from skinray import storage
 
         overrides["score.input"] = storage.join(args.input_root, args.date)
-    return load_config(args.config, overrides, args.sets)
+    return load_config(args.config, overrides, args.sets, args.recipe)
 
 
 def _print_json(obj: Any) -> None:

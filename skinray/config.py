@@ -5,6 +5,7 @@ The resolved config is written next to every output (``config.yaml``) so that an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -53,6 +54,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)  # per worker; the global batch is batch_size * workers
     learning_rate: float = Field(1e-3, gt=0)
     alpha: float = 1.0
+    # mobilenet: MobileNetV2's own [-1, 1], what its ImageNet weights expect; unit: the seed's [0, 1] (kept only so
+    # the seed recipe stays reproducible). Either way it is a layer inside the model, so scoring needs no setting.
+    input_scaling: Literal["mobilenet", "unit"] = "mobilenet"
     weights: str = "imagenet"  # imagenet | none | a local or s3 path to a weights file
     dropout: float = Field(0.3, ge=0, lt=1)
     dense_units: int = Field(64, ge=1)
@@ -65,7 +69,11 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(0, ge=0)  # 0 = off
     threshold_policy: Literal["youden", "sensitivity", "fixed"] = "youden"
     target_sensitivity: float | None = Field(None, gt=0, le=1)
-    calibrate: bool = True  # temperature scaling fitted on validation
+    # fitted on validation: platt = temperature and bias (needed after class weights), temperature, or none
+    calibration: Literal["platt", "temperature", "none"] = "platt"
+    # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
+    # evaluate/score/predict average over flips by default (recorded as ``tta`` in skinray.json)
+    tta: bool = False
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)
@@ -102,10 +110,11 @@ class ScoreConfig(_Section):
     part_rows: int = Field(5000, ge=1)  # rows per committed part file: the unit of resume
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
     top_k: int = Field(24, ge=0)
-    tta: bool = False
+    tta: bool | None = None  # None = as the model was calibrated (skinray.json "tta")
 
 
 class SkinrayConfig(_Section):
+    recipe: str | None = None  # the named recipe this config started from (skinray/recipes/NAME.yaml)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
@@ -141,12 +150,38 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+RECIPES_DIR = Path(__file__).with_name("recipes")
+
+
+def recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A named training recipe: a YAML layer shipped in the package (``seed``: the notebook; ``improved``)."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SkinrayError(f"unknown recipe {name!r}; choose one of {recipes()}")
+    return {**(yaml.safe_load(path.read_text()) or {}), "recipe": name}
+
+
 def load_config(
     path: str | None = None,
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    recipe: str | None = None,
 ) -> SkinrayConfig:
-    """Defaults ← YAML file (local or S3) ← ``--set`` strings ← explicit overrides (CLI flags)."""
+    """Defaults ← recipe ← YAML file (local or S3) ← ``--set`` strings ← explicit overrides (CLI flags).
+
+    A YAML file may name its own ``recipe:``; ``recipe`` (``--recipe``) wins over it.
+    """
     data: dict[str, Any] = {}
     if path:
         from skinray import storage
@@ -157,6 +192,9 @@ def load_config(
             raise SkinrayError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise SkinrayError(f"config file {path} must hold a mapping of sections")
+    recipe = recipe or data.get("recipe")
+    if recipe:
+        data = _merge(load_recipe(recipe), {**data, "recipe": recipe})
     for text in sets or []:
         _set_path(data, *parse_override(text))
     for key, value in (overrides or {}).items():

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, metrics, storage
+from skinray import SkinrayError, inference, metrics, storage
 from skinray.config import SkinrayConfig
 from skinray.model import ModelArtifact
 from skinray.prepare import load_prepared
@@ -49,7 +49,9 @@ def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: li
         f"{report['n']} images, {report['n_pos']} malignant. Model trained on "
         f"{meta['data']['train_rows']} images; threshold {at['threshold']:.3f} chosen on validation "
         f"({meta['threshold'].get('policy')}); probabilities calibrated by "
-        f"{meta['calibration']['method']} (T = {meta['calibration']['temperature']:.3f}).",
+        f"{meta['calibration']['method']} (T = {meta['calibration']['temperature']:.3f}, "
+        f"bias {meta['calibration'].get('bias', 0.0):+.3f}); "
+        f"{'scores averaged over flips (TTA)' if report.get('tta') else 'no test-time augmentation'}.",
         "",
         f"- ROC-AUC **{f(r['roc_auc'])}** (95% bootstrap CI {f(ci[0])}–{f(ci[1])}), PR-AUC {f(r['pr_auc'])}",
         f"- Brier {f(r['brier'])}, ECE {f(r['ece'])}, sensitivity at 90% specificity "
@@ -95,7 +97,8 @@ def evaluate(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -
         "age_band": metrics.grouped_report(ok, "age_band", thr),
     }
     report.update(split=e.split, model_id=artifact.model_id, failed=int(len(failed)),
-                  threshold_policy=artifact.meta["threshold"], calibration=artifact.meta["calibration"])
+                  threshold_policy=artifact.meta["threshold"], calibration=artifact.meta["calibration"],
+                  tta=inference.model_tta(artifact) if cfg.score.tta is None else cfg.score.tta)
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
             metrics.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),

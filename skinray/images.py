@@ -37,7 +37,7 @@ def preprocessing_spec(cfg: ImageConfig) -> dict[str, Any]:
         "resize": cfg.resize,
         "resample": "bilinear",
         "color": "RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit",
-        "dtype": "float32 in [0, 255]; the model scales to [-1, 1] (MobileNetV2)",
+        "dtype": "float32 in [0, 255]; the model scales its own input (architecture.input_scaling)",
         "max_pixels": cfg.max_pixels,
     }
 

@@ -16,7 +16,6 @@ import pandas as pd
 
 from skinray import SkinrayError, images, storage
 from skinray.config import ImageConfig
-from skinray.metrics import apply_temperature
 from skinray.model import ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.storage import StorageConfig
 
@@ -89,6 +88,11 @@ def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = F
     return OnnxEngine(artifact.path(ONNX_FILE), use_gpu=use_gpu, threads=threads)
 
 
+def model_tta(artifact: ModelArtifact) -> bool:
+    """Whether the model's threshold and temperature were fitted on flip-averaged scores (then score that way)."""
+    return bool(artifact.meta.get("tta", False))
+
+
 def predict_arrays(engine: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
     """Raw probabilities; with ``tta`` the mean over the image and its horizontal and vertical flips."""
     if not tta:
@@ -127,15 +131,14 @@ class ImagePredictor:
     """
 
     def __init__(self, model_uri: str, storage_cfg: StorageConfig | None = None, engine: str = "onnx",
-                 use_gpu: bool = False, threads: int = 1, tta: bool = False,
+                 use_gpu: bool = False, threads: int = 1, tta: bool | None = None,
                  image_guards: ImageConfig | None = None) -> None:
         self.storage_cfg = storage_cfg or StorageConfig()
         self.artifact = ModelArtifact.open(model_uri, self.storage_cfg)
         self.engine = make_engine(self.artifact, engine, use_gpu, threads)
         self.image_cfg = images.image_config_from_spec(self.artifact.meta["preprocessing"], image_guards)
-        self.tta = tta
+        self.tta = model_tta(self.artifact) if tta is None else tta
         self.threshold = self.artifact.threshold
-        self.temperature = self.artifact.temperature
         self.pool = ThreadPoolExecutor(IO_THREADS)
 
     @classmethod
@@ -158,7 +161,7 @@ class ImagePredictor:
         prob = np.full(len(batch), np.nan, dtype=np.float32)
         if ok:
             x = np.stack([decoded[i] for i in ok]).astype(np.float32)
-            prob[ok] = apply_temperature(predict_arrays(self.engine, x, self.tta), self.temperature)
+            prob[ok] = self.artifact.calibrate(predict_arrays(self.engine, x, self.tta))
         predicted, confidence = label_predictions(prob, self.threshold)
         errors = [None if isinstance(d, np.ndarray) else d for d in decoded]
         out = batch.copy()

@@ -433,8 +433,27 @@ def fit_temperature(y_true: ArrayLike, prob: ArrayLike) -> float:
     return float(res.x)
 
 
-def apply_temperature(prob: ArrayLike, temperature: float) -> np.ndarray:
-    """Rescale probabilities by a fitted temperature; float32 out, same shape as ``prob``."""
+def fit_platt(y_true: ArrayLike, prob: ArrayLike) -> tuple[float, float]:
+    """Temperature T and bias b for sigmoid(logit(p) / T + b), by unregularised logistic regression on the logit.
+
+    The bias is what temperature alone cannot fix: training with class weights shifts every logit by about
+    log(w_malignant / w_benign), so a class-weighted model's raw scores overstate malignancy at every level.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y, p = _validate(y_true, prob)
+    if not _two_classes(y):
+        raise ValueError("fit_platt needs both classes in y_true")
+    z = _logits(p).reshape(-1, 1)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(z, y)
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if not (a > 1.0 / TEMPERATURE_BOUNDS[1]):  # scores anti- or un-correlated with the label: keep the ranking
+        return fit_temperature(y, p), 0.0
+    return float(min(1.0 / a, TEMPERATURE_BOUNDS[1])), b
+
+
+def apply_temperature(prob: ArrayLike, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """sigmoid(logit(p) / T + bias): the fitted calibration; float32 out, same shape as ``prob``."""
     t = float(temperature)
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -442,7 +461,7 @@ def apply_temperature(prob: ArrayLike, temperature: float) -> np.ndarray:
     if p.ndim == 0:
         raise ValueError("prob must be an array, got a scalar")
     _as_prob(p.ravel())
-    return expit(_logits(p) / t).astype(np.float32)
+    return expit(_logits(p) / t + float(bias)).astype(np.float32)
 
 
 # --- plots -----------------------------------------------------------------------------------------------------

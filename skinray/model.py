@@ -56,7 +56,7 @@ def sha256_file(path: str) -> str:
 
 
 def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imagenet", dense_units: int = 64,
-                dropout: float = 0.3, freeze_base: bool | None = None) -> Any:
+                dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet") -> Any:
     """Input 0–255 floats → MobileNetV2 scaling ([-1, 1]) → frozen base → GAP → Dense → Dropout → sigmoid.
 
     The scaling is a layer so the exported model needs nothing but resized RGB pixels. ``freeze_base`` defaults to
@@ -71,7 +71,10 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
             "choose one of those or pass --weights none/PATH"
         )
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_scaling")(inputs)
+    if input_scaling == "unit":  # the seed's [0, 1]: does not match the ImageNet weights; kept for its recipe
+        x = keras.layers.Rescaling(1.0 / 255.0, name="unit_scaling")(inputs)
+    else:
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_scaling")(inputs)
     try:
         base = keras.applications.MobileNetV2(
             input_shape=(image_size, image_size, 3), include_top=False, weights=weights, alpha=alpha
@@ -94,7 +97,6 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
-    base._name = "mobilenet_v2_base"
     # A pretrained base keeps BatchNorm in inference mode, also when its top layers are fine-tuned later.
     x = base(x, training=False) if frozen else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
@@ -105,7 +107,10 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
 
 
 def base_of(model: Any) -> Any:
-    return model.get_layer("mobilenet_v2_base")
+    """The MobileNetV2 base: the one nested model among the layers (Keras names it after alpha and size)."""
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 def unfreeze_top(model: Any, n_layers: int) -> int:
@@ -198,6 +203,16 @@ class ModelArtifact:
     @property
     def temperature(self) -> float:
         return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def calibration_bias(self) -> float:
+        return float(self.meta.get("calibration", {}).get("bias", 0.0))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw sigmoid scores → calibrated ``prob_malignant`` (the fit stored in skinray.json)."""
+        from skinray.metrics import apply_temperature
+
+        return apply_temperature(raw, self.temperature, self.calibration_bias)
 
     @property
     def image_size(self) -> int:

@@ -14,11 +14,12 @@ from skinray.storage import StorageConfig
 
 
 def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | None = None, engine: str = "onnx",
-            tta: bool = False, sheet: str | None = None) -> pd.DataFrame:
+            tta: bool | None = None, sheet: str | None = None) -> pd.DataFrame:
     """One row per image (``error`` set where it cannot be read); writes a PNG contact sheet when asked."""
     storage_cfg = storage_cfg or StorageConfig()
     artifact = ModelArtifact.open(model_uri, storage_cfg)
     eng = inference.make_engine(artifact, engine)
+    tta = inference.model_tta(artifact) if tta is None else tta
     image_cfg = images.image_config_from_spec(artifact.meta["preprocessing"])
     rows: list[dict[str, Any]] = []
     arrays: list[np.ndarray | None] = []
@@ -33,7 +34,7 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
     prob = np.full(len(image_uris), np.nan, dtype=np.float32)
     if ok:
         x = np.stack([arrays[i] for i in ok]).astype(np.float32)
-        prob[ok] = metrics.apply_temperature(inference.predict_arrays(eng, x, tta), artifact.temperature)
+        prob[ok] = artifact.calibrate(inference.predict_arrays(eng, x, tta))
     predicted, confidence = inference.label_predictions(prob, artifact.threshold)
     df = pd.DataFrame(rows)
     df.insert(1, "prob_malignant", prob)

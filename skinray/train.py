@@ -108,7 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total_epochs = t["epochs"] + (t["fine_tune_epochs"] if t["fine_tune_layers"] else 0)
 
     with strategy.scope():
-        model = build_model(image_cfg.size, t["alpha"], weights_arg, t["dense_units"], t["dropout"])
+        model = build_model(image_cfg.size, t["alpha"], weights_arg, t["dense_units"], t["dropout"],
+                            input_scaling=t["input_scaling"])
 
     def make_optimizer(phase: int) -> Any:
         with strategy.scope():
@@ -124,12 +125,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              "best_val": None}
     checkpoint = ray.train.get_checkpoint()
     phase = 1
+    best_weights = None  # the fine-tuning phase starts from the best head, not the last
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = json.loads(open(os.path.join(d, STATE_FILE)).read())
             phase = 2 if state["epoch"] >= t["epochs"] else 1
             optimizer = make_optimizer(phase)
-            model.load_weights(os.path.join(d, LAST_WEIGHTS))
+            if os.path.exists(os.path.join(d, BEST_WEIGHTS)):
+                model.load_weights(os.path.join(d, BEST_WEIGHTS))
+                best_weights = model.get_weights()
+            if not (phase == 2 and not any(h["phase"] == 2 for h in state["history"])):
+                model.load_weights(os.path.join(d, LAST_WEIGHTS))
             saved = np.load(os.path.join(d, OPTIMIZER_FILE))
             for i, var in enumerate(optimizer.variables):
                 if f"v{i}" in saved and tuple(saved[f"v{i}"].shape) == tuple(var.shape):
@@ -158,6 +164,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     predict_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def all_sum(v: np.ndarray) -> np.ndarray:
+        per_replica = strategy.run(tf.identity, args=(tf.constant(v),))
+        return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = _shard_rows(ray.train.get_dataset_shard("val"))  # every rank: same weights → same decisions
     decode_pool, prefetch = ThreadPoolExecutor(DECODE_THREADS), ThreadPoolExecutor(1)
@@ -168,9 +178,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         part_rng = np.random.default_rng(rng.integers(2**31)) if t["augment"] else None
         return _decode_rows(part, storage_cfg, image_cfg, decode_pool, part_rng, t["vertical_flip"])
 
-    for epoch in range(state["epoch"], total_epochs):
-        if epoch == t["epochs"] and phase == 1:
-            phase = 2
+    epoch = state["epoch"]
+    phase_start = t["epochs"] if phase == 2 else 0
+    while epoch < total_epochs:
+        if epoch >= t["epochs"] and phase == 1:
+            phase, phase_start = 2, epoch
+            if best_weights is not None:
+                model.set_weights(best_weights)
             optimizer = make_optimizer(2)
             train_step = tf.function(train_step.python_function)  # retrace with the new trainable set
         started = time.time()
@@ -186,9 +200,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             losses.append(float(train_step(tf.constant(x), tf.constant(y), tf.constant(float(len(part) * world)))))
         epoch_time = time.time() - started
 
-        prob = np.concatenate([np.asarray(predict_fn(tf.constant(_decode_rows(
-            val_rows.iloc[i : i + 64], storage_cfg, image_cfg, decode_pool)))).reshape(-1)
-            for i in range(0, len(val_rows), 64)] or [np.zeros(0)])
+        # Each rank scores every world-th validation image; one all-reduce gives every rank the same full vector,
+        # so early stopping and best-epoch decisions agree across ranks (diverging ranks deadlock collectives).
+        local = np.zeros(len(val_rows), np.float32)
+        mine = np.arange(rank, len(val_rows), world)
+        for i in range(0, len(mine), 64):
+            idx = mine[i : i + 64]
+            x = _decode_rows(val_rows.iloc[idx], storage_cfg, image_cfg, decode_pool)
+            local[idx] = np.asarray(predict_fn(tf.constant(x))).reshape(-1)
+        prob = all_sum(local) if len(local) else local
         y_val = val_rows["label"].to_numpy(int)
         ranking = metrics.ranking_metrics(y_val, prob) if len(y_val) else {}
         record: dict[str, Any] = {
@@ -202,6 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(record)
         state["epoch"] = epoch + 1
         if improved:
+            best_weights = model.get_weights()
             state.update(best_epoch=epoch + 1, best_val_auc=score,
                          best_val={"isic_id": val_rows["isic_id"].tolist(), "label": y_val.tolist(),
                                    "prob": prob.astype(float).tolist()})
@@ -214,8 +235,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 storage.write_text(marker, "1", storage_cfg)
                 print("[skinray] injected failure: worker exits", flush=True)
                 os._exit(1)
+        epoch += 1
+        # Early stopping per phase: a stalled head phase hands over to fine-tuning, a stalled fine-tuning ends.
         patience = t["early_stopping_patience"]
-        if patience and state["epoch"] - state["best_epoch"] >= patience:
+        if patience and epoch - max(state["best_epoch"], phase_start) >= patience:
+            if phase == 1 and epoch < t["epochs"] and total_epochs > t["epochs"]:
+                if rank == 0:
+                    print(f"[skinray] no val AUC gain in {patience} epochs: on to fine-tuning", flush=True)
+                epoch = t["epochs"]
+                continue
             if rank == 0:
                 print(f"[skinray] early stop: no val AUC gain in {patience} epochs", flush=True)
             break
@@ -327,6 +355,28 @@ def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, run_name: str, 
     return result
 
 
+def _operating_point(y_val: np.ndarray, raw_val: np.ndarray, t: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Calibration, decision threshold and validation report, all from the validation split."""
+    both = len(set(y_val.tolist())) == 2
+    informative = both and float(np.std(raw_val)) > 1e-6  # a constant score cannot be calibrated
+    method = t.calibration if informative else "none"
+    temperature, bias = 1.0, 0.0
+    if method == "platt":
+        temperature, bias = metrics.fit_platt(y_val, raw_val)
+    elif method == "temperature":
+        temperature = metrics.fit_temperature(y_val, raw_val)
+    calibration = {"method": {"platt": "temperature and bias (Platt scaling on logits) fitted on validation",
+                              "temperature": "temperature scaling fitted on validation", "none": "none"}[method],
+                   "temperature": temperature, "bias": bias}
+    val_prob = metrics.apply_temperature(raw_val, temperature, bias)
+    if both and t.threshold_policy != "fixed":
+        threshold = metrics.choose_threshold(y_val, val_prob, t.threshold_policy, t.target_sensitivity)
+    else:
+        threshold = {"threshold": 0.5, "policy": "fixed" if both else "fixed (val split has one class)"}
+    val_report = metrics.full_report(y_val, val_prob, threshold["threshold"], n_boot=200) if both else None
+    return calibration, threshold, val_report
+
+
 def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """prepared/ → model directory (model.keras, model.onnx, skinray.json); returns the metadata."""
     t = cfg.train
@@ -336,7 +386,8 @@ def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
     df = load_prepared(t.prepared, cfg.storage)
     tr, va = _check_data(df, cfg)
     weights_arg, weights_source = resolve_weights(t.weights, cfg.storage)
-    model = build_model(cfg.image.size, t.alpha, weights_arg, t.dense_units, t.dropout)  # fails fast on bad weights
+    model = build_model(cfg.image.size, t.alpha, weights_arg, t.dense_units, t.dropout,  # fails fast on bad weights
+                        input_scaling=t.input_scaling)
     fingerprint = data_fingerprint(t.prepared, cfg.storage)
     import hashlib
 
@@ -354,37 +405,39 @@ def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
     with result.checkpoint.as_directory() as d:
         state = json.loads(open(os.path.join(d, STATE_FILE)).read())
         model.load_weights(os.path.join(d, BEST_WEIGHTS))
-    best = state["best_val"]
-    y_val, raw_val = np.asarray(best["label"], int), np.asarray(best["prob"], float)
-    both = len(set(y_val.tolist())) == 2
-    informative = both and float(np.std(raw_val)) > 1e-6  # a constant score cannot be calibrated
-    temperature = metrics.fit_temperature(y_val, raw_val) if (t.calibrate and informative) else 1.0
-    val_prob = metrics.apply_temperature(raw_val, temperature)
-    if both and t.threshold_policy != "fixed":
-        threshold = metrics.choose_threshold(y_val, val_prob, t.threshold_policy, t.target_sensitivity)
-    else:
-        threshold = {"threshold": 0.5, "policy": "fixed" if both else "fixed (val split has one class)"}
-    val_report = metrics.full_report(y_val, val_prob, threshold["threshold"], n_boot=200) if both else None
     train_seconds = time.time() - started
 
     with tempfile.TemporaryDirectory() as out_dir:
         model.save(os.path.join(out_dir, MODEL_FILE))
-        samples = _decode_rows(va.head(8), cfg.storage, cfg.image, ThreadPoolExecutor(4))
+        pool = ThreadPoolExecutor(4)
+        samples = _decode_rows(va.head(8), cfg.storage, cfg.image, pool)
         parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
+        if t.tta:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
+            log(f"scoring {len(va):,} validation images with flip TTA for calibration and threshold")
+            engine = inference.OnnxEngine(os.path.join(out_dir, ONNX_FILE), threads=os.cpu_count() or 1)
+            y_val = va["label"].to_numpy(int)
+            raw_val = np.concatenate([
+                inference.predict_arrays(engine, _decode_rows(va.iloc[i:i + 64], cfg.storage, cfg.image, pool), True)
+                for i in range(0, len(va), 64)])
+        else:
+            best = state["best_val"]
+            y_val, raw_val = np.asarray(best["label"], int), np.asarray(best["prob"], float)
+        calibration, threshold, val_report = _operating_point(y_val, raw_val, t)
         meta = {
             "format_version": FORMAT_VERSION,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "architecture": {"base": "MobileNetV2", "alpha": t.alpha, "include_top": False,
                              "head": f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → Dense(1, sigmoid)",
-                             "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0},
+                             "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
+                             "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)"},
+            "recipe": cfg.recipe,
             "weights_source": weights_source,
             "preprocessing": images.preprocessing_spec(cfg.image),
             "classes": {str(k): v for k, v in CLASS_NAMES.items()},
-            "output": "prob_malignant = sigmoid output, then temperature scaling (calibration.temperature)",
+            "output": "prob_malignant = sigmoid(logit(sigmoid output) / calibration.temperature + calibration.bias)",
             "threshold": threshold,
-            "calibration": {"method": "temperature scaling on validation" if temperature != 1.0 else "none",
-                            "temperature": temperature},
-            "tta": False,
+            "calibration": calibration,
+            "tta": t.tta,
             "training": {"config": json.loads(cfg.model_dump_json(by_alias=True)), "run_name": run_name,
                          "storage_path": storage_path, "batch_size_per_worker": t.batch_size,
                          "global_batch_size": t.batch_size * t.workers, "seconds": round(train_seconds, 1),

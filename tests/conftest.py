@@ -109,7 +109,8 @@ def model_dir(prepared, tmp_path_factory) -> str:
     from skinray.train import train
 
     out = str(tmp_path_factory.mktemp("model"))
-    train(load_config(overrides=tiny_train_overrides(prepared, out)))
+    # flip TTA on: calibration and threshold come from flip-averaged validation scores, and scoring follows it
+    train(load_config(overrides={**tiny_train_overrides(prepared, out), "train.tta": True}))
     return out
 
 

@@ -47,3 +47,23 @@ def test_parse_override_types():
     assert parse_override("a.b=true") == ("a.b", True)
     with pytest.raises(SkinrayError):
         parse_override("nonsense")
+
+
+def test_recipes_are_a_layer_under_file_and_flags(tmp_path):
+    from skinray.config import recipes
+
+    assert {"seed", "improved"} <= set(recipes())
+    seed = load_config(recipe="seed")
+    assert seed.recipe == "seed" and seed.train.input_scaling == "unit"
+    assert seed.train.batch_size * seed.train.workers == 32 and seed.train.threshold_policy == "fixed"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "seed", "train": {"epochs": 3}}))
+    cfg = load_config(str(path), overrides={"train.learning_rate": 1e-4})
+    assert (cfg.recipe, cfg.train.epochs, cfg.train.learning_rate, cfg.train.input_scaling) == ("seed", 3, 1e-4, "unit")
+    assert load_config(str(path), recipe="improved").recipe == "improved"  # --recipe wins over the file's
+    # a saved config reloads to the same thing: the recipe is already folded into it
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(cfg.to_yaml())
+    assert load_config(str(saved)) == cfg
+    with pytest.raises(SkinrayError, match="unknown recipe 'nope'.*seed"):
+        load_config(recipe="nope")

@@ -261,6 +261,21 @@ def test_fit_temperature_recovers_two() -> None:
     np.testing.assert_allclose(M.apply_temperature(p, 1.0), p, atol=1e-6)
 
 
+def test_fit_platt_undoes_the_class_weight_shift() -> None:
+    rng = np.random.default_rng(11)
+    z = rng.normal(-1.5, 1.5, 20_000)  # ~25% positives
+    y = rng.binomial(1, expit(z))
+    p = expit(2.0 * z + np.log(4.0))  # over-confident and shifted as by a 4:1 class weight
+    t, b = M.fit_platt(y, p)
+    assert abs(t - 2.0) < 0.3 and abs(b + np.log(4.0) / 2.0) < 0.2
+    q = M.apply_temperature(p, t, b)
+    assert M.expected_calibration_error(y, q) < 0.02
+    assert M.expected_calibration_error(y, q) < M.expected_calibration_error(y, M.apply_temperature(p, M.fit_temperature(y, p)))
+    assert M.ranking_metrics(y, q)["roc_auc"] == pytest.approx(M.ranking_metrics(y, p)["roc_auc"])
+    with pytest.raises(ValueError, match="both classes"):
+        M.fit_platt([1, 1], [0.2, 0.3])
+
+
 # --- validation ------------------------------------------------------------------------------------------------
 
 

@@ -89,7 +89,8 @@ def test_rerun_is_a_noop_and_new_run_id_adds_a_run(image_folder, model_dir, ray_
     first = score(_cfg(model_dir, image_folder["local"], out))
     again = score(_cfg(model_dir, image_folder["local"], out))
     assert again["already_complete"] and again["run_id"] == first["run_id"]
-    other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2"}))
+    other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "score.tta": False}))
+    assert first["tta"] is True and other["tta"] is False  # the model's TTA setting unless overridden
     counts = run_query(out, "SELECT run_id, count(*) AS n FROM scores GROUP BY run_id ORDER BY run_id")
     assert sorted(counts["run_id"].astype(str)) == sorted([first["run_id"], other["run_id"]])
     assert counts["n"].tolist() == [image_folder["n"]] * 2

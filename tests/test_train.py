@@ -25,6 +25,8 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     assert 0 < meta["threshold"]["threshold"] < 1 and meta["threshold"]["policy"] == "youden"
     assert meta["onnx"]["parity_max_abs_diff"] < 1e-4
     assert meta["preprocessing"]["size"] == 32
+    assert meta["tta"] is True and meta["validation"]["n"] == meta["data"]["val_rows"]
+    assert meta["architecture"]["input_scaling"].startswith("[-1, 1]")
     assert len(meta["data"]["fingerprint"]) == 64
     assert meta["versions"]["ray"] and meta["weights_source"].startswith("none")
     model = art.load_keras()  # safe_mode=True
@@ -79,3 +81,19 @@ def test_one_class_and_missing_prepared_data(tmp_path, prepared):
     proc = run_cli("train", "--prepared", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"))
     assert proc.returncode == 2 and "not a prepared dataset" in proc.stderr and "Traceback" not in proc.stderr
     assert storage.exists(prepared)
+
+
+def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session, tmp_path):
+    over = tiny_train_overrides(prepared, str(tmp_path / "m"))
+    over.update({"train.epochs": 3, "train.early_stopping_patience": 1, "train.fine_tune_layers": 10,
+                 "train.fine_tune_epochs": 2, "train.class_weight": "balanced", "train.input_scaling": "unit"})
+    meta = train(load_config(overrides=over))
+    head = [h["epoch"] for h in meta["history"] if h["phase"] == 1]
+    tune = [h["epoch"] for h in meta["history"] if h["phase"] == 2]
+    assert head == list(range(1, len(head) + 1)) and 1 <= len(head) <= 3
+    assert tune and tune == [4, 5][: len(tune)]  # phase 2 always runs, numbered after the head's budget
+    assert meta["training"]["best_epoch"] in head + tune
+    assert meta["architecture"]["fine_tuned_top_layers"] == 10
+    assert meta["architecture"]["input_scaling"] == "[0, 1]"
+    assert meta["training"]["config"]["train"]["class_weight"] == "balanced"
+    assert ModelArtifact.open(str(tmp_path / "m")).load_keras().get_layer("unit_scaling")

@@ -1,0 +1,212 @@
+"""Model-quality levers on HAM10000, measured fast on cached frozen-base features.
+
+With a frozen ImageNet base, everything the head can learn is a function of the base's pooled features, so the
+levers that do not touch the base (class weights, flip augmentation/TTA, metadata fusion, temperature scaling,
+squash vs centre-crop, head size and length) can be compared in seconds once the features of every image are cached
+(one forward pass per image and view, through ONNX Runtime). Every variant picks its threshold and temperature on
+the validation split and is reported on the lesion-grouped test split of a prepared HAM10000 dataset.
+
+    .venv/bin/python bench/bench_quality.py --prepared /work/runs/ham-prepared
+
+The feature cache (``--workdir``) makes re-runs take seconds. The head is the production head (Dense 64 → Dropout
+0.3 → sigmoid, Adam 1e-3, batch 32) unless a row says otherwise; calibration is Platt scaling on the logit as in
+``skinray train`` (the ECE of a temperature alone is printed beside it). What this cannot measure: fine-tuning the base
+(that changes the features); those runs go through ``skinray train`` / ``skinray evaluate`` (see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
+from skinray import images, metrics  # noqa: E402
+from skinray.config import ImageConfig  # noqa: E402
+
+VIEWS = ("plain", "hflip", "vflip", "hvflip")
+TTA_VIEWS = ("plain", "hflip", "vflip")  # what skinray.inference.predict_arrays averages
+SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity", "head/neck", "oral/genital",
+         "palms/soles", "lateral torso")
+
+
+def _base_onnx(path: str, weights: str, size: int) -> str:
+    """MobileNetV2 base (its own [-1, 1] scaling, global average pooling) as ONNX: 0–255 pixels → 1280 features."""
+    if os.path.exists(path):
+        return path
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=weights,
+                                          pooling="avg")
+    model = keras.Model(inputs, base(x, training=False))
+    model(np.zeros((1, size, size, 3), np.float32))
+    model.export(path, format="onnx", verbose=False)
+    return path
+
+
+def _views(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"plain": x, "hflip": x[:, ::-1], "vflip": x[::-1], "hvflip": x[::-1, ::-1]}
+
+
+def extract(rows: pd.DataFrame, onnx_path: str, resize: str, size: int, cache: str) -> dict[str, np.ndarray]:
+    """Features of every row under every view, cached as ``.npz``."""
+    if os.path.exists(cache):
+        data = np.load(cache)
+        return {v: data[v] for v in VIEWS}
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 2
+    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    cfg = ImageConfig(size=size, resize=resize)
+    out = {v: np.zeros((len(rows), 1280), np.float32) for v in VIEWS}
+    uris = rows["image_uri"].tolist()
+
+    def load(uri: str) -> np.ndarray:
+        with open(uri, "rb") as f:
+            return images.decode(f.read(), cfg)
+
+    t0, step = time.time(), 64
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(uris), step):
+            arrays = list(pool.map(load, uris[start:start + step]))
+            for v in VIEWS:
+                batch = np.stack([_views(a)[v] for a in arrays]).astype(np.float32)
+                out[v][start:start + len(arrays)] = sess.run(None, {name: batch})[0]
+            if (start // step) % 20 == 0:
+                done = start + len(arrays)
+                log(f"{resize}: {done}/{len(uris)} images ({done * len(VIEWS) / (time.time() - t0):.0f} views/s)")
+    np.savez(cache, **out)
+    return out
+
+
+def metadata(rows: pd.DataFrame, train_median_age: float) -> np.ndarray:
+    """Age (imputed, scaled), sex and site one-hot: the branch the seed selected but never fed to its model."""
+    age = pd.to_numeric(rows["age_approx"], errors="coerce").fillna(train_median_age).to_numpy(np.float32) / 100.0
+    sex = rows["sex"].fillna("unknown").astype(str)
+    site = rows["anatom_site_general"].fillna("unknown").astype(str)
+    cols = [age, (sex == "male").to_numpy(np.float32), (sex == "female").to_numpy(np.float32)]
+    cols += [(site == s).to_numpy(np.float32) for s in SITES]
+    return np.stack(cols, axis=1)
+
+
+def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, units: int, epochs: int,
+               class_weight: dict[int, float] | None, seed: int, patience: int = 0) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((x.shape[1],))
+    h = keras.layers.Dense(units, activation="relu")(inputs)
+    h = keras.layers.Dropout(0.3)(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    callbacks = []
+    if patience:
+        callbacks.append(keras.callbacks.EarlyStopping("val_auc", mode="max", patience=patience,
+                                                       restore_best_weights=True))
+    model.fit(x, y, batch_size=32, epochs=epochs, validation_data=(xv, yv), class_weight=class_weight,
+              callbacks=callbacks, verbose=0)
+    return model
+
+
+def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, train_views: tuple[str, ...],
+                tta: bool, class_weight: bool, meta: bool, units: int = 64, epochs: int = 10, patience: int = 0,
+                seed: int = 0) -> dict[str, Any]:
+    split = rows["split"].to_numpy()
+    y = rows["label"].to_numpy(np.float32)
+    tr, va, te = split == "train", split == "val", split == "test"
+    m = metadata(rows, float(pd.to_numeric(rows.loc[tr, "age_approx"], errors="coerce").median()))
+
+    def inputs(view: str, mask: np.ndarray) -> np.ndarray:
+        f = feats[view][mask]
+        return np.concatenate([f, m[mask] * 4.0], axis=1) if meta else f
+
+    x = np.concatenate([inputs(v, tr) for v in train_views])
+    yt = np.concatenate([y[tr]] * len(train_views))
+    cw = None
+    if class_weight:
+        pos = yt.mean()
+        cw = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
+    t0 = time.time()
+    model = train_head(x, yt, inputs("plain", va), y[va], units, epochs, cw, seed, patience)
+    seconds = time.time() - t0
+
+    def predict(mask: np.ndarray) -> np.ndarray:
+        views = TTA_VIEWS if tta else ("plain",)
+        return np.mean([model.predict(inputs(v, mask), verbose=0, batch_size=512)[:, 0] for v in views], axis=0)
+
+    pv, pt = predict(va), predict(te)
+    temp = metrics.fit_temperature(y[va], pv)
+    ece_temperature = metrics.ranking_metrics(y[te], metrics.apply_temperature(pt, temp))["ece"]
+    temp, bias = metrics.fit_platt(y[va], pv)  # what skinray train does (train.calibration: platt)
+    pv, pt = metrics.apply_temperature(pv, temp, bias), metrics.apply_temperature(pt, temp, bias)
+    thr = metrics.choose_threshold(y[va], pv, "youden")["threshold"]
+    rank = metrics.ranking_metrics(y[te], pt)
+    lo, hi = metrics.bootstrap_auc_ci(y[te], pt, n_boot=1000, seed=0)
+    at = metrics.threshold_metrics(y[te], pt, thr)
+    return {"variant": name, "val_auc": round(float(metrics.ranking_metrics(y[va], pv)["roc_auc"]), 4),
+            "test_auc": round(rank["roc_auc"], 4), "auc_95ci": f"[{lo:.3f}, {hi:.3f}]",
+            "threshold": round(thr, 3), "sens@thr": round(at["sensitivity"], 3),
+            "spec@thr": round(at["specificity"], 3), "bal_acc@thr": round(at["balanced_accuracy"], 3),
+            "ece": round(rank["ece"], 4), "ece_temperature_only": round(ece_temperature, 4),
+            "temperature": round(temp, 3), "bias": round(bias, 3), "head_train_s": round(seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prepared", required=True, help="a prepared HAM10000 dataset (skinray prepare)")
+    ap.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--workdir", default=os.path.join(DEFAULT_WORKDIR, "quality"))
+    ap.add_argument("--seeds", type=int, default=2, help="head seeds per variant (mean reported)")
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = pd.read_parquet(os.path.join(args.prepared, "manifest.parquet"))
+    onnx_path = _base_onnx(os.path.join(args.workdir, f"base{args.size}.onnx"), args.weights, args.size)
+    t0 = time.time()
+    feats = {r: extract(rows, onnx_path, r, args.size, os.path.join(args.workdir, f"feat-{r}-{args.size}.npz"))
+             for r in ("squash", "center_crop")}
+    extract_s = time.time() - t0
+    flips = ("plain", "hflip", "vflip", "hvflip")
+    variants = [
+        ("A seed head, plain views (frozen-base baseline)", "squash", dict(train_views=("plain",), tta=False,
+                                                                          class_weight=False, meta=False)),
+        ("B + flip views as training augmentation", "squash", dict(train_views=flips, tta=False,
+                                                                   class_weight=False, meta=False)),
+        ("C + balanced class weights", "squash", dict(train_views=flips, tta=False, class_weight=True, meta=False)),
+        ("D + flip TTA at val/test", "squash", dict(train_views=flips, tta=True, class_weight=True, meta=False)),
+        ("E + metadata fusion (age, sex, site)", "squash", dict(train_views=flips, tta=True, class_weight=True,
+                                                                meta=True)),
+        ("F E with centre crop instead of squash", "center_crop", dict(train_views=flips, tta=True,
+                                                                       class_weight=True, meta=True)),
+        ("G E with head 256, 40 epochs, early stop on val AUC", "squash",
+         dict(train_views=flips, tta=True, class_weight=True, meta=True, units=256, epochs=40, patience=6)),
+    ]
+    table = []
+    for name, resize, kw in variants:
+        runs = [run_variant(name, feats[resize], rows, seed=s, **kw) for s in range(args.seeds)]
+        row = dict(runs[0])
+        for key in ("val_auc", "test_auc", "sens@thr", "spec@thr", "bal_acc@thr", "ece", "ece_temperature_only",
+                    "head_train_s"):
+            row[key] = round(float(np.mean([r[key] for r in runs])), 4)
+        table.append(row)
+        log(f"{name}: val {row['val_auc']} test {row['test_auc']} {row['auc_95ci']}")
+    print_results("Quality levers on cached frozen MobileNetV2 features (HAM10000, lesion-grouped test split)",
+                  {"variants": table}, {"extract_seconds": round(extract_s, 1), "variants": table,
+                                        "seeds": args.seeds, "size": args.size})
+
+
+if __name__ == "__main__":
+    main()
