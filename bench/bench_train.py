@@ -3,7 +3,7 @@
 Takes ``--n`` training and ``--val`` validation rows of a prepared HAM10000 dataset, runs ``skinray.train.train``
 on them (Ray Train, ``--workers`` workers, frozen ImageNet base unless ``--fine-tune`` layers are unfrozen) and reads
 each epoch's images/s from the model's ``skinray.json``. Baseline, same images, same process tree, right after: the
-same Keras model's forward pass alone (``model(x, training=False)``, batch 32, all cores) on images decoded
+same Keras model's forward pass alone (``model(x, training=False)`` in a ``tf.function``, batch 32, all cores) on images decoded
 beforehand — the floor of what one training step costs with a frozen base. The ratio says how much of training is
 the unavoidable forward pass and how much is decode, augmentation, backward pass and Ray.
 
@@ -52,14 +52,17 @@ def forward_pass(prepared: str, weights: str, size: int, resize: str, repeats: i
     uris = df[df.split == "train"]["image_uri"].tolist()
     cfg = ImageConfig(size=size, resize=resize)
     x = np.stack([images.decode(open(u, "rb").read(), cfg) for u in uris]).astype(np.float32)
+    import tensorflow as tf
+
     model = build_model(size, 1.0, weights)
-    model(x[:32], training=False)  # build + warm up
+    forward = tf.function(lambda b: model(b, training=False), reduce_retracing=True)  # compiled, as in training
+    forward(tf.constant(x[:32]))  # build + trace + warm up
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for i in range(0, len(x), 32):
-            np.asarray(model(x[i : i + 32], training=False))
-        rates.append(len(x) / (time.perf_counter() - t0))
+        for i in range(0, len(x) - len(x) % 32, 32):
+            np.asarray(forward(tf.constant(x[i : i + 32])))
+        rates.append((len(x) - len(x) % 32) / (time.perf_counter() - t0))
     return {"images": len(x), "rates": [round(r, 1) for r in rates]}
 
 
@@ -72,7 +75,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16, help="per worker")
-    ap.add_argument("--resize", default="squash")
+    ap.add_argument("--resize", default="center_crop")
     ap.add_argument("--fine-tune", type=int, default=0, help="train with the top N base layers unfrozen")
     ap.add_argument("--workdir", default=os.path.join(DEFAULT_WORKDIR, "train"))
     args = ap.parse_args()
@@ -85,7 +88,8 @@ def main() -> None:
     subset(args.prepared, data, args.n, args.val)
     over = {"train.prepared": data, "train.out": model_dir, "train.weights": args.weights,
             "train.workers": args.workers, "train.batch_size": args.batch_size, "train.epochs": args.epochs,
-            "image.resize": args.resize, "train.storage_path": os.path.join(args.workdir, "ray")}
+            "image.resize": args.resize, "train.storage_path": os.path.join(args.workdir, "ray"),
+            "train.fine_tune_epochs": 0, "train.early_stopping_patience": 0, "train.tta": False}
     if args.fine_tune:  # every epoch in the fine-tuning phase: one head epoch, then the rest unfrozen
         over.update({"train.epochs": 1, "train.fine_tune_layers": args.fine_tune,
                      "train.fine_tune_epochs": args.epochs - 1})
@@ -99,7 +103,7 @@ def main() -> None:
     rows = [{"stage": f"train epoch {h['epoch']} (phase {h['phase']})", "images": h["train_images"],
              "seconds": h["seconds"], "img/s": h["images_per_second"],
              "ratio vs forward pass": ratio(h["images_per_second"], fwd_rate)} for h in meta["history"]]
-    rows.append({"stage": "forward pass alone, Keras, batch 32 (2 runs)", "images": fwd["images"],
+    rows.append({"stage": "forward pass alone, Keras tf.function, batch 32 (2 runs)", "images": fwd["images"],
                  "seconds": None, "img/s": " / ".join(str(r) for r in fwd["rates"]), "ratio vs forward pass": 1.0})
     steady = [h["images_per_second"] for h in meta["history"][1:]] or [meta["history"][0]["images_per_second"]]
     print_results("bench_train", {f"Training throughput, {args.workers} workers x batch {args.batch_size}, "

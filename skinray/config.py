@@ -25,7 +25,8 @@ class ImageConfig(_Section):
     """How a file becomes pixels; stored in the model's ``skinray.json`` so scoring matches training."""
 
     size: int = Field(224, ge=32, le=1024)
-    resize: Literal["squash", "center_crop", "pad"] = "squash"
+    # center_crop: the 4:3 dermoscopy frame cropped to its centre square (measured best); squash: the seed's
+    resize: Literal["squash", "center_crop", "pad"] = "center_crop"
     max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard (PIL's own default is ~89M)
     max_bytes: int = Field(64 * 1024 * 1024, ge=1)
 
@@ -51,7 +52,7 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)  # per worker; the global batch is batch_size * workers
+    batch_size: int = Field(16, ge=1)  # per worker; the global batch is batch_size * workers (2 x 16 = 32)
     learning_rate: float = Field(1e-3, gt=0)
     alpha: float = 1.0
     # mobilenet: MobileNetV2's own [-1, 1], what its ImageNet weights expect; unit: the seed's [0, 1] (kept only so
@@ -61,19 +62,19 @@ class TrainConfig(_Section):
     dropout: float = Field(0.3, ge=0, lt=1)
     dense_units: int = Field(64, ge=1)
     augment: bool = True
-    vertical_flip: bool = False
-    class_weight: Literal["none", "balanced"] = "none"
-    fine_tune_layers: int = Field(0, ge=0)  # unfreeze the top N base layers in a second phase
-    fine_tune_epochs: int = Field(0, ge=0)
-    fine_tune_learning_rate: float = Field(1e-5, gt=0)
-    early_stopping_patience: int = Field(0, ge=0)  # 0 = off
+    vertical_flip: bool = True
+    class_weight: Literal["none", "balanced"] = "balanced"
+    fine_tune_layers: int = Field(56, ge=0)  # unfreeze the top N base layers in a second phase (56: blocks 11-16)
+    fine_tune_epochs: int = Field(6, ge=0)  # 0 = no second phase
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    early_stopping_patience: int = Field(3, ge=0)  # per phase; 0 = off
     threshold_policy: Literal["youden", "sensitivity", "fixed"] = "youden"
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     # fitted on validation: platt = temperature and bias (needed after class weights), temperature, or none
     calibration: Literal["platt", "temperature", "none"] = "platt"
     # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
     # evaluate/score/predict average over flips by default (recorded as ``tta`` in skinray.json)
-    tta: bool = False
+    tta: bool = True
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)

@@ -13,8 +13,11 @@ from typing import Any, Callable
 from skinray import storage
 from skinray.config import SkinrayConfig
 
-SMALL = {"image.size": 96, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 4}
-REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3}
+# Demo-sized versions of the default recipe: without weights the whole base trains from the start (no second
+# phase); with real weights a short head phase and a short fine-tuning phase.
+SMALL = {"image.size": 96, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 4,
+         "train.fine_tune_epochs": 0}
+REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3, "train.fine_tune_epochs": 2}
 
 
 def _apply(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:

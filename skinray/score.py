@@ -303,6 +303,7 @@ def score(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
         "engine": s.engine,
         "tta": inference.model_tta(artifact) if s.tta is None else s.tta,
         "threshold": artifact.threshold,
+        "threshold_policy": artifact.meta["threshold"],  # how it was chosen on validation, and what it gave there
         "calibration": artifact.meta.get("calibration"),
         "rows": int(len(result)),
         "scored": int(len(result) - n_failed),

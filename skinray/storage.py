@@ -258,6 +258,8 @@ def upload_dir(local_dir: str, uri: str, storage: StorageConfig | None = None) -
     if isinstance(fs, pafs.LocalFileSystem) and os.path.abspath(local_dir) == path:
         return
     try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(path, recursive=True)  # copy_files does not create a missing local destination
         pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     except OSError as exc:
         raise _wrap(uri, exc) from exc

@@ -165,9 +165,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     predict_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
+    @tf.function
+    def all_sum_fn(v: Any) -> Any:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(v,)), axis=None)
+
     def all_sum(v: np.ndarray) -> np.ndarray:
-        per_replica = strategy.run(tf.identity, args=(tf.constant(v),))
-        return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+        return np.asarray(all_sum_fn(tf.constant(v)))
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = _shard_rows(ray.train.get_dataset_shard("val"))  # every rank: same weights → same decisions
     decode_pool, prefetch = ThreadPoolExecutor(DECODE_THREADS), ThreadPoolExecutor(1)

@@ -87,6 +87,7 @@ def tiny_train_overrides(prepared: str, out: str) -> dict:
     return {
         "train.prepared": prepared, "train.out": out, "train.workers": 2, "train.epochs": 2,
         "train.batch_size": 8, "train.weights": "none", "train.alpha": 0.35, "image.size": 32,
+        "train.fine_tune_epochs": 0, "train.tta": False,
     }
 
 
@@ -110,7 +111,7 @@ def model_dir(prepared, tmp_path_factory) -> str:
 
     out = str(tmp_path_factory.mktemp("model"))
     # flip TTA on: calibration and threshold come from flip-averaged validation scores, and scoring follows it
-    train(load_config(overrides={**tiny_train_overrides(prepared, out), "train.tta": True}))
+    train(load_config(overrides={**tiny_train_overrides(prepared, out), "train.tta": True}))  # as the default
     return out
 
 

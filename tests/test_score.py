@@ -78,6 +78,9 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     assert ((ok.prob_malignant >= ok.threshold) == (ok.predicted == "malignant")).all()
     assert summary["failed"] == len(BAD) and summary["failed_by_reason"] == {r: 1 for r in BAD.values()}
     assert str(df["run_id"].iloc[0]) == summary["run_id"] and len(df.model_id.iloc[0]) == 16
+    # the operating point travels with every run: how the threshold was chosen and how scores were calibrated
+    assert summary["threshold_policy"]["policy"] == "youden" and {"temperature", "bias"} <= set(summary["calibration"])
+    assert summary["tta"] is True
     run_dir = storage.join(out, "runs", summary["run_id"])
     for name in ("run.json", "_SUCCESS", "score_histogram.png", "top_suspicious.png", "config.yaml"):
         assert storage.exists(storage.join(run_dir, name)), name

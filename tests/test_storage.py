@@ -44,6 +44,16 @@ def test_publish_dir_moves_everything(root):
     assert storage.read_bytes(storage.join(root, "final", "run", "p-1.parquet")) == b"1"
 
 
+def test_upload_dir_into_a_new_destination(root, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.json").write_text("{}")
+    (src / "sub" / "b.bin").write_bytes(b"b")
+    dest = storage.join(root, "not", "there", "yet")
+    storage.upload_dir(str(src), dest)
+    assert storage.read_bytes(storage.join(dest, "sub", "b.bin")) == b"b" and storage.exists(storage.join(dest, "a.json"))
+
+
 def test_local_write_is_atomic(tmp_path):
     target = tmp_path / "f.bin"
     storage.write_bytes(str(target), b"old")
