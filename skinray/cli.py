@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         skinray demo --out demo-out --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
         skinray demo --out ham-out --ham10000 ../shared/data/ham10000 --weights PATH""")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--n", type=int, default=480, help="synthetic images")
+    p.add_argument("--n", type=int, default=1500, help="synthetic images")
     p.add_argument("--epochs", type=int)
     p.add_argument("--weights", help="a weights file: the demo then uses alpha 1.0 at 224 px")
     p.add_argument("--ham10000", help="folder with HAM10000_metadata.csv and images/ instead of synthetic data")

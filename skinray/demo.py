@@ -13,10 +13,12 @@ from typing import Any, Callable
 from skinray import storage
 from skinray.config import SkinrayConfig
 
-# Demo-sized versions of the default recipe: without weights the whole base trains from the start (no second
-# phase); with real weights a short head phase and a short fine-tuning phase.
-SMALL = {"image.size": 96, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 4,
-         "train.fine_tune_epochs": 0}
+# Demo-sized versions of the default recipe. Without weights the whole (small, 64 px) base learns from scratch:
+# measured here, 1,500 synthetic images reach validation AUC ~0.8 in 12-20 epochs of ~4 s, while 480 images or
+# 4 epochs stay at chance. No second phase, no early stopping (the validation split is small and noisy; the best
+# epoch is still kept). With real weights: a short head phase and a short fine-tuning phase.
+SMALL = {"image.size": 64, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 20,
+         "train.fine_tune_epochs": 0, "train.early_stopping_patience": 0}
 REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3, "train.fine_tune_epochs": 2}
 
 
@@ -28,7 +30,7 @@ def _apply(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
     return SkinrayConfig.model_validate(data)
 
 
-def run_demo(out: str, n: int = 480, weights: str | None = None, ham10000: str | None = None,
+def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str | None = None,
              epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None,
              log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     from skinray.evaluate import evaluate

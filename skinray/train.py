@@ -90,6 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch shard reads are instant
+    tf.get_logger().setLevel("ERROR")  # TF's INFO lines about collectives would drown the per-epoch progress
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = max(1, int(config["cpus_per_worker"]))
