@@ -243,10 +243,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Early stopping per phase: a stalled head phase hands over to fine-tuning, a stalled fine-tuning ends.
         patience = t["early_stopping_patience"]
         if patience and epoch - max(state["best_epoch"], phase_start) >= patience:
-            if phase == 1 and epoch < t["epochs"] and total_epochs > t["epochs"]:
+            if phase == 1 and total_epochs > t["epochs"]:  # also on the head's last epoch: phase 2 still runs
                 if rank == 0:
                     print(f"[skinray] no val AUC gain in {patience} epochs: on to fine-tuning", flush=True)
-                epoch = t["epochs"]
+                epoch = max(epoch, t["epochs"])
                 continue
             if rank == 0:
                 print(f"[skinray] early stop: no val AUC gain in {patience} epochs", flush=True)
@@ -411,9 +411,8 @@ def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
         model.load_weights(os.path.join(d, BEST_WEIGHTS))
     train_seconds = time.time() - started
 
-    with tempfile.TemporaryDirectory() as out_dir:
+    with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
         model.save(os.path.join(out_dir, MODEL_FILE))
-        pool = ThreadPoolExecutor(4)
         samples = _decode_rows(va.head(8), cfg.storage, cfg.image, pool)
         parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
         if t.tta:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
