@@ -98,7 +98,7 @@ def evaluate(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -
     }
     report.update(split=e.split, model_id=artifact.model_id, failed=int(len(failed)),
                   threshold_policy=artifact.meta["threshold"], calibration=artifact.meta["calibration"],
-                  tta=inference.model_tta(artifact) if cfg.score.tta is None else cfg.score.tta)
+                  tta=inference.resolve_tta(artifact, cfg.score.tta))
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
             metrics.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),

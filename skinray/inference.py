@@ -88,9 +88,9 @@ def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = F
     return OnnxEngine(artifact.path(ONNX_FILE), use_gpu=use_gpu, threads=threads)
 
 
-def model_tta(artifact: ModelArtifact) -> bool:
-    """Whether the model's threshold and temperature were fitted on flip-averaged scores (then score that way)."""
-    return bool(artifact.meta.get("tta", False))
+def resolve_tta(artifact: ModelArtifact, override: bool | None = None) -> bool:
+    """Flip TTA for this run: the override when given, else as the model's threshold and calibration were fitted."""
+    return bool(artifact.meta.get("tta", False)) if override is None else override
 
 
 def predict_arrays(engine: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -137,7 +137,7 @@ class ImagePredictor:
         self.artifact = ModelArtifact.open(model_uri, self.storage_cfg)
         self.engine = make_engine(self.artifact, engine, use_gpu, threads)
         self.image_cfg = images.image_config_from_spec(self.artifact.meta["preprocessing"], image_guards)
-        self.tta = model_tta(self.artifact) if tta is None else tta
+        self.tta = resolve_tta(self.artifact, tta)
         self.threshold = self.artifact.threshold
         self.pool = ThreadPoolExecutor(IO_THREADS)
 

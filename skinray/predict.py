@@ -19,7 +19,7 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
     storage_cfg = storage_cfg or StorageConfig()
     artifact = ModelArtifact.open(model_uri, storage_cfg)
     eng = inference.make_engine(artifact, engine)
-    tta = inference.model_tta(artifact) if tta is None else tta
+    tta = inference.resolve_tta(artifact, tta)
     image_cfg = images.image_config_from_spec(artifact.meta["preprocessing"])
     rows: list[dict[str, Any]] = []
     arrays: list[np.ndarray | None] = []

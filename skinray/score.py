@@ -301,7 +301,7 @@ def score(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
         "model": s.model,
         "model_id": artifact.model_id,
         "engine": s.engine,
-        "tta": inference.model_tta(artifact) if s.tta is None else s.tta,
+        "tta": inference.resolve_tta(artifact, s.tta),
         "threshold": artifact.threshold,
         "threshold_policy": artifact.meta["threshold"],  # how it was chosen on validation, and what it gave there
         "calibration": artifact.meta.get("calibration"),
