@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinray import SkinrayError
 from skinray.storage import StorageConfig
@@ -67,9 +67,18 @@ class TrainConfig(_Section):
     fine_tune_layers: int = Field(56, ge=0)  # unfreeze the top N base layers in a second phase (56: blocks 11-16)
     fine_tune_epochs: int = Field(6, ge=0)  # 0 = no second phase
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    # cosine: the fine-tuning rate decays to 1% over fine_tune_epochs (large steps late in a long phase undo gains)
+    fine_tune_schedule: Literal["constant", "cosine"] = "constant"
     early_stopping_patience: int = Field(3, ge=0)  # per phase; 0 = off
+    # > 0: a training-only softmax over the manifest's diagnoses (dx) beside the binary head, its cross-entropy
+    # weighted by this; it teaches the features the benign look-alikes (bkl vs mel). The exported model is binary.
+    # Rows without a dx add no auxiliary loss; a manifest without dx trains without it.
+    aux_diagnosis_weight: float = Field(0.0, ge=0)
     threshold_policy: Literal["youden", "sensitivity", "fixed"] = "youden"
     target_sensitivity: float | None = Field(None, gt=0, le=1)
+    # with policy sensitivity: pick the threshold whose one-sided lower confidence bound on validation sensitivity
+    # reaches the target (e.g. 0.95), so the target holds on new data rather than only on the validation split
+    threshold_confidence: float | None = Field(None, gt=0, lt=1)
     # fitted on validation: platt = temperature and bias (needed after class weights), temperature, or none
     calibration: Literal["platt", "temperature", "none"] = "platt"
     # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
@@ -85,6 +94,15 @@ class TrainConfig(_Section):
     @classmethod
     def _weights(cls, v: str) -> str:
         return v.strip() or "imagenet"
+
+    @model_validator(mode="after")
+    def _operating_point(self) -> TrainConfig:
+        # checked here, not after an hour of training
+        if self.threshold_policy == "sensitivity" and self.target_sensitivity is None:
+            raise ValueError("threshold_policy 'sensitivity' needs train.target_sensitivity")
+        if self.threshold_confidence is not None and self.threshold_policy != "sensitivity":
+            raise ValueError("threshold_confidence applies only to threshold_policy 'sensitivity'")
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -23,6 +23,20 @@ PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "predic
                       "error", "dx", "age_approx", "sex", "anatom_site_general", "lesion_id"]
 
 
+def describe_policy(threshold: dict[str, Any]) -> str:
+    """How the stored threshold was chosen, in words a report reader can check."""
+    policy = threshold.get("policy", "unknown")
+    if policy != "sensitivity":
+        return str(policy)
+    text = f"sensitivity ≥ {threshold['target_sensitivity']:.2f}"
+    if threshold.get("confidence") is not None:
+        text += (f" with {threshold['confidence']:.0%} confidence: validation sensitivity "
+                 f"{threshold['sensitivity']:.3f}, lower bound {threshold['sensitivity_lower_bound']:.3f}")
+        if not threshold.get("target_met", True):
+            text += ", target not reachable on this validation split"
+    return text
+
+
 def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> pd.DataFrame:
     """Score ``rows`` with the evaluate model through the batch-scoring pipeline, in input order."""
     scoring = cfg.model_copy(deep=True)
@@ -48,7 +62,7 @@ def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: li
         "",
         f"{report['n']} images, {report['n_pos']} malignant. Model trained on "
         f"{meta['data']['train_rows']} images; threshold {at['threshold']:.3f} chosen on validation "
-        f"({meta['threshold'].get('policy')}); probabilities calibrated by "
+        f"({describe_policy(meta['threshold'])}); probabilities calibrated by "
         f"{meta['calibration']['method']} (T = {meta['calibration']['temperature']:.3f}, "
         f"bias {meta['calibration'].get('bias', 0.0):+.3f}); "
         f"{'scores averaged over flips (TTA)' if report.get('tta') else 'no test-time augmentation'}.",

@@ -106,6 +106,18 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
     return keras.Model(inputs, outputs, name="skinray_mobilenetv2")
 
 
+def with_diagnosis_head(model: Any, n_classes: int) -> Any:
+    """The training view of ``model`` with a second output: diagnosis logits from the pooled features.
+
+    It shares every layer with ``model``, so training it trains ``model``; the auxiliary Dense layer is never
+    exported, and ``model`` keeps the fixed binary head that scoring runs.
+    """
+    import keras
+
+    aux = keras.layers.Dense(n_classes, name="aux_diagnosis")(model.get_layer("gap").output)
+    return keras.Model(model.inputs, [model.outputs[0], aux], name="skinray_train_view")
+
+
 def base_of(model: Any) -> Any:
     """The MobileNetV2 base: the one nested model among the layers (Keras names it after alpha and size)."""
     import keras

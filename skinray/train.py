@@ -29,7 +29,7 @@ import pandas as pd
 from skinray import SkinrayError, images, inference, metrics, storage
 from skinray.config import ImageConfig, SkinrayConfig
 from skinray.model import (CLASS_NAMES, FORMAT_VERSION, META_FILE, MODEL_FILE, ONNX_FILE, build_model,
-                           export_onnx, resolve_weights, unfreeze_top)
+                           export_onnx, resolve_weights, unfreeze_top, with_diagnosis_head)
 from skinray.prepare import load_prepared
 from skinray.runtime import ensure_ray, versions
 from skinray.storage import StorageConfig
@@ -39,6 +39,7 @@ STATE_FILE = "state.json"
 LAST_WEIGHTS = "last.weights.h5"
 BEST_WEIGHTS = "best.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
+AUX_FILE = "aux_diagnosis.npz"
 FAULT_MARKER = "_injected_failure_done"
 
 
@@ -108,18 +109,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     weights_arg, _ = resolve_weights(t["weights"], storage_cfg)
     total_epochs = t["epochs"] + (t["fine_tune_epochs"] if t["fine_tune_layers"] else 0)
 
+    aux_classes = t["dx_classes"]
     with strategy.scope():
         model = build_model(image_cfg.size, t["alpha"], weights_arg, t["dense_units"], t["dropout"],
                             input_scaling=t["input_scaling"])
+        fit_model = with_diagnosis_head(model, len(aux_classes)) if aux_classes else model
+    aux_layer = fit_model.get_layer("aux_diagnosis") if aux_classes else None
 
     def make_optimizer(phase: int) -> Any:
         with strategy.scope():
             if phase == 2:
                 unfreeze_top(model, t["fine_tune_layers"])
-                opt = keras.optimizers.Adam(t["fine_tune_learning_rate"])
+                rate = t["fine_tune_learning_rate"]
+                if t["fine_tune_schedule"] == "cosine":
+                    rate = keras.optimizers.schedules.CosineDecay(
+                        rate, decay_steps=max(1, t["fine_tune_epochs"] * t["steps_per_epoch"]), alpha=0.01)
+                opt = keras.optimizers.Adam(rate)
             else:
                 opt = keras.optimizers.Adam(t["learning_rate"])
-            opt.build(model.trainable_variables)
+            opt.build(fit_model.trainable_variables)
         return opt
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": None, "best_val_auc": None,
@@ -137,6 +145,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best_weights = model.get_weights()
             if not (phase == 2 and not any(h["phase"] == 2 for h in state["history"])):
                 model.load_weights(os.path.join(d, LAST_WEIGHTS))
+            if aux_layer is not None and os.path.exists(os.path.join(d, AUX_FILE)):
+                saved_aux = np.load(os.path.join(d, AUX_FILE))
+                aux_layer.set_weights([saved_aux[f"w{i}"] for i in range(len(saved_aux.files))])
             saved = np.load(os.path.join(d, OPTIMIZER_FILE))
             for i, var in enumerate(optimizer.variables):
                 if f"v{i}" in saved and tuple(saved[f"v{i}"].shape) == tuple(var.shape):
@@ -148,20 +159,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     class_weight = np.asarray(t["class_weights"], dtype=np.float32)
     loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
+    aux_loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
     @tf.function
-    def train_step(x: Any, y: Any, global_batch: Any) -> Any:
-        def step(x: Any, y: Any) -> Any:
+    def train_step(x: Any, y: Any, dx: Any, global_batch: Any) -> Any:
+        def step(x: Any, y: Any, dx: Any) -> Any:
             with tf.GradientTape() as tape:
-                p = model(x, training=True)
+                if aux_layer is not None:
+                    p, aux_logits = fit_model(x, training=True)
+                else:
+                    p = model(x, training=True)
                 w = tf.gather(class_weight, tf.cast(y, tf.int32))
                 per_example = loss_fn(tf.expand_dims(y, -1), p) * w
+                if aux_layer is not None:  # dx = -1: no diagnosis recorded, no auxiliary loss
+                    known = tf.cast(dx >= 0, tf.float32)
+                    per_example += t["aux_diagnosis_weight"] * known * aux_loss_fn(tf.maximum(dx, 0), aux_logits)
                 loss = tf.reduce_sum(per_example) / global_batch
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            grads = tape.gradient(loss, fit_model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, fit_model.trainable_variables))
             return loss
 
-        per_replica = strategy.run(step, args=(x, y))
+        per_replica = strategy.run(step, args=(x, y, dx))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     predict_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -201,7 +219,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             x = pending.result()
             pending = prefetch.submit(load, parts[i + 1]) if i + 1 < len(parts) else None
             y = part["label"].to_numpy(np.float32)
-            losses.append(float(train_step(tf.constant(x), tf.constant(y), tf.constant(float(len(part) * world)))))
+            dx = part["dx_index"].to_numpy(np.int32) if aux_layer is not None else np.zeros(len(part), np.int32)
+            losses.append(float(train_step(tf.constant(x), tf.constant(y), tf.constant(dx),
+                                           tf.constant(float(len(part) * world)))))
         epoch_time = time.time() - started
 
         # Each rank scores every world-th validation image; one all-reduce gives every rank the same full vector,
@@ -230,7 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.update(best_epoch=epoch + 1, best_val_auc=score,
                          best_val={"isic_id": val_rows["isic_id"].tolist(), "label": y_val.tolist(),
                                    "prob": prob.astype(float).tolist()})
-        _report(rank, model, optimizer, state, record, improved, total_epochs)
+        _report(rank, model, optimizer, state, record, improved, total_epochs, aux_layer)
 
         # Fault injection (tests): the last worker dies once, after this epoch's checkpoint is reported.
         if t["fail_after_epoch"] and epoch + 1 == t["fail_after_epoch"] and rank == world - 1:
@@ -256,7 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _report(rank: int, model: Any, optimizer: Any, state: dict[str, Any], record: dict[str, Any], improved: bool,
-            total_epochs: int) -> None:
+            total_epochs: int, aux_layer: Any = None) -> None:
     """Every rank reports each epoch; only rank 0 attaches a checkpoint (last + best weights, optimizer, state)."""
     import ray.train
 
@@ -272,6 +292,8 @@ def _report(rank: int, model: Any, optimizer: Any, state: dict[str, Any], record
         else:
             with previous.as_directory() as prev_dir:
                 shutil.copy(os.path.join(prev_dir, BEST_WEIGHTS), os.path.join(d, BEST_WEIGHTS))
+        if aux_layer is not None:
+            np.savez(os.path.join(d, AUX_FILE), **{f"w{i}": w for i, w in enumerate(aux_layer.get_weights())})
         np.savez(os.path.join(d, OPTIMIZER_FILE),
                  **{f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
         with open(os.path.join(d, STATE_FILE), "w") as f:
@@ -305,6 +327,29 @@ def _class_weights(labels: pd.Series, mode: str) -> list[float]:
     return [float(len(labels) / (2 * max(c, 1.0))) for c in counts]
 
 
+def _diagnosis_index(tr: pd.DataFrame, va: pd.DataFrame, weight: float) -> tuple[list[str], pd.DataFrame,
+                                                                                   pd.DataFrame]:
+    """The auxiliary head's classes (the train split's diagnoses) and a ``dx_index`` column (-1 = none/unknown).
+
+    Off (no classes) when the weight is 0 or the train split records fewer than two diagnoses.
+    """
+    def norm(frame: pd.DataFrame) -> pd.Series:
+        if "dx" not in frame:
+            return pd.Series(pd.NA, index=frame.index, dtype="string")
+        return frame["dx"].astype("string").str.strip().str.lower().replace("", pd.NA)
+
+    classes = sorted(norm(tr).dropna().unique().tolist()) if weight > 0 else []
+    if len(classes) < 2:
+        classes = []
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def index(frame: pd.DataFrame) -> pd.DataFrame:
+        codes = norm(frame).map(lambda v: lookup.get(v, -1) if isinstance(v, str) else -1)
+        return frame.assign(dx_index=codes.astype(np.int32))
+
+    return classes, index(tr), index(va)
+
+
 def data_fingerprint(uri: str, storage_cfg: StorageConfig) -> str:
     import hashlib
 
@@ -312,7 +357,7 @@ def data_fingerprint(uri: str, storage_cfg: StorageConfig) -> str:
 
 
 def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, run_name: str, storage_path: str,
-         weights: str) -> Any:
+         weights: str, dx_classes: list[str]) -> Any:
     """Launch the TensorflowTrainer; re-running with the same run name and storage resumes from its checkpoint."""
     ensure_ray()
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -321,11 +366,12 @@ def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, run_name: str, 
     import ray
 
     t = cfg.train
-    columns = ["isic_id", "image_uri", "label"]
+    columns = ["isic_id", "image_uri", "label", "dx_index"]
     fs, path = storage.filesystem(storage_path, cfg.storage)
     loop_config = {
         "train": {**t.model_dump(), "weights": weights, "run_name": run_name, "storage_path": storage_path,
-                  "class_weights": _class_weights(tr["label"], t.class_weight)},
+                  "class_weights": _class_weights(tr["label"], t.class_weight),
+                  "steps_per_epoch": math.ceil(len(tr) // t.workers / t.batch_size), "dx_classes": dx_classes},
         "storage": cfg.storage.model_dump(),
         "image": cfg.image.model_dump(),
         "cpus_per_worker": t.cpus_per_worker,
@@ -374,7 +420,8 @@ def _operating_point(y_val: np.ndarray, raw_val: np.ndarray, t: Any) -> tuple[di
                    "temperature": temperature, "bias": bias}
     val_prob = metrics.apply_temperature(raw_val, temperature, bias)
     if both and t.threshold_policy != "fixed":
-        threshold = metrics.choose_threshold(y_val, val_prob, t.threshold_policy, t.target_sensitivity)
+        threshold = metrics.choose_threshold(y_val, val_prob, t.threshold_policy, t.target_sensitivity,
+                                             t.threshold_confidence)
     else:
         threshold = {"threshold": 0.5, "policy": "fixed" if both else "fixed (val split has one class)"}
     val_report = metrics.full_report(y_val, val_prob, threshold["threshold"], n_boot=200) if both else None
@@ -404,7 +451,11 @@ def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
     # Workers run in other directories (and on other nodes): hand them absolute paths.
     weights_for_workers = weights_arg if weights_arg not in (None, "imagenet") and not storage.is_s3(t.weights) \
         else t.weights
-    result = _fit(cfg, tr, va, run_name, storage_path, weights_for_workers)
+    dx_classes, tr, va = _diagnosis_index(tr, va, t.aux_diagnosis_weight)
+    if t.aux_diagnosis_weight > 0:
+        log(f"auxiliary diagnosis head over {dx_classes}" if dx_classes else
+            "auxiliary diagnosis head off: the train split records fewer than two diagnoses (dx)")
+    result = _fit(cfg, tr, va, run_name, storage_path, weights_for_workers, dx_classes)
 
     with result.checkpoint.as_directory() as d:
         state = json.loads(open(os.path.join(d, STATE_FILE)).read())
@@ -432,6 +483,9 @@ def train(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> d
             "architecture": {"base": "MobileNetV2", "alpha": t.alpha, "include_top": False,
                              "head": f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → Dense(1, sigmoid)",
                              "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
+                             "auxiliary_training_head": ({"output": "diagnosis (softmax, training only)",
+                                                          "classes": dx_classes, "loss_weight": t.aux_diagnosis_weight}
+                                                         if dx_classes else None),
                              "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)"},
             "recipe": cfg.recipe,
             "weights_source": weights_source,

@@ -46,3 +46,20 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
         Image.open(os.path.join(out, png)).verify()
     assert {g["group"] for g in report["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",
                                                                    "unknown"}
+
+
+def test_report_names_the_threshold_policy_and_its_promise():
+    import numpy as np
+
+    from skinray import metrics
+    from skinray.evaluate import describe_policy
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(600) < 0.25).astype(int)
+    p = np.clip(0.35 * y + 0.65 * rng.random(600), 0, 1)
+    assert describe_policy(metrics.choose_threshold(y, p, "youden")) == "youden"
+    bound = metrics.choose_threshold(y, p, "sensitivity", 0.8, confidence=0.95)
+    text = describe_policy(bound)
+    assert text.startswith("sensitivity ≥ 0.80 with 95% confidence") and f"{bound['sensitivity_lower_bound']:.3f}" in text
+    unreachable = metrics.choose_threshold(y[:40], p[:40], "sensitivity", 0.99, confidence=0.95)
+    assert "not reachable" in describe_policy(unreachable)

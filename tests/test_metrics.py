@@ -233,6 +233,32 @@ def test_choose_threshold_sensitivity_policy(target: float) -> None:
         assert recall_score(y, p >= higher.min()) < target
 
 
+@pytest.mark.parametrize("target, confidence", [(0.8, 0.95), (0.85, 0.9)])
+def test_choose_threshold_with_confidence_bound(target: float, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    y, p = _data(seed=10)
+    plain = M.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
+    c = M.choose_threshold(y, p, "sensitivity", target_sensitivity=target, confidence=confidence)
+    n_pos = int(y.sum())
+    tp = int(((p >= c["threshold"]) & (y == 1)).sum())
+    # the one-sided bound is the lower end of the exact two-sided interval at level 2c - 1
+    exact = binomtest(tp, n_pos).proportion_ci(confidence_level=2 * confidence - 1, method="exact").low
+    assert c["sensitivity_lower_bound"] == pytest.approx(exact, abs=1e-9) and c["target_met"]
+    assert c["sensitivity_lower_bound"] >= target and c["threshold"] <= plain["threshold"]
+    higher = p[p > c["threshold"]]  # the highest such threshold: one score higher breaks the bound
+    if higher.size:
+        tp_up = int(((p >= higher.min()) & (y == 1)).sum())
+        assert M.sensitivity_lower_bound(tp_up, n_pos, confidence) < target
+
+
+def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
+    c = M.choose_threshold(y, p, "sensitivity", target_sensitivity=0.95, confidence=0.95)  # 3 positives: never
+    assert c["sensitivity"] == 1.0 and not c["target_met"] and c["sensitivity_lower_bound"] < 0.95
+
+
 def test_choose_threshold_fixed_and_errors() -> None:
     y, p = _data(seed=9)
     assert M.choose_threshold(y, p, "fixed")["threshold"] == 0.5

@@ -38,12 +38,17 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
 
 def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
     over = tiny_train_overrides(prepared, str(tmp_path / "m"))
-    over.update({"train.epochs": 3, "train.fail_after_epoch": 1, "train.max_failures": 1, "train.run_name": "fault"})
+    over.update({"train.epochs": 3, "train.fail_after_epoch": 1, "train.max_failures": 1, "train.run_name": "fault",
+                 "train.aux_diagnosis_weight": 0.5})
     meta = train(load_config(overrides=over))
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
     assert meta["training"]["epochs_run"] == 3
     marker = tmp_path / "m" / "_ray" / "fault" / "_injected_failure_done"
     assert marker.exists()  # the failure really happened once
+    # the auxiliary head's weights travel in every checkpoint, so a resumed run continues them too
+    aux_files = sorted((tmp_path / "m" / "_ray" / "fault").glob("checkpoint_*/aux_diagnosis.npz"))
+    assert len(aux_files) == 2 and len(np.load(aux_files[0]).files) == 2  # the last two checkpoints; kernel, bias
+    assert not np.allclose(np.load(aux_files[0])["w0"], np.load(aux_files[1])["w0"])  # it is being trained
 
 
 def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_session, tmp_path):
@@ -86,8 +91,18 @@ def test_one_class_and_missing_prepared_data(tmp_path, prepared):
 def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session, tmp_path):
     over = tiny_train_overrides(prepared, str(tmp_path / "m"))
     over.update({"train.epochs": 3, "train.early_stopping_patience": 1, "train.fine_tune_layers": 10,
-                 "train.fine_tune_epochs": 2, "train.class_weight": "balanced", "train.input_scaling": "unit"})
+                 "train.fine_tune_epochs": 2, "train.class_weight": "balanced", "train.input_scaling": "unit",
+                 "train.fine_tune_schedule": "cosine", "train.aux_diagnosis_weight": 1.0})
     meta = train(load_config(overrides=over))
+    aux = meta["architecture"]["auxiliary_training_head"]
+    import pandas as pd
+
+    df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
+    assert aux["classes"] == sorted(df.loc[df["split"] == "train", "dx"].str.lower().unique()) and len(aux["classes"]) > 2
+    assert aux["loss_weight"] == 1.0
+    keras_model = ModelArtifact.open(str(tmp_path / "m")).load_keras()
+    assert len(keras_model.outputs) == 1  # the training-only diagnosis head is not part of the model
+    assert all(layer.name != "aux_diagnosis" for layer in keras_model.layers)
     head = [h["epoch"] for h in meta["history"] if h["phase"] == 1]
     tune = [h["epoch"] for h in meta["history"] if h["phase"] == 2]
     assert head == list(range(1, len(head) + 1)) and 1 <= len(head) <= 3
@@ -96,4 +111,20 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
     assert meta["architecture"]["fine_tuned_top_layers"] == 10
     assert meta["architecture"]["input_scaling"] == "[0, 1]"
     assert meta["training"]["config"]["train"]["class_weight"] == "balanced"
-    assert ModelArtifact.open(str(tmp_path / "m")).load_keras().get_layer("unit_scaling")
+    assert keras_model.get_layer("unit_scaling")
+
+
+def test_diagnosis_index_maps_train_classes_and_marks_unknowns():
+    import pandas as pd
+
+    from skinray.train import _diagnosis_index
+
+    tr = pd.DataFrame({"dx": ["MEL", "nv ", None, "bkl", ""]})
+    va = pd.DataFrame({"dx": ["nv", "vasc", None]})  # vasc: not in train → no auxiliary target
+    classes, tr2, va2 = _diagnosis_index(tr, va, 0.5)
+    assert classes == ["bkl", "mel", "nv"]
+    assert tr2["dx_index"].tolist() == [1, 2, -1, 0, -1] and va2["dx_index"].tolist() == [2, -1, -1]
+    assert _diagnosis_index(tr, va, 0.0)[0] == []  # weight 0: off
+    assert _diagnosis_index(pd.DataFrame({"x": [1]}), va, 1.0)[0] == []  # no dx column: off, no error
+    one_class, tr3, _ = _diagnosis_index(pd.DataFrame({"dx": ["nv", "nv"]}), va, 1.0)
+    assert one_class == [] and tr3["dx_index"].tolist() == [-1, -1]
