@@ -74,11 +74,12 @@ class TrainConfig(_Section):
     # weighted by this; it teaches the features the benign look-alikes (bkl vs mel). The exported model is binary.
     # Rows without a dx add no auxiliary loss; a manifest without dx trains without it.
     aux_diagnosis_weight: float = Field(0.0, ge=0)
-    threshold_policy: Literal["youden", "sensitivity", "fixed"] = "youden"
-    target_sensitivity: float | None = Field(None, gt=0, le=1)
-    # with policy sensitivity: pick the threshold whose one-sided lower confidence bound on validation sensitivity
-    # reaches the target (e.g. 0.95), so the target holds on new data rather than only on the validation split
-    threshold_confidence: float | None = Field(None, gt=0, lt=1)
+    # sensitivity (default): a triage threshold that misses at most 15% of malignant lesions, promised at 95%
+    # confidence from the validation counts (a one-sided exact binomial bound), not merely met on validation;
+    # youden: the best balance of sensitivity and specificity; fixed: 0.5
+    threshold_policy: Literal["youden", "sensitivity", "fixed"] = "sensitivity"
+    target_sensitivity: float | None = Field(0.85, gt=0, le=1)
+    threshold_confidence: float | None = Field(0.95, gt=0, lt=1)  # null: the target met on validation only
     # fitted on validation: platt = temperature and bias (needed after class weights), temperature, or none
     calibration: Literal["platt", "temperature", "none"] = "platt"
     # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
@@ -100,8 +101,6 @@ class TrainConfig(_Section):
         # checked here, not after an hour of training
         if self.threshold_policy == "sensitivity" and self.target_sensitivity is None:
             raise ValueError("threshold_policy 'sensitivity' needs train.target_sensitivity")
-        if self.threshold_confidence is not None and self.threshold_policy != "sensitivity":
-            raise ValueError("threshold_confidence applies only to threshold_policy 'sensitivity'")
         return self
 
 

@@ -38,8 +38,8 @@ def test_saved_yaml_reloads_identically(tmp_path):
     (["train.epochs=0"], "train.epochs"),
     (["train.nope=1"], "train.nope"),
     (["image.resize=stretch"], "image.resize"),
-    (["train.threshold_policy=sensitivity"], "needs train.target_sensitivity"),
-    (["train.threshold_confidence=0.95"], "only to threshold_policy 'sensitivity'"),
+    (["train.target_sensitivity=null"], "needs train.target_sensitivity"),
+    (["train.threshold_confidence=1.5"], "train.threshold_confidence"),
     (["train.aux_diagnosis_weight=-1"], "train.aux_diagnosis_weight"),
 ])
 def test_invalid_values_name_the_key(bad, message):

@@ -46,6 +46,14 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
         Image.open(os.path.join(out, png)).verify()
     assert {g["group"] for g in report["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",
                                                                    "unknown"}
+    by_dx = {g["group"]: g for g in report["groups"]["dx"]}  # per diagnosis: which ones are missed
+    assert set(by_dx) == set(ok.dx.dropna()) | ({None} if ok.dx.isna().any() else set())
+    for dx, g in by_dx.items():
+        rows = ok[ok.dx.isna()] if dx is None else ok[ok.dx == dx]
+        assert g["n"] == len(rows) and g["n_pos"] == int(rows.label.sum())
+        if g["n_pos"]:
+            assert g["sensitivity"] == pytest.approx(recall_score(rows.label, rows.prob_malignant >= thr))
+    assert "## By dx" in open(os.path.join(out, "report.md")).read()
 
 
 def test_report_names_the_threshold_policy_and_its_promise():

@@ -8,6 +8,7 @@ import pytest
 
 from skinray import SkinrayError
 from skinray.config import load_config
+from skinray.metrics import sensitivity_lower_bound
 from skinray.model import ModelArtifact
 from skinray.train import train
 
@@ -93,7 +94,15 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
     over.update({"train.epochs": 3, "train.early_stopping_patience": 1, "train.fine_tune_layers": 10,
                  "train.fine_tune_epochs": 2, "train.class_weight": "balanced", "train.input_scaling": "unit",
                  "train.fine_tune_schedule": "cosine", "train.aux_diagnosis_weight": 1.0})
+    del over["train.threshold_policy"]  # the default: sensitivity >= 0.85 with 95% confidence
     meta = train(load_config(overrides=over))
+    th = meta["threshold"]
+    assert (th["policy"], th["target_sensitivity"], th["confidence"]) == ("sensitivity", 0.85, 0.95)
+    n_pos = meta["validation"]["n_pos"]
+    bound = float(sensitivity_lower_bound(round(th["sensitivity"] * n_pos), n_pos, 0.95))
+    assert th["sensitivity_lower_bound"] == pytest.approx(bound) and th["target_met"] == (bound >= 0.85)
+    if not th["target_met"]:  # too few validation positives for the promise: catch every one of them
+        assert th["sensitivity"] == 1.0
     aux = meta["architecture"]["auxiliary_training_head"]
     import pandas as pd
 
