@@ -51,7 +51,7 @@ class TrainConfig(_Section):
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(4, ge=1)  # the head phase (frozen base); fine-tuning follows
     batch_size: int = Field(16, ge=1)  # per worker; the global batch is batch_size * workers (2 x 16 = 32)
     learning_rate: float = Field(1e-3, gt=0)
     alpha: float = 1.0
@@ -64,16 +64,18 @@ class TrainConfig(_Section):
     augment: bool = True
     vertical_flip: bool = True
     class_weight: Literal["none", "balanced"] = "balanced"
-    fine_tune_layers: int = Field(56, ge=0)  # unfreeze the top N base layers in a second phase (56: blocks 11-16)
-    fine_tune_epochs: int = Field(6, ge=0)  # 0 = no second phase
+    # unfreeze the top N base layers in a second phase (100: blocks 6-16, everything at 14x14 and 7x7; 56: 11-16;
+    # 154: all). BatchNorm layers stay frozen, in inference mode.
+    fine_tune_layers: int = Field(100, ge=0)
+    fine_tune_epochs: int = Field(12, ge=0)  # 0 = no second phase
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
     # cosine: the fine-tuning rate decays to 1% over fine_tune_epochs (large steps late in a long phase undo gains)
-    fine_tune_schedule: Literal["constant", "cosine"] = "constant"
+    fine_tune_schedule: Literal["constant", "cosine"] = "cosine"
     early_stopping_patience: int = Field(3, ge=0)  # per phase; 0 = off
     # > 0: a training-only softmax over the manifest's diagnoses (dx) beside the binary head, its cross-entropy
     # weighted by this; it teaches the features the benign look-alikes (bkl vs mel). The exported model is binary.
     # Rows without a dx add no auxiliary loss; a manifest without dx trains without it.
-    aux_diagnosis_weight: float = Field(0.0, ge=0)
+    aux_diagnosis_weight: float = Field(0.5, ge=0)
     # sensitivity (default): a triage threshold that misses at most 15% of malignant lesions, promised at 95%
     # confidence from the validation counts (a one-sided exact binomial bound), not merely met on validation;
     # youden: the best balance of sensitivity and specificity; fixed: 0.5

@@ -33,7 +33,7 @@ def _apply(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
 def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str | None = None,
              epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None,
              log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    from skinray.evaluate import evaluate
+    from skinray.evaluate import describe_policy, evaluate
     from skinray.prepare import prepare
     from skinray.query import preset_sql, run_query
     from skinray.score import score
@@ -94,7 +94,8 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
         f"{prep['rejected_by_reason']}",
         "  splits    " + ", ".join(f"{k} {v['rows']}" for k, v in prep["splits"].items()),
         f"  model     {cfg.train.out} (best epoch {meta['training']['best_epoch']}/"
-        f"{meta['training']['epochs_run']}, threshold {meta['threshold']['threshold']:.3f}, "
+        f"{meta['training']['epochs_run']}, threshold {meta['threshold']['threshold']:.3f}: "
+        f"{describe_policy(meta['threshold'])}, "
         f"ONNX parity {meta['onnx']['parity_max_abs_diff']:.1e})",
         f"  test      ROC-AUC {f(rk['roc_auc'])} [{f(ci[0])}, {f(ci[1])}], sensitivity {f(at['sensitivity'])}, "
         f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}",

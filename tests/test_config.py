@@ -8,7 +8,7 @@ from skinray.config import SkinrayConfig, load_config, parse_override
 def test_defaults_are_the_improved_recipe_on_the_seed_model():
     cfg = SkinrayConfig()
     assert (cfg.train.epochs, cfg.train.batch_size * cfg.train.workers, cfg.train.learning_rate,
-            cfg.train.dropout, cfg.train.dense_units) == (10, 32, 1e-3, 0.3, 64)
+            cfg.train.dropout, cfg.train.dense_units) == (4, 32, 1e-3, 0.3, 64)
     assert load_config(recipe="improved").model_copy(update={"recipe": None}) == cfg
     assert cfg.train.weights == "imagenet" and cfg.image.size == 224
     assert cfg.prepare.malignant_dx == ["mel", "bcc", "akiec"]
