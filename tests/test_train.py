@@ -48,8 +48,8 @@ def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
     assert marker.exists()  # the failure really happened once
     # the auxiliary head's weights travel in every checkpoint, so a resumed run continues them too
     aux_files = sorted((tmp_path / "m" / "_ray" / "fault").glob("checkpoint_*/aux_diagnosis.npz"))
-    assert len(aux_files) == 2 and len(np.load(aux_files[0]).files) == 2  # the last two checkpoints; kernel, bias
-    assert not np.allclose(np.load(aux_files[0])["w0"], np.load(aux_files[1])["w0"])  # it is being trained
+    assert len(aux_files) >= 2 and len(np.load(aux_files[-1]).files) == 2  # kernel and bias in each checkpoint
+    assert not np.allclose(np.load(aux_files[0])["w0"], np.load(aux_files[-1])["w0"])  # it is being trained
 
 
 def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_session, tmp_path):
