@@ -411,7 +411,7 @@ def choose_threshold(
             raise ValueError(f"policy 'sensitivity' needs target_sensitivity in (0, 1], got {target_sensitivity!r}")
     if confidence is not None and not (0.0 < float(confidence) < 1.0):
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    bound = None
+    n_pos = int(y.sum())
     if policy == "fixed":
         t = DEFAULT_THRESHOLD
     else:
@@ -423,15 +423,11 @@ def choose_threshold(
         elif confidence is None:
             i = int(np.argmax(tpr >= float(target_sensitivity) - ROC_TOL))  # tpr is non-decreasing; last is 1
         else:
-            n_pos = int(y.sum())
             lb = sensitivity_lower_bound(np.rint(tpr * n_pos), n_pos, float(confidence))
             ok = lb >= float(target_sensitivity) - ROC_TOL
             i = int(np.argmax(ok)) if ok.any() else len(thr) - 1  # unreachable target: catch every positive
         t = float(np.clip(thr[i], *THRESHOLD_CLIP))
     tm = threshold_metrics(y, p, t)
-    if confidence is not None and policy == "sensitivity":
-        n_pos = int(y.sum())
-        bound = float(sensitivity_lower_bound(round(tm["sensitivity"] * n_pos), n_pos, float(confidence)))
     out = {
         "threshold": t,
         "policy": policy,
@@ -439,7 +435,8 @@ def choose_threshold(
         "sensitivity": tm["sensitivity"],
         "specificity": tm["specificity"],
     }
-    if bound is not None:
+    if confidence is not None and policy == "sensitivity":
+        bound = float(sensitivity_lower_bound(round(tm["sensitivity"] * n_pos), n_pos, float(confidence)))
         out.update(confidence=float(confidence), sensitivity_lower_bound=bound,
                    target_met=bool(bound >= float(target_sensitivity) - ROC_TOL))
     return out
