@@ -64,10 +64,10 @@ class TrainConfig(_Section):
     augment: bool = True
     vertical_flip: bool = True
     class_weight: Literal["none", "balanced"] = "balanced"
-    # unfreeze the top N base layers in a second phase (100: blocks 6-16, everything at 14x14 and 7x7; 56: 11-16;
-    # 154: all). BatchNorm layers stay frozen, in inference mode.
-    fine_tune_layers: int = Field(100, ge=0)
-    fine_tune_epochs: int = Field(12, ge=0)  # 0 = no second phase
+    # unfreeze the top N base layers in a second phase (154: all of MobileNetV2; 100: blocks 6-16; 56: 11-16).
+    # BatchNorm layers stay frozen, in inference mode.
+    fine_tune_layers: int = Field(154, ge=0)
+    fine_tune_epochs: int = Field(10, ge=0)  # 0 = no second phase
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
     # cosine: the fine-tuning rate decays to 1% over fine_tune_epochs (large steps late in a long phase undo gains)
     fine_tune_schedule: Literal["constant", "cosine"] = "cosine"
