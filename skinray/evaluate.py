@@ -111,8 +111,7 @@ def evaluate(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -
         "age_band": metrics.grouped_report(ok, "age_band", thr),
     }
     if "dx" in ok and ok["dx"].notna().any():  # which diagnoses are missed (malignant) or flagged (benign)
-        dx = ok["dx"].astype(object).where(ok["dx"].notna(), None)
-        report["groups"]["dx"] = metrics.grouped_report(ok.assign(dx=dx), "dx", thr)
+        report["groups"]["dx"] = metrics.grouped_report(ok, "dx", thr)
     report.update(split=e.split, model_id=artifact.model_id, failed=int(len(failed)),
                   threshold_policy=artifact.meta["threshold"], calibration=artifact.meta["calibration"],
                   tta=inference.resolve_tta(artifact, cfg.score.tta))

@@ -335,10 +335,13 @@ def grouped_report(
     if len(df) == 0:
         return []
     y_all, p_all = _validate(df[label_col].to_numpy(), df[prob_col].to_numpy())
+    import pandas as pd
+
     codes = df[by].to_numpy(dtype=object)
     groups: dict[Any, list[int]] = {}
     for i, g in enumerate(codes):
-        g = None if g is None or (isinstance(g, float) and math.isnan(g)) else (g.item() if hasattr(g, "item") else g)
+        g = None if g is None or g is pd.NA or (isinstance(g, float) and math.isnan(g)) else (
+            g.item() if hasattr(g, "item") else g)
         groups.setdefault(g, []).append(i)
     rows = []
     for g in _group_sort_key(list(groups)):

@@ -165,10 +165,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def train_step(x: Any, y: Any, dx: Any, global_batch: Any) -> Any:
         def step(x: Any, y: Any, dx: Any) -> Any:
             with tf.GradientTape() as tape:
-                if aux_layer is not None:
-                    p, aux_logits = fit_model(x, training=True)
-                else:
-                    p = model(x, training=True)
+                out = fit_model(x, training=True)  # fit_model is model when the diagnosis head is off
+                p, aux_logits = out if aux_layer is not None else (out, None)
                 w = tf.gather(class_weight, tf.cast(y, tf.int32))
                 per_example = loss_fn(tf.expand_dims(y, -1), p) * w
                 if aux_layer is not None:  # dx = -1: no diagnosis recorded, no auxiliary loss
@@ -219,7 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             x = pending.result()
             pending = prefetch.submit(load, parts[i + 1]) if i + 1 < len(parts) else None
             y = part["label"].to_numpy(np.float32)
-            dx = part["dx_index"].to_numpy(np.int32) if aux_layer is not None else np.zeros(len(part), np.int32)
+            dx = part["dx_index"].to_numpy(np.int32)  # -1 everywhere when the diagnosis head is off
             losses.append(float(train_step(tf.constant(x), tf.constant(y), tf.constant(dx),
                                            tf.constant(float(len(part) * world)))))
         epoch_time = time.time() - started

@@ -403,3 +403,12 @@ def test_contact_sheet_mismatch() -> None:
         M.contact_sheet(_images(2), ["a"], "unused.png")
     with pytest.raises(ValueError, match="length mismatch"):
         M.contact_sheet(_images(2), ["a", "b"], "unused.png", highlight=[True])
+
+
+def test_grouped_report_treats_pandas_na_as_missing() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"dx": pd.array(["mel", pd.NA, "nv", pd.NA], dtype="string"), "label": [1, 1, 0, 0],
+                       "prob_malignant": [0.9, 0.2, 0.1, 0.7]})
+    rows = {g["group"]: g for g in M.grouped_report(df, "dx", 0.5)}
+    assert set(rows) == {"mel", "nv", None} and rows[None]["n"] == 2 and rows[None]["n_pos"] == 1
