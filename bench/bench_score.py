@@ -54,9 +54,10 @@ def decode_to_npy(paths: list[str], model_dir: str, out: str) -> dict[str, Any]:
     import numpy as np
 
     from skinray import images
-    from skinray.model import ModelArtifact
+    from skinray.artifact import ModelArtifact
+    from skinray.config import ImageConfig
 
-    cfg = images.image_config_from_spec(ModelArtifact.open(model_dir).meta["preprocessing"])
+    cfg = ModelArtifact.open(model_dir).image_config(ImageConfig())
     arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), cfg.size, cfg.size, 3))
     t = time.perf_counter()
     for i, p in enumerate(paths):
@@ -68,18 +69,18 @@ def decode_to_npy(paths: list[str], model_dir: str, out: str) -> dict[str, Any]:
 
 
 def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads: int, npy: str,
-                 idx: list[int], batch_size: int, per_image: bool | None) -> None:
+                 idx: list[int], batch_size: int, policy: str) -> None:
     try:
         import numpy as np
 
         from skinray import inference
-        from skinray.model import ModelArtifact
+        from skinray.artifact import ModelArtifact
 
-        engine = inference.make_engine(ModelArtifact.open(model_dir), engine_name, False, threads)
-        if per_image is not None and hasattr(engine, "per_image"):
-            engine.per_image = per_image
+        artifact = ModelArtifact.open(model_dir)
+        engine = inference.make_engine(artifact, engine_name, False, threads, policy)
+        tta = inference.resolve_tta(artifact)
         x = np.load(npy, mmap_mode="r")
-        inference.predict_arrays(engine, np.asarray(x[idx[:1]], dtype=np.float32))  # warm-up, not timed
+        inference.run_views(engine, np.asarray(x[idx[:1]], dtype=np.float32), tta)  # warm-up, not timed
         for j in idx:  # fault the pages in: reading pre-decoded tensors is not what (b) measures
             x[j].sum()
         barrier.wait()
@@ -87,7 +88,7 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
         for i in range(0, len(idx), batch_size):
             # What ImagePredictor.__call__ does with its decoded list, minus the decode.
             batch = np.stack([x[j] for j in idx[i : i + batch_size]]).astype(np.float32)
-            inference.predict_arrays(engine, batch)
+            inference.run_views(engine, batch, tta)
         q.put((t0, time.monotonic(), len(idx), None, time.process_time() - cpu0))
     except BaseException as exc:  # report instead of hanging the parent on the barrier
         barrier.abort()
@@ -95,7 +96,7 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
 
 
 def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: int, threads: int,
-                 batch_size: int, per_image: bool | None = None) -> dict[str, Any]:
+                 batch_size: int, policy: str = "auto") -> dict[str, Any]:
     """(b): ``processes`` engine processes (like the actor pool), each on an interleaved share of the images.
 
     Throughput = all images / (last process done - first process started), timed after a barrier so model
@@ -107,7 +108,7 @@ def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: 
     q, barrier = ctx.Queue(), ctx.Barrier(processes)
     shares = [list(range(k, n, processes)) for k in range(processes)]
     procs = [ctx.Process(target=_engine_proc, args=(q, barrier, model_dir, engine_name, threads, npy, share,
-                                                    batch_size, per_image)) for share in shares]
+                                                    batch_size, policy)) for share in shares]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -146,7 +147,7 @@ def seed_loop(model_dir: str, paths: list[str], size: int = 224) -> dict[str, An
 
 
 class _TracedDataset:
-    """Wraps the dataset ``score._pipeline`` returns; records (time, rows) of each batch the driver receives."""
+    """Wraps the dataset ``inference.predict_dataset`` returns; records (time, rows) of each batch the driver gets."""
 
     def __init__(self, ds: Any, trace: list[tuple[float, int]]) -> None:
         self._ds, self._trace = ds, trace
@@ -189,31 +190,32 @@ def write_manifest(paths: list[str], out: str) -> str:
 
 def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: str, label: str
                  ) -> dict[str, Any]:
+    from skinray import inference
     from skinray import score as score_mod
     from skinray.config import load_config
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(overrides={
-        "score.model": model_dir, "score.input": manifest, "score.out": out, "score.engine": args.engine,
+        "score.model": model_dir, "score.input": manifest, "score.out": out, "inference.engine": args.engine,
         "score.batch_size": args.batch_size, "score.actors": args.actors, "score.cpus_per_actor": args.cpus_per_actor,
         "score.run_id": f"bench-{label}", "score.top_k": 8,
     })
     trace: list[tuple[float, int]] = []
-    original = score_mod._pipeline
+    original = inference.predict_dataset
     t_pipeline = [0.0]
 
-    def traced(todo: Any, c: Any) -> Any:
+    def traced(*a: Any, **kw: Any) -> Any:
         t_pipeline[0] = time.time()
-        ds, actors = original(todo, c)
+        ds, actors = original(*a, **kw)
         return _TracedDataset(ds, trace), actors
 
-    score_mod._pipeline = traced
+    inference.predict_dataset = traced
     gc.collect()
     try:
         with PeakMemory() as mem, Timer() as t:
             summary = score_mod.score(cfg)
     finally:
-        score_mod._pipeline = original
+        inference.predict_dataset = original
     if summary["failed"]:
         log(f"WARNING: {summary['failed']} images failed: {summary['failed_by_reason']}")
     return {
@@ -221,7 +223,8 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
         "images": summary["rows"],
         "failed": summary["failed"],
         "actors": summary["actors"],
-        "wall_total": round(t.seconds, 2),  # score() call including reports and publish
+        "wall_total": round(t.seconds, 2),  # score() call including reports and the commit
+        "commit_seconds": summary["commit_seconds"],  # writing the table's data files + the one Delta commit
         "wall_summary": summary["wall_seconds"],  # run.json: start .. last part written
         "startup": summary["startup_seconds"],
         "steady_summary": summary["images_per_second_steady"],
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from skinray.runtime import cluster_cpus
 
     ray = start_ray()
-    actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))  # as score._pipeline decides
+    actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))  # as inference.actor_pool starts
     threads = max(1, int(args.cpus_per_actor))
     log(f"Ray up: {cluster_cpus()} CPUs -> {actors} actors x {threads} thread(s); engine {args.engine}, "
         f"batch {args.batch_size}, N={args.n}")
@@ -311,16 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     sweep_rows: list[dict[str, Any]] = []
     if args.sweep:
         sn = min(args.sweep_n, args.n)
-        settings = [("per-image (CPU default)", args.batch_size, None)]
+        settings = [("auto (measured per actor)", args.batch_size, "auto")]
         if args.engine == "onnx":
-            settings += [("batched", 1, False), ("batched", 16, False), ("batched", 64, False)]
+            settings += [("per-image", args.batch_size, "per_image"), ("batched", 16, "batch"),
+                         ("batched", 64, "batch")]
         runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(settings))}
         order = list(range(len(settings)))
         for round_order in (order, order[::-1]):  # forward then reversed: a drift in load hits all settings alike
             for i in round_order:
-                name, bs, per_image = settings[i]
+                name, bs, policy = settings[i]
                 log(f"sweep: engine alone, {name}, batch {bs}")
-                runs[i].append(engine_alone(model_dir, args.engine, npy, sn, actors, threads, bs, per_image))
+                runs[i].append(engine_alone(model_dir, args.engine, npy, sn, actors, threads, bs, policy))
         for i, (name, bs, _) in enumerate(settings):
             r1, r2 = runs[i]
             sweep_rows.append({"engine call": name, "batch": bs, "images": r1["images"],
@@ -348,14 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         {"stage": "(a) pipeline: score(), N", "images": a["images"], "wall s": a["wall_total"],
          "start-up s": a["startup"], "img/s (run.json steady)": a["steady_summary"],
          "img/s (trace steady)": a["steady_trace"], "img/s incl. start-up": a["overall_summary"],
-         "CPU-s/img": a["cpu_s_per_image"]},
+         "CPU-s/img": a["cpu_s_per_image"], "commit s": a["commit_seconds"]},
     ]
     if big:
         throughput.append(
             {"stage": f"(a) pipeline: score(), {args.mem_factor}N", "images": big["images"],
              "wall s": big["wall_total"], "start-up s": big["startup"], "img/s (run.json steady)": big["steady_summary"],
              "img/s (trace steady)": big["steady_trace"], "img/s incl. start-up": big["overall_summary"],
-             "CPU-s/img": big["cpu_s_per_image"]})
+             "CPU-s/img": big["cpu_s_per_image"], "commit s": big["commit_seconds"]})
     for i, r in enumerate(b_runs, 1):
         throughput.append({"stage": f"(b) engine alone, run {i}", "images": r["images"], "wall s": r["seconds"],
                            "img/s (trace steady)": r["images_per_second"], "CPU-s/img": r["cpu_s_per_image"]})

@@ -291,34 +291,35 @@ def cycle(items: Iterable[Any], n: int) -> list[Any]:
 def make_model_dir(path: str, weights: str, sample_images: Sequence[str] = ()) -> dict[str, Any]:
     """An untrained but complete model directory: MobileNetV2 with real ImageNet weights and a random head.
 
-    Writes ``model.keras``, ``model.onnx`` (parity measured on random inputs and ``sample_images``) and
-    ``skinray.json`` with the fields ``ModelArtifact`` and ``ImagePredictor`` read. Speed and memory are what a
+    Written through ``skinray.artifact`` like a trained model (``model.keras``, ``model.onnx`` with its parity
+    measured on random inputs and ``sample_images``, a verified ``skinray.json``). Speed and memory are what a
     trained model of the same architecture has; the probabilities mean nothing. Imports TensorFlow: call it via
     :func:`in_subprocess` from a driver whose memory is being measured.
     """
+    import tempfile
+
     import numpy as np
 
-    from skinray import images, model as skmodel, storage
+    from skinray import artifact, images, model as skmodel
     from skinray.config import ImageConfig
+    from skinray.operating_point import Calibration, ThresholdChoice
 
     cfg = ImageConfig()
-    os.makedirs(path, exist_ok=True)
     m = skmodel.build_model(cfg.size, 1.0, weights)
-    m.save(os.path.join(path, skmodel.MODEL_FILE))
     samples = None
     if sample_images:
         samples = np.stack([images.decode(Path(p).read_bytes(), cfg) for p in sample_images]).astype(np.float32)
-    diff = skmodel.export_onnx(m, os.path.join(path, skmodel.ONNX_FILE), cfg.size, samples=samples)
-    meta = {
-        "format_version": skmodel.FORMAT_VERSION,
-        "preprocessing": images.preprocessing_spec(cfg),
-        "threshold": {"threshold": 0.5, "policy": "fixed"},
-        "calibration": {"temperature": 1.0, "method": "none"},
-        "onnx": {"parity_max_abs_diff": diff},
-        "bench": {"untrained": True, "weights": str(weights), "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
-    }
-    storage.write_json(os.path.join(path, skmodel.META_FILE), meta)
-    return meta
+    with tempfile.TemporaryDirectory() as tmp:
+        m.save(os.path.join(tmp, artifact.MODEL_FILE))
+        names, diff = skmodel.export_onnx(m, os.path.join(tmp, artifact.ONNX_FILE), cfg.size, samples=samples)
+        meta = artifact.ModelMeta(
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), architecture={"base": "MobileNetV2"},
+            weights_source=str(weights), preprocessing=artifact.Preprocessing.from_config(cfg),
+            outputs=artifact.Outputs(logit=names[skmodel.LOGIT]), calibration=Calibration(),
+            threshold=ThresholdChoice(threshold=0.5, policy="fixed"), onnx={"parity_max_abs_diff": diff},
+            training={"bench": {"untrained": True, "weights": str(weights)}})
+        artifact.write(tmp, path, meta)
+    return {"parity": diff, "weights": str(weights)}
 
 
 def resolve_model(model: str | None, weights: str, workdir: str, sample_images: Sequence[str] = ()) -> str:
@@ -327,19 +328,19 @@ def resolve_model(model: str | None, weights: str, workdir: str, sample_images: 
         if not os.path.exists(os.path.join(model, "skinray.json")):
             raise SystemExit(f"--model {model}: no skinray.json there")
         return os.path.abspath(model)
-    path = os.path.join(workdir, "model-untrained")
+    path = os.path.join(workdir, "model-untrained-v2")
     meta_path = os.path.join(path, "skinray.json")
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta.get("bench", {}).get("weights") == str(weights) and os.path.exists(os.path.join(path, "model.onnx")):
+        if meta.get("training", {}).get("bench", {}).get("weights") == str(weights):
             log(f"reusing benchmark model {path} (ONNX parity {meta['onnx']['parity_max_abs_diff']:.1e})")
             return path
     if not os.path.isfile(weights):
         raise SystemExit(f"weights file not found: {weights} (pass --weights PATH or --model DIR)")
     log(f"building an untrained benchmark model in {path} from {weights}")
-    meta = in_subprocess(make_model_dir, path, weights, list(sample_images))
-    log(f"model ready (ONNX parity {meta['onnx']['parity_max_abs_diff']:.1e})")
+    made = in_subprocess(make_model_dir, path, weights, list(sample_images))
+    log(f"model ready (ONNX parity {made['parity']:.1e})")
     return path
 
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-EXTRAS="${1:-test}"
+EXTRAS="${1:-cpu,test}"
 stamp_src="$(cat pyproject.toml cluster/constraints.txt | sha256sum | cut -c1-16)-${EXTRAS}"
 if [[ -x .venv/bin/python && -f .venv/.skinray-stamp && "$(cat .venv/.skinray-stamp)" == "${stamp_src}" ]]; then
     exit 0

@@ -15,19 +15,25 @@ Usage:
   ${PROG} start [--num-cpus N] [--num-gpus N] [--port P] [--dashboard-port P]
                 [--workers K] [--worker-cpus N] [--agent-port P]
                 [--auth token|disabled] [-- EXTRA_RAY_START_ARGS...]
-  ${PROG} stop [--force]
+  ${PROG} stop [--port P]
   ${PROG} status [--port P]
   ${PROG} --help
 
 Commands:
   start    Start a Ray head node with the dashboard enabled on 127.0.0.1 (the
            dashboard is the HTTP endpoint that 'ray job submit' talks to), then
-           optionally K extra worker nodes on the same machine. The dashboard
-           only listens on 127.0.0.1, but Ray's GCS/raylet ports listen on all
-           interfaces (Ray uses the host's IP even for a local cluster): keep
-           them firewalled on a shared network.
-  stop     'ray stop': stops EVERY Ray process this user runs on this machine,
-           not only the ones started by this script.
+           optionally K extra worker nodes on the same machine. Each node is a
+           'ray start --block' process in the background whose PID is recorded
+           in \$SKINRAY_LOCAL_STATE/skinray-local-PORT/ (default: \$TMPDIR or
+           /tmp), with its log beside it. The dashboard only listens on
+           127.0.0.1, but Ray's GCS/raylet ports listen on all interfaces (Ray
+           uses the host's IP even for a local cluster): keep them firewalled
+           on a shared network.
+  stop     Stop the nodes this script started for --port P (default 6379), by
+           their recorded PIDs: SIGTERM, which ends each node and its
+           processes, then SIGKILL after 30 s. Never 'ray stop', which would end
+           every Ray process of this user on the machine -- other people's
+           clusters and training runs included.
   status   'ray status' for the cluster at 127.0.0.1:PORT (in token mode when
            a token is available).
 
@@ -38,6 +44,9 @@ Options for start:
   --dashboard-port P  Dashboard / job-submission port (default: 8265).
   --workers K         Extra worker nodes to start on this machine (default: 0).
   --worker-cpus N     CPUs each extra worker node offers (default: 1).
+  --start-timeout S   Seconds to wait for each node to say it started
+                      (default: \$SKINRAY_START_WAIT_S, else 300; a loaded host
+                      can take minutes).
   --agent-port P      First port for the nodes' dashboard agents (default: the
                       first free port from 52365). Job submission goes through
                       the head's agent, and every Ray instance on a machine
@@ -105,6 +114,58 @@ free_port() {
     echo "${p}"
 }
 
+state_dir() {
+    # state_dir PORT: where the nodes started for this GCS port record their PIDs and logs
+    echo "${SKINRAY_LOCAL_STATE:-${TMPDIR:-/tmp}}/skinray-local-$1"
+}
+
+launch_node() {
+    # launch_node STATE_DIR NAME TIMEOUT RAY_START_ARGS...: a 'ray start --block' in the background,
+    # its PID recorded, waited for until it says it started (or dies, or the timeout passes).
+    local dir="$1" name="$2" timeout="$3"
+    shift 3
+    local log="${dir}/${name}.log"
+    echo "+ $* --block   # ${name}, log: ${log}"
+    nohup "$@" --block >"${log}" 2>&1 </dev/null &
+    local pid=$!
+    echo "${pid} ${name}" >>"${dir}/pids"
+    local waited=0
+    until grep -q "Ray runtime started" "${log}" 2>/dev/null; do
+        if ! kill -0 "${pid}" 2>/dev/null; then
+            echo "${PROG}: ${name} exited before it started; its log:" >&2
+            tail -n 20 "${log}" >&2
+            return 1
+        fi
+        if ((waited >= timeout)); then
+            echo "${PROG}: ${name} did not start within ${timeout}s (see ${log})" >&2
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+stop_pids() {
+    # stop_pids STATE_DIR: SIGTERM every recorded node (workers first), SIGKILL what is left after 30 s
+    local dir="$1" pid name waited
+    [[ -f "${dir}/pids" ]] || return 0
+    local -a pids=()
+    while read -r pid name; do
+        pids=("${pid}" ${pids[@]+"${pids[@]}"})
+    done <"${dir}/pids"
+    for pid in "${pids[@]}"; do
+        kill -TERM "${pid}" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        waited=0
+        while kill -0 "${pid}" 2>/dev/null && ((waited < ${SKINRAY_STOP_WAIT_S:-30})); do
+            sleep 1
+            waited=$((waited + 1))
+        done
+        kill -KILL "${pid}" 2>/dev/null || true
+    done
+}
+
 wait_for_dashboard() {
     # Poll the dashboard port: 'ray start' can return before the dashboard
     # accepts connections, and 'ray job submit' fails until it does.
@@ -122,7 +183,7 @@ wait_for_dashboard() {
 
 cmd_start() {
     local num_cpus="" num_gpus="" port=6379 dash_port=8265 workers=0 worker_cpus=1
-    local agent_port="" auth="${RAY_AUTH_MODE:-}"
+    local agent_port="" auth="${RAY_AUTH_MODE:-}" timeout="${SKINRAY_START_WAIT_S:-300}"
     local -a extra=()
     while [[ $# -gt 0 ]]; do
         case "$1" in
@@ -134,14 +195,15 @@ cmd_start() {
             --worker-cpus) need_value "$1" $#; worker_cpus="$2"; shift 2 ;;
             --agent-port) need_value "$1" $#; agent_port="$2"; shift 2 ;;
             --auth) need_value "$1" $#; auth="$2"; shift 2 ;;
+            --start-timeout) need_value "$1" $#; timeout="$2"; shift 2 ;;
             -h | --help) usage; exit 0 ;;
             --) shift; extra=("$@"); break ;;
             *) die "start: unknown option '$1'" ;;
         esac
     done
     local v
-    for v in "$port" "$dash_port" "$workers" "$worker_cpus" ${num_cpus:+"$num_cpus"} ${num_gpus:+"$num_gpus"} \
-        ${agent_port:+"$agent_port"}; do
+    for v in "$port" "$dash_port" "$workers" "$worker_cpus" "$timeout" ${num_cpus:+"$num_cpus"} \
+        ${num_gpus:+"$num_gpus"} ${agent_port:+"$agent_port"}; do
         is_uint "$v" || die "start: '$v' is not a non-negative integer"
     done
     if [[ -z "${auth}" ]]; then
@@ -167,6 +229,15 @@ cmd_start() {
         "${ray}" get-auth-token --generate >/dev/null # creates ~/.ray/auth_token if missing
     fi
 
+    local dir
+    dir="$(state_dir "${port}")"
+    if [[ -f "${dir}/pids" ]]; then
+        die "start: nodes started earlier for port ${port} are recorded in ${dir}: '${PROG} stop --port ${port}' first"
+    fi
+    mkdir -p "${dir}"
+    # A loaded host can miss Ray's default agent-registration timeout ("node timed out during startup").
+    export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-300000}"
+
     local next_agent="${agent_port:-52365}"
     [[ -n "${agent_port}" ]] || next_agent="$(free_port "${next_agent}")"
 
@@ -183,8 +254,11 @@ cmd_start() {
     [[ -n "${num_gpus}" ]] && head+=(--num-gpus "${num_gpus}")
     head+=(${extra[@]+"${extra[@]}"})
 
-    echo "+ ${head[*]}"
-    "${head[@]}"
+    if ! launch_node "${dir}" head "${timeout}" "${head[@]}"; then
+        stop_pids "${dir}"
+        rm -rf "${dir}"
+        exit 1
+    fi
 
     local i
     for ((i = 1; i <= workers; i++)); do
@@ -197,8 +271,11 @@ cmd_start() {
             --dashboard-agent-listen-port "${next_agent}"
             --disable-usage-stats
         )
-        echo "+ ${worker[*]}   # worker node ${i}/${workers}, same machine"
-        "${worker[@]}"
+        if ! launch_node "${dir}" "worker-${i}" "${timeout}" "${worker[@]}"; then
+            stop_pids "${dir}"
+            rm -rf "${dir}"
+            exit 1
+        fi
     done
 
     wait_for_dashboard "${dash_port}"
@@ -225,23 +302,29 @@ ${auth_line}
   a Ray Client address and fail. RAY_API_SERVER_ADDRESS=http://127.0.0.1:${dash_port}
   is read only by the job CLI/SDK, and RAY_ADDRESS=127.0.0.1:${port} works for both.
 
-  Stop with: ${PROG} stop
+  Stop with: ${PROG} stop --port ${port}   (only these nodes; never 'ray stop')
 EOF
 }
 
 cmd_stop() {
-    local -a args=()
+    local port=6379
     while [[ $# -gt 0 ]]; do
         case "$1" in
-            --force | -f) args+=(--force); shift ;;
+            --port) need_value "$1" $#; port="$2"; shift 2 ;;
             -h | --help) usage; exit 0 ;;
             *) die "stop: unknown option '$1'" ;;
         esac
     done
-    local ray
-    ray="$(find_ray)"
-    echo "+ ${ray} stop ${args[*]:-}"
-    "${ray}" stop ${args[@]+"${args[@]}"}
+    is_uint "${port}" || die "stop: '${port}' is not a port number"
+    local dir
+    dir="$(state_dir "${port}")"
+    if [[ ! -f "${dir}/pids" ]]; then
+        echo "nothing to stop: no nodes started by ${PROG} for port ${port} (${dir}/pids)"
+        return 0
+    fi
+    echo "stopping the nodes started for port ${port}: $(awk '{print $2 " (pid " $1 ")"}' "${dir}/pids" | paste -sd, -)"
+    stop_pids "${dir}"
+    rm -rf "${dir}"
 }
 
 cmd_status() {

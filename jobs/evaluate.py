@@ -1,8 +1,11 @@
-"""`ray job submit` entrypoint: `python jobs/evaluate.py --help` lists the flags (same as `skinray evaluate`)."""
+"""`ray job submit` entrypoint: `python jobs/evaluate.py --help` lists the flags (same as `skinray evaluate`).
+
+The doctor's checks for these arguments (reachable URIs, a GPU when asked for) run first.
+"""
 
 import sys
 
 from skinray.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main(["evaluate", *sys.argv[1:]], preflight=True))

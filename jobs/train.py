@@ -1,8 +1,11 @@
-"""`ray job submit` entrypoint: `python jobs/train.py --help` lists the flags (same as `skinray train`)."""
+"""`ray job submit` entrypoint: `python jobs/train.py --help` lists the flags (same as `skinray train`).
+
+The doctor's checks for these arguments (reachable URIs, a GPU when asked for) run first.
+"""
 
 import sys
 
 from skinray.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", *sys.argv[1:]], preflight=True))

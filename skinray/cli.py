@@ -1,164 +1,226 @@
 """The ``skinray`` command line: parse flags into the typed config, call the library, print for people.
 
 Errors the user can fix print one line (``skinray: error: ...``) and exit 2; nothing here holds pipeline logic.
+Every flag has help text that names its default (and the config key it sets).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import textwrap
 from typing import Any, Callable, Sequence
 
-from skinray import SkinrayError, __version__
+from skinray import SkinrayError, __version__, console
 from skinray.config import SkinrayConfig, load_config
 
+DEFAULTS = SkinrayConfig()
 
-def _log(msg: str) -> None:
-    print(f"[skinray] {msg}", file=sys.stderr, flush=True)
+
+def _default(key: str) -> str:
+    """``(default: VALUE; config KEY)`` for a flag that sets config ``key``."""
+    node: Any = DEFAULTS
+    for part in key.split("."):
+        node = getattr(node, "schema_name" if part == "schema" else part)
+    shown = "from the model" if node is None and key.endswith(".tta") else node
+    return f"(default: {shown}; config {key})"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; a literal default appended where the help does not give one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" not in text and action.default not in (None, argparse.SUPPRESS) and action.option_strings:
+            shown = "off" if action.default is False else action.default
+            text += f" (default: {shown})"
+        return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("configuration")
-    g.add_argument("--config", metavar="YAML", help="config file (local or s3://); flags override it")
-    g.add_argument("--recipe", metavar="NAME", help="start from a named training recipe: seed (the notebook's, "
-                   "for comparison) or improved (the default's settings, spelled out); file and flags override it")
+    g = p.add_argument_group("configuration and output")
+    g.add_argument("--config", metavar="YAML", help="config file (local or s3://); flags override it (default: none)")
+    g.add_argument("--recipe", metavar="NAME", help="start from a named training recipe: seed (the notebook's, for "
+                   "comparison) or improved (the default's settings, spelled out) (default: none)")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set train.learning_rate=3e-4 (repeatable)")
+                   help="override any config key, e.g. --set train.learning_rate=3e-4 (repeatable) (default: none)")
     g.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
-    g.add_argument("--region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1)")
+    g.add_argument("--region", help="S3 region (default: each bucket's own region, else $AWS_REGION)")
+    g.add_argument("-v", "--verbose", action="store_true", help="show Ray, TensorFlow and library logs")
+    g.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text: one line per stage for people; json: one JSON object per event")
 
 
 def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
     root = argparse.ArgumentParser(
         prog="skinray",
         description="Dermoscopic lesion classification (MobileNetV2) as distributed Ray batch jobs.",
-        formatter_class=fmt,
+        formatter_class=_Formatter,
         epilog="Run `skinray COMMAND --help` for examples. With RAY_ADDRESS set, jobs join that cluster.",
     )
     root.add_argument("--version", action="version", version=f"skinray {__version__}")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, examples: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt,
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter,
                            epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "))
         _common(p)
         return p
 
+    def tta(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--engine", choices=["onnx", "tf"], help="inference engine " + _default("inference.engine"))
+        p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="average over flips " + _default("inference.tta"))
+
     p = add("synth", "write synthetic dermoscopy-like sample images and a metadata file", """
         skinray synth --out data/sample --n 400
         skinray synth --out s3://bucket/sample --n 1000 --schema ham10000 --corrupt 5 --missing 5""")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--schema", choices=["isic", "ham10000"], default="isic")
-    p.add_argument("--malignant-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corrupt", type=int, default=0)
-    p.add_argument("--missing", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder or s3:// prefix to write into (required)")
+    p.add_argument("--n", type=int, default=400, help="images to generate")
+    p.add_argument("--image-size", type=int, default=128, help="side of the square images, in pixels")
+    p.add_argument("--schema", choices=["isic", "ham10000"], default="isic", help="metadata columns to write")
+    p.add_argument("--malignant-fraction", type=float, default=0.2, help="share of malignant lesions")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--corrupt", type=int, default=0, help="images to damage on purpose (truncated files)")
+    p.add_argument("--missing", type=int, default=0, help="manifest rows whose image is left out")
 
     p = add("prepare", "check, clean and split a manifest into prepared/ (manifest, rejects, report)", """
         skinray prepare --manifest data/sample/metadata.csv --images data/sample/images --out out/prepared
         skinray prepare --manifest ../shared/data/ham10000/HAM10000_metadata.csv \\
             --images ../shared/data/ham10000/images --out out/ham-prepared""")
-    p.add_argument("--manifest")
-    p.add_argument("--images")
-    p.add_argument("--out")
-    p.add_argument("--schema", choices=["auto", "isic", "ham10000"])
-    p.add_argument("--image-template", help="default {images}/{isic_id}.jpg; any manifest column may be used")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--manifest", help="CSV, Parquet or JSON-lines manifest, local or s3:// (required)")
+    p.add_argument("--images", help="folder of the images, used by the image template (default: none)")
+    p.add_argument("--out", help="output folder or prefix (required)")
+    p.add_argument("--schema", choices=["auto", "isic", "ham10000"], help="manifest columns " +
+                   _default("manifest.schema"))
+    p.add_argument("--image-template", help="where a row's image is; any manifest column may be used " +
+                   _default("manifest.image_template"))
+    p.add_argument("--seed", type=int, help="split seed " + _default("prepare.seed"))
 
     p = add("train", "fine-tune MobileNetV2 on Ray Train and write a model directory", """
-        skinray train --prepared out/prepared --out out/model --workers 2 --epochs 10
+        skinray train --prepared out/prepared --out out/model --workers 2
+        skinray train --prepared out/prepared --out out/model --head-epochs 6 --fine-tune-epochs 0
         skinray train --prepared out/prepared --out out/model --weights none --image-size 96 --set train.alpha=0.35
         skinray train --prepared s3://b/prepared --out s3://b/models/m1 --gpu --workers 4""")
-    p.add_argument("--prepared")
-    p.add_argument("--out")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per worker; the global batch is this times --workers")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--weights", help="imagenet | none | local or s3 path to a no-top MobileNetV2 weights file")
-    p.add_argument("--run-name", help="same name + same storage resumes from the last checkpoint")
+    p.add_argument("--prepared", help="a prepare output folder (required)")
+    p.add_argument("--out", help="model directory to write (required)")
+    p.add_argument("--workers", type=int, help="Ray Train workers " + _default("train.workers"))
+    p.add_argument("--gpu", action="store_true", default=None,
+                   help="one GPU per worker " + _default("train.use_gpu"))
+    p.add_argument("--head-epochs", "--epochs", dest="epochs", type=int,
+                   help="epochs of the first phase only (new head, base frozen); fine-tuning follows "
+                   + _default("train.epochs"))
+    p.add_argument("--fine-tune-epochs", type=int, help="epochs of the second phase (base layers unfrozen; 0: none) "
+                   + _default("train.fine_tune_epochs"))
+    p.add_argument("--batch-size", type=int, help="per worker; the global batch is this times --workers " +
+                   _default("train.batch_size"))
+    p.add_argument("--image-size", type=int, help="input side in pixels " + _default("image.size"))
+    p.add_argument("--weights", help="imagenet | none | local or s3 path to a no-top MobileNetV2 weights file " +
+                   _default("train.weights"))
+    p.add_argument("--run-name", help="same name + same storage resumes from the last checkpoint "
+                   "(default: derived from the data and the settings)")
 
     p = add("evaluate", "metrics, report and plots for a model on one split of a prepared dataset", """
         skinray evaluate --model out/model --prepared out/prepared --out out/report
         skinray evaluate --model out/model --prepared out/prepared --out out/val-report --split val""")
-    p.add_argument("--model")
-    p.add_argument("--prepared")
-    p.add_argument("--out")
-    p.add_argument("--split", choices=["train", "val", "test"])
-    p.add_argument("--engine", choices=["onnx", "tf"])
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
+    p.add_argument("--model", help="model directory (required)")
+    p.add_argument("--prepared", help="a prepare output folder (required)")
+    p.add_argument("--out", help="report folder to write (required)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="which split " + _default("evaluate.split"))
+    tta(p)
 
-    p = add("score", "score an image set (manifest or folder) into date-partitioned Parquet", """
+    p = add("score", "score an image set (manifest or folder) into the scores table (Delta Lake)", """
         skinray score --model out/model --input data/sample/images --out out/scores
         skinray score --model s3://b/models/m1 --input s3://b/incoming/2026-11-25 --out s3://b/scores --date 2026-11-25
         skinray score --model out/model --input-root s3://b/incoming --date 2026-11-25 --out s3://b/scores""")
-    p.add_argument("--model")
-    p.add_argument("--input", help="a manifest (csv/parquet/jsonl) or a folder/prefix of images")
-    p.add_argument("--input-root", help="nightly: read {input-root}/{date}/")
-    p.add_argument("--out")
-    p.add_argument("--images", help="image root for manifests without an image_uri column")
-    p.add_argument("--run-id", help="default: derived from input, model and date (so re-runs resume)")
+    p.add_argument("--model", help="model directory (required)")
+    p.add_argument("--input", help="a manifest file (csv/parquet/jsonl) or a folder/prefix of images (required)")
+    p.add_argument("--input-root", help="nightly: read {input-root}/{date}/ (default: none)")
+    p.add_argument("--input-kind", choices=["auto", "images", "manifest"],
+                   help="auto: a file is a manifest, a folder is images; manifest: a Parquet folder is one manifest "
+                   + _default("score.input_kind"))
+    p.add_argument("--out", help="output folder or prefix: scores/ table, runs/ (required)")
+    p.add_argument("--images", help="image root for manifests without an image_uri column (default: none)")
+    p.add_argument("--run-id", help="letters, digits, . _ - (default: derived from input, model and date, so "
+                   "re-runs resume)")
     p.add_argument("--date", help="YYYY-MM-DD partition (default: today, UTC)")
-    p.add_argument("--engine", choices=["onnx", "tf"])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--actors", type=int)
-    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per actor (onnxruntime-gpu)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
+    tta(p)
+    p.add_argument("--batch-size", type=int, help="images per actor call " + _default("score.batch_size"))
+    p.add_argument("--actors", type=int, help="a fixed pool of this many actors; 0 autoscales between "
+                   "--min-actors and --max-actors " + _default("score.actors"))
+    p.add_argument("--min-actors", type=int, help="autoscaling pool floor " + _default("score.min_actors"))
+    p.add_argument("--max-actors", type=int, help="autoscaling pool ceiling " + _default("score.max_actors"))
+    p.add_argument("--gpu", action="store_true", default=None,
+                   help="one GPU per actor (onnxruntime-gpu) " + _default("score.use_gpu"))
+    p.add_argument("--gpu-wait", type=float, help="seconds to wait for a GPU node to join " +
+                   _default("score.gpu_wait_seconds"))
 
     p = add("predict", "predict a few images now (no Ray) and optionally draw a contact sheet", """
         skinray predict --model out/model img1.jpg img2.jpg --sheet sheet.png""")
-    p.add_argument("--model", required=True)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--sheet", help="write a PNG contact sheet of the images with their predictions")
-    p.add_argument("--engine", choices=["onnx", "tf"], default="onnx")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over flips (default: as the model was calibrated, skinray.json tta)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--model", required=True, help="model directory (required)")
+    p.add_argument("images", nargs="+", help="image files or URIs")
+    p.add_argument("--sheet", help="write a PNG contact sheet of the images with their predictions (default: none)")
+    tta(p)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
 
-    p = add("query", "SQL over scoring output (DuckDB view `scores`) or a preset", """
+    p = add("query", "SQL over the scores table (DuckDB views `scores` and `runs`) or a preset", """
         skinray query out/scores "SELECT predicted, count(*) FROM scores GROUP BY 1"
         skinray query out/scores --top-suspicious 10 --date 2026-11-25
-        skinray query out/scores --daily-counts --format csv""")
-    p.add_argument("out_uri")
-    p.add_argument("sql", nargs="?")
-    p.add_argument("--top-suspicious", type=int, metavar="K")
-    p.add_argument("--daily-counts", action="store_true")
-    p.add_argument("--date")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        skinray query out/scores --daily-counts --format csv
+        skinray query out/scores --daily-counts --as-of 3        # what the table said at version 3""")
+    p.add_argument("out_uri", metavar="OUT", help="the scoring output folder (holds scores/)")
+    p.add_argument("sql", nargs="?", help="SQL over the views scores and runs (default: none)")
+    p.add_argument("--top-suspicious", type=int, metavar="K", help="the K most suspicious images (default: none)")
+    p.add_argument("--daily-counts", action="store_true", help="images, failures and flags per date")
+    p.add_argument("--date", help="only this date, YYYY-MM-DD, for --top-suspicious (default: every date)")
+    p.add_argument("--as-of", help="read an earlier table version (a number) or time (ISO) (default: latest)")
+    p.add_argument("--all-runs", action="store_true",
+                   help="every committed run's rows (default: the latest run of each date only)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+
+    p = add("export", "re-export a model directory into the current format (logit outputs, verified files)", """
+        skinray export --model out/old-model --out out/model-v2""")
+    p.add_argument("--model", required=True, help="model directory to read (required)")
+    p.add_argument("--out", required=True, help="new model directory to write (required)")
+
+    p = add("doctor", "check Ray, ONNX Runtime, TensorFlow, S3 and a model before running jobs", """
+        skinray doctor
+        skinray doctor s3://b/incoming/2026-11-25 s3://b/scores --model s3://b/models/m1
+        RAY_ADDRESS=127.0.0.1:6379 skinray doctor --gpu     # probes a GPU node of the cluster""")
+    p.add_argument("uris", nargs="*", help="URIs that must be reachable (local or s3://) (default: none)")
+    p.add_argument("--model", help="a model directory to verify (schema, file hashes, engine) (default: none)")
+    p.add_argument("--gpu", action="store_true", help="probe a GPU node: ONNX Runtime's CUDA provider and "
+                   "TensorFlow's GPU (waits score.gpu_wait_seconds for one to join)")
 
     p = add("demo", "synth → prepare → train → evaluate → score → query on a local Ray, with a summary", """
         skinray demo --out demo-out
         skinray demo --out demo-out --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
         skinray demo --out ham-out --ham10000 ../shared/data/ham10000 --weights PATH""")
-    p.add_argument("--out", default="demo-out")
+    p.add_argument("--out", default="demo-out", help="folder for everything the demo writes")
     p.add_argument("--n", type=int, default=1500, help="synthetic images")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--weights", help="a weights file: the demo then uses alpha 1.0 at 224 px")
-    p.add_argument("--ham10000", help="folder with HAM10000_metadata.csv and images/ instead of synthetic data")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="head-phase epochs (default: 20 without weights, 3 with)")
+    p.add_argument("--weights", help="a weights file: the demo then uses alpha 1.0 at 224 px (default: none)")
+    p.add_argument("--ham10000", help="folder with HAM10000_metadata.csv and images/ instead of synthetic data "
+                   "(default: none)")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     return root
 
 
 FLAG_TO_KEY: dict[str, dict[str, str]] = {
     "prepare": {"manifest": "prepare.manifest", "images": "prepare.images", "out": "prepare.out",
-                "schema": "prepare.schema", "image_template": "prepare.image_template", "seed": "prepare.seed"},
+                "schema": "manifest.schema", "image_template": "manifest.image_template", "seed": "prepare.seed"},
     "train": {"prepared": "train.prepared", "out": "train.out", "workers": "train.workers", "gpu": "train.use_gpu",
-              "epochs": "train.epochs", "batch_size": "train.batch_size", "image_size": "image.size",
-              "weights": "train.weights", "run_name": "train.run_name"},
+              "epochs": "train.epochs", "fine_tune_epochs": "train.fine_tune_epochs",
+              "batch_size": "train.batch_size", "image_size": "image.size", "weights": "train.weights",
+              "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
-                 "split": "evaluate.split", "engine": "score.engine", "tta": "score.tta"},
-    "score": {"model": "score.model", "input": "score.input", "out": "score.out", "images": "score.images",
-              "run_id": "score.run_id", "date": "score.date", "engine": "score.engine",
-              "batch_size": "score.batch_size", "actors": "score.actors", "gpu": "score.use_gpu", "tta": "score.tta"},
+                 "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta"},
+    "score": {"model": "score.model", "input": "score.input", "input_kind": "score.input_kind", "out": "score.out",
+              "images": "score.images", "run_id": "score.run_id", "date": "score.date",
+              "engine": "inference.engine", "tta": "inference.tta", "batch_size": "score.batch_size",
+              "actors": "score.actors", "min_actors": "score.min_actors", "max_actors": "score.max_actors",
+              "gpu": "score.use_gpu", "gpu_wait": "score.gpu_wait_seconds"},
+    "predict": {"engine": "inference.engine", "tta": "inference.tta"},
 }
 
 
@@ -170,13 +232,13 @@ def build_config(args: argparse.Namespace) -> SkinrayConfig:
         if not args.date:
             raise SkinrayError("--input-root needs --date")
         from skinray import storage
+        from skinray.config import check_date
 
-        overrides["score.input"] = storage.join(args.input_root, args.date)
+        try:
+            overrides["score.input"] = storage.join(args.input_root, check_date(args.date))
+        except ValueError as exc:
+            raise SkinrayError(f"--date {exc}") from None
     return load_config(args.config, overrides, args.sets, args.recipe)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -191,7 +253,7 @@ def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.prepare import prepare
 
-    r = prepare(cfg, _log)
+    r = prepare(cfg)
     print(f"kept {r['kept']:,} of {r['rows_in']:,} rows; rejected {r['rejected']:,} {r['rejected_by_reason']}")
     for name, s in r["splits"].items():
         print(f"  {name:5s} {s['rows']:>7,} rows ({s['share']:.1%}), malignant {s['malignant_fraction']}")
@@ -199,46 +261,49 @@ def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
+    from skinray.operating_point import describe
     from skinray.train import train
 
-    meta = train(cfg, _log)
-    v = meta.get("validation") or {}
-    auc = (v.get("ranking") or {}).get("roc_auc")
-    print(f"model: {cfg.train.out}  best epoch {meta['training']['best_epoch']}, val ROC-AUC "
-          f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta['threshold']['threshold']:.3f} "
-          f"({meta['threshold']['policy']})")
+    meta = train(cfg)
+    auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
+    print(f"model: {cfg.train.out}  best epoch {meta.training['best_epoch']}, val ROC-AUC "
+          f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
+          f"({describe(meta.threshold)})")
 
 
 def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.evaluate import evaluate
 
-    r = evaluate(cfg, _log)
+    r = evaluate(cfg)
     at, ci = r["at_threshold"], r.get("roc_auc_ci95") or [None, None]
     auc = r["ranking"]["roc_auc"]
-    print(f"{r['split']}: n={r['n']} ROC-AUC {auc if auc is None else round(auc, 3)} CI {ci}, "
-          f"sensitivity {at['sensitivity']}, specificity {at['specificity']} at threshold {at['threshold']:.3f}")
+    print(f"{r['split']}: n={r['n']} ROC-AUC {auc if auc is None else round(auc, 3)} CI "
+          f"{[None if c is None else round(c, 3) for c in ci]}, sensitivity {at['sensitivity']}, "
+          f"specificity {at['specificity']} at threshold {at['threshold']:.3f}")
     print(f"report: {cfg.evaluate.out}/report.md")
 
 
 def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.score import score
 
-    s = score(cfg, _log)
+    s = score(cfg)
     if s.get("already_complete"):
-        print(f"run {s['run_id']} already complete: {s['rows']:,} rows in {s['output']}")
+        print(f"run {s['run_id']} already complete: {s['rows']:,} rows in {s['table']} (version "
+              f"{s.get('table_version')})")
         return
     print(f"run {s['run_id']}: scored {s['scored']:,}, failed {s['failed']:,} {s['failed_by_reason']} in "
-          f"{s['wall_seconds']} s ({s['images_per_second_steady']} img/s steady); output {s['output']}")
+          f"{s['wall_seconds']} s ({s.get('images_per_second_steady')} img/s steady); committed to {s['table']} "
+          f"as version {s['table_version']}")
 
 
 def _cmd_predict(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.predict import predict
     from skinray.query import format_frame
 
-    df = predict(args.model, args.images, cfg.storage, args.engine, args.tta, args.sheet)
+    df = predict(args.model, args.images, cfg.storage, cfg.inference, cfg.image, args.sheet)
     print(format_frame(df, args.format))
     if args.sheet:
-        _log(f"contact sheet: {args.sheet}")
+        print(f"contact sheet: {args.sheet}", file=sys.stderr)
 
 
 def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -252,33 +317,58 @@ def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
         sql = args.sql
     else:
         raise SkinrayError("give SQL, --top-suspicious K or --daily-counts")
-    print(query(args.out_uri, sql, args.format, cfg.storage))
+    print(query(args.out_uri, sql, args.format, cfg.storage, args.as_of, args.all_runs))
+
+
+def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
+    from skinray.export import export
+
+    model_id, _ = export(args.model, args.out, cfg.storage)
+    print(f"model {model_id} written to {args.out}")
+
+
+def _cmd_doctor(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
+    from skinray.doctor import doctor
+
+    report = doctor(cfg, args.uris, args.model, args.gpu)
+    if report.failed:
+        raise SkinrayError(f"doctor: {len(report.failed)} of {len(report.checks)} checks failed: "
+                           + ", ".join(c.name for c in report.failed))
+    print(f"doctor: all {len(report.checks)} checks passed")
 
 
 def _cmd_demo(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.demo import run_demo
 
-    summary = run_demo(args.out, n=args.n, weights=args.weights, ham10000=args.ham10000, epochs=args.epochs,
-                       workers=args.workers, base_config=cfg, log=_log)
-    print(summary["text"])
+    print(run_demo(args.out, n=args.n, weights=args.weights, ham10000=args.ham10000, epochs=args.epochs,
+                   workers=args.workers, base_config=cfg).text)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, SkinrayConfig], None]] = {
     "synth": _cmd_synth, "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
-    "score": _cmd_score, "predict": _cmd_predict, "query": _cmd_query, "demo": _cmd_demo,
+    "score": _cmd_score, "predict": _cmd_predict, "query": _cmd_query, "export": _cmd_export,
+    "doctor": _cmd_doctor, "demo": _cmd_demo,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
+    """The command line; ``preflight`` (the job entrypoints) first runs the doctor checks the job's arguments
+    need, so a missing bucket or an unusable GPU ends the job in seconds."""
     args = _parser().parse_args(argv)
+    console.setup(args.verbose, args.log_format)
     try:
         cfg = build_config(args)
+        if preflight:
+            from skinray.doctor import preflight as run_checks
+
+            checks = run_checks(args.command, cfg)
+            console.log.info("preflight: %d checks passed", len(checks.checks))
         COMMANDS[args.command](args, cfg)
     except SkinrayError as exc:
-        print(f"skinray: error: {exc}", file=sys.stderr)
+        console.error(str(exc), args.log_format)
         return 2
     except KeyboardInterrupt:
-        print("skinray: interrupted", file=sys.stderr)
+        console.error("interrupted", args.log_format)
         return 130
     return 0
+

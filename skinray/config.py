@@ -8,6 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import datetime as dt
+import logging
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,18 +35,37 @@ class ImageConfig(_Section):
     max_bytes: int = Field(64 * 1024 * 1024, ge=1)
 
 
+class ManifestConfig(_Section):
+    """How a manifest is read, shared by prepare and score (a scoring manifest is read like a training one)."""
+
+    schema_name: Literal["auto", "isic", "ham10000"] = Field("auto", alias="schema")
+    image_template: str = "{images}/{isic_id}.jpg"  # any manifest column may appear; each is checked like an id
+    malignant_dx: list[str] = Field(default_factory=lambda: list(DEFAULT_MALIGNANT_DX))
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class InferenceConfig(_Section):
+    """How a model scores, shared by evaluate, score and predict."""
+
+    engine: Literal["onnx", "tf"] = "onnx"
+    tta: bool | None = None  # None = as the model was calibrated (skinray.json "tta")
+    # auto: each scoring actor times one image per call against whole batches on its first batches and keeps the
+    # faster (recorded in run.json); per_image / batch force one
+    batch_policy: Literal["auto", "per_image", "batch"] = "auto"
+
+
+class MetricsConfig(_Section):
+    bootstrap: int = Field(1000, ge=0)  # resamples for the ROC-AUC confidence interval (evaluate and score)
+
+
 class PrepareConfig(_Section):
     manifest: str | None = None
-    images: str | None = None  # root of the images; used by ``image_template``
+    images: str | None = None  # root of the images; used by ``manifest.image_template``
     out: str | None = None
-    schema_name: Literal["auto", "isic", "ham10000"] = Field("auto", alias="schema")
-    image_template: str = "{images}/{isic_id}.jpg"
-    malignant_dx: list[str] = Field(default_factory=lambda: list(DEFAULT_MALIGNANT_DX))
     seed: int = 42
     val_fraction: float = Field(0.08, gt=0, lt=0.5)
     test_fraction: float = Field(0.20, gt=0, lt=0.5)
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class TrainConfig(_Section):
@@ -111,32 +134,75 @@ class EvaluateConfig(_Section):
     prepared: str | None = None
     out: str | None = None
     split: Literal["train", "val", "test"] = "test"
-    bootstrap: int = Field(1000, ge=0)
     batch_size: int = Field(64, ge=1)
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def check_date(value: str) -> str:
+    """``YYYY-MM-DD`` and a real calendar day; nothing else (``20260202`` or ``2026-W05-1`` would make a second
+    partition for the same night)."""
+    text = str(value).strip()
+    try:
+        if not ISO_DATE.match(text):
+            raise ValueError
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"must be a date as YYYY-MM-DD, got {value!r}") from None
 
 
 class ScoreConfig(_Section):
     model: str | None = None
     input: str | None = None
+    # auto: a file is a manifest, a folder/prefix is images only (a .parquet inside never turns it into a manifest);
+    # manifest: read a folder/prefix of Parquet files as one manifest
+    input_kind: Literal["auto", "images", "manifest"] = "auto"
     out: str | None = None
     images: str | None = None
-    run_id: str | None = None
-    date: str | None = None  # scored_date partition; default: today (UTC)
-    engine: Literal["onnx", "tf"] = "onnx"
+    run_id: str | None = None  # letters, digits, . _ - (at most 64); default: derived from input, model and date
+    date: str | None = None  # scored_date partition, YYYY-MM-DD; default: today (UTC)
     batch_size: int = Field(32, ge=1)
-    actors: int = Field(0, ge=0)  # 0 = one per available CPU (or GPU with use_gpu)
+    actors: int = Field(0, ge=0)  # > 0: a fixed pool of this many; 0: autoscale between min_actors and max_actors
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(16, ge=1)  # the pool grows to this as the cluster (autoscaler) offers CPUs/GPUs
     use_gpu: bool = False
+    gpu_wait_seconds: float = Field(600.0, ge=0)  # --gpu: wait this long for the autoscaler to add a GPU node
     cpus_per_actor: float = Field(1.0, gt=0)
-    part_rows: int = Field(5000, ge=1)  # rows per committed part file: the unit of resume
+    part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
     top_k: int = Field(24, ge=0)
-    tta: bool | None = None  # None = as the model was calibrated (skinray.json "tta")
+    lease_seconds: float = Field(120.0, gt=0)  # a run whose owner has not renewed its lease this long is stale
+    # fault injection for tests: the driver exits (as if killed) at this point of the commit
+    fail_at: Literal["after_data_files", "after_commit"] | None = None
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _date(cls, v: Any) -> str | None:  # YAML reads 2026-11-25 as a date: take that too
+        return None if v is None else check_date(v.isoformat() if isinstance(v, dt.date) else v)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        if v is not None and (not RUN_ID.match(v) or set(v) <= {"."}):
+            raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-' (and not only dots), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _pool(self) -> ScoreConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) is above max_actors ({self.max_actors})")
+        return self
 
 
 class SkinrayConfig(_Section):
     recipe: str | None = None  # the named recipe this config started from (skinray/recipes/NAME.yaml)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    manifest: ManifestConfig = Field(default_factory=ManifestConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -144,6 +210,28 @@ class SkinrayConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# Keys that moved to a shared section: old config files keep working, with a warning naming the new key.
+MOVED_KEYS = {
+    "prepare.schema": "manifest.schema",
+    "prepare.image_template": "manifest.image_template",
+    "prepare.malignant_dx": "manifest.malignant_dx",
+    "score.engine": "inference.engine",
+    "score.tta": "inference.tta",
+    "evaluate.bootstrap": "metrics.bootstrap",
+}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            logging.getLogger("skinray").warning("config key %s is now %s", old, new)
+            new_section, new_key = new.split(".")
+            data.setdefault(new_section, {}).setdefault(new_key, value)
+    return data
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -167,7 +255,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SkinrayError(f"--set expects section.key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError):  # e.g. a template such as {images}/{x}.jpg: not YAML, so the text itself
+        return key.strip(), raw
 
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -221,6 +314,17 @@ def load_config(
         if value is not None:
             _set_path(data, key, value)
     try:
-        return SkinrayConfig.model_validate(data)
+        return SkinrayConfig.model_validate(_migrate(data))
+    except ValidationError as exc:
+        raise SkinrayError(_format_error(exc)) from exc
+
+
+def with_values(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
+    """A copy of ``cfg`` with dotted keys set (``{"score.date": "2026-11-25"}``), validated like a loaded one."""
+    data = cfg.model_dump(by_alias=True)
+    for key, value in values.items():
+        _set_path(data, key, value)
+    try:
+        return SkinrayConfig.model_validate(_migrate(data))
     except ValidationError as exc:
         raise SkinrayError(_format_error(exc)) from exc

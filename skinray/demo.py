@@ -6,12 +6,16 @@ No internet and no data needed; ``weights`` and ``ham10000`` switch the same dem
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from skinray import storage
-from skinray.config import SkinrayConfig
+from skinray.config import SkinrayConfig, with_values
+
+log = logging.getLogger("skinray.demo")
 
 # Demo-sized versions of the default recipe. Without weights the whole (small, 64 px) base learns from scratch:
 # measured here, 1,500 synthetic images reach validation AUC ~0.8 in 12-20 epochs of ~4 s, while 480 images or
@@ -22,18 +26,18 @@ SMALL = {"image.size": 64, "train.alpha": 0.35, "train.weights": "none", "train.
 REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3, "train.fine_tune_epochs": 2}
 
 
-def _apply(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
-    data = cfg.model_dump(by_alias=True)
-    for key, value in values.items():
-        section, name = key.split(".")
-        data[section][name] = value
-    return SkinrayConfig.model_validate(data)
+@dataclass
+class DemoResult:
+    text: str
+    prepare: dict[str, Any]
+    evaluate: dict[str, Any]
+    score: dict[str, Any]
 
 
 def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str | None = None,
-             epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None,
-             log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    from skinray.evaluate import describe_policy, evaluate
+             epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None) -> DemoResult:
+    from skinray.evaluate import evaluate
+    from skinray.operating_point import describe
     from skinray.prepare import prepare
     from skinray.query import preset_sql, run_query
     from skinray.score import score
@@ -43,7 +47,7 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     t0 = time.time()
     out = storage.normalize(out)
     cfg = base_config or SkinrayConfig()
-    settings = dict(REAL if weights else SMALL)
+    settings: dict[str, Any] = dict(REAL if weights else SMALL)
     if weights:
         settings["train.weights"] = weights
     if epochs:
@@ -51,14 +55,13 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     if ham10000:
         manifest = os.path.join(ham10000, "HAM10000_metadata.csv")
-        images_root = os.path.join(ham10000, "images")
-        score_input = manifest
-        log(f"using HAM10000 from {ham10000}")
+        images_root = score_input = os.path.join(ham10000, "images")
+        log.info("using HAM10000 from %s", ham10000)
     else:
         data = os.path.join(out, "data")
-        log(f"generating {n} synthetic images in {data}")
+        log.info("synth: %d synthetic images in %s", n, data)
         generate(data, n, image_size=128, schema="isic", seed=7, corrupt=3, missing=3, storage=cfg.storage)
-        manifest, images_root, score_input = os.path.join(data, "metadata.csv"), os.path.join(data, "images"), None
+        manifest, images_root = os.path.join(data, "metadata.csv"), os.path.join(data, "images")
         score_input = images_root
     settings.update({
         "prepare.manifest": manifest, "prepare.images": images_root, "prepare.out": os.path.join(out, "prepared"),
@@ -69,16 +72,16 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
         "score.model": os.path.join(out, "model"), "score.input": score_input, "score.images": images_root,
         "score.out": os.path.join(out, "scores"), "score.date": today,
     })
-    cfg = _apply(cfg, settings)
+    cfg = with_values(cfg, settings)
 
-    log("prepare")
-    prep = prepare(cfg, log)
-    log("train")
-    meta = train(cfg, log)
-    log("evaluate")
-    ev = evaluate(cfg, log)
-    log("score")
-    run = score(cfg, log)
+    log.info("prepare")
+    prep = prepare(cfg)
+    log.info("train")
+    meta = train(cfg)
+    log.info("evaluate")
+    ev = evaluate(cfg)
+    log.info("score")
+    run = score(cfg)
     top = run_query(cfg.score.out, preset_sql("top_suspicious", 5, today), cfg.storage)
     counts = run_query(cfg.score.out, preset_sql("daily_counts"), cfg.storage)
 
@@ -88,25 +91,26 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
+    dx = ev.get("diagnosis") or {}
     lines = [
         "skinray demo finished in %.0f s" % (time.time() - t0),
         f"  data      {prep['rows_in']} rows → kept {prep['kept']}, rejected {prep['rejected']} "
         f"{prep['rejected_by_reason']}",
         "  splits    " + ", ".join(f"{k} {v['rows']}" for k, v in prep["splits"].items()),
-        f"  model     {cfg.train.out} (best epoch {meta['training']['best_epoch']}/"
-        f"{meta['training']['epochs_run']}, threshold {meta['threshold']['threshold']:.3f}: "
-        f"{describe_policy(meta['threshold'])}, "
-        f"ONNX parity {meta['onnx']['parity_max_abs_diff']:.1e})",
+        f"  model     {cfg.train.out} (best epoch {meta.training['best_epoch']}/{meta.training['epochs_run']}, "
+        f"threshold {meta.threshold.threshold:.3f}: {describe(meta.threshold)}, "
+        f"ONNX parity {meta.onnx.parity_max_abs_diff if meta.onnx else float('nan'):.1e})",
         f"  test      ROC-AUC {f(rk['roc_auc'])} [{f(ci[0])}, {f(ci[1])}], sensitivity {f(at['sensitivity'])}, "
-        f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}",
+        f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}"
+        + (f", diagnosis balanced accuracy {f(dx.get('balanced_accuracy'))}" if dx else ""),
         f"  scored    {run['scored']} images, {run['failed']} failed {run['failed_by_reason']} "
-        f"({run['images_per_second_overall']} img/s) → {run['output']}",
+        f"({run.get('images_per_second_overall')} img/s) → {run['table']} version {run['table_version']}",
         "",
         "files written:",
         f"  {cfg.prepare.out}/manifest.parquet, rejects.parquet, report.json",
         f"  {cfg.train.out}/model.keras, model.onnx, skinray.json",
-        f"  {cfg.evaluate.out}/report.md, metrics.json, predictions.parquet, roc.png, pr.png, confusion.png, "
-        "calibration.png, score_histogram.png",
+        f"  {cfg.evaluate.out}/report.md, metrics.json, predictions.parquet, " + ", ".join(
+            p for p in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")),
         f"  {cfg.score.out}/runs/{run['run_id']}/run.json, " + ", ".join(run.get("pngs", [])),
         "",
         "top suspicious images today:",
@@ -115,4 +119,4 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
         "daily counts:",
         counts.to_string(index=False),
     ]
-    return {"text": "\n".join(lines), "prepare": prep, "evaluate": ev, "score": run}
+    return DemoResult("\n".join(lines), prep, ev, run)

@@ -1,58 +1,46 @@
 """An honest evaluation of a model directory on one split of a prepared dataset.
 
-Predictions come from the same Ray Data pipeline and engine as batch scoring, and every number from
-:mod:`skinray.metrics`, so evaluation and nightly scoring cannot disagree.
+Predictions come from the same Ray Data plan and predictor as batch scoring (:func:`skinray.inference.
+predict_dataset`), every number from :mod:`skinray.metrics`, every picture from :mod:`skinray.plots`, so
+evaluation and nightly scoring cannot disagree.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, inference, metrics, storage
+from skinray import SkinrayError, inference, metrics, plots, storage
+from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
-from skinray.model import ModelArtifact
+from skinray.operating_point import describe
 from skinray.prepare import load_prepared
-from skinray.score import _pipeline
 
-PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "predicted", "confidence", "threshold",
-                      "error", "dx", "age_approx", "sex", "anatom_site_general", "lesion_id"]
-
-
-def describe_policy(threshold: dict[str, Any]) -> str:
-    """How the stored threshold was chosen, in words a report reader can check."""
-    policy = threshold.get("policy", "unknown")
-    if policy != "sensitivity":
-        return str(policy)
-    text = f"sensitivity ≥ {threshold['target_sensitivity']:.2f}"
-    if threshold.get("confidence") is not None:
-        text += (f" with {threshold['confidence']:.0%} confidence: validation sensitivity "
-                 f"{threshold['sensitivity']:.3f}, lower bound {threshold['sensitivity_lower_bound']:.3f}")
-        if not threshold.get("target_met", True):
-            text += ", target not reachable on this validation split"
-    return text
+log = logging.getLogger("skinray.evaluate")
+PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_malignant", "predicted", "confidence",
+                      "threshold", "dx_pred", "dx_probs", "error", "dx", "age_approx", "sex", "anatom_site_general",
+                      "lesion_id"]
 
 
 def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> pd.DataFrame:
-    """Score ``rows`` with the evaluate model through the batch-scoring pipeline, in input order."""
-    scoring = cfg.model_copy(deep=True)
-    scoring.score.model = storage.normalize(cfg.evaluate.model)
-    scoring.score.batch_size = cfg.evaluate.batch_size
+    """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order."""
     rows = rows.reset_index(drop=True).assign(input_row=lambda d: range(len(d)))
-    ds, _ = _pipeline(rows, scoring)
+    ds, _ = inference.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
     out = ds.to_pandas().sort_values("input_row").reset_index(drop=True)
     if len(out) != len(rows):
-        raise RuntimeError(f"evaluation returned {len(out)} rows for {len(rows)}")
-    return out
+        raise SkinrayError(f"evaluation returned {len(out)} rows for {len(rows)}")
+    return out.drop(columns=inference.WORKER_COLUMNS)
 
 
-def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: list[str]) -> str:
+def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list[str]) -> str:
     r, a5, at = report["ranking"], report["at_0.5"], report["at_threshold"]
     ci = report.get("roc_auc_ci95") or [None, None]
+    cal = art.meta.calibration
 
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -61,10 +49,9 @@ def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: li
         f"# Evaluation on the {split} split",
         "",
         f"{report['n']} images, {report['n_pos']} malignant. Model trained on "
-        f"{meta['data']['train_rows']} images; threshold {at['threshold']:.3f} chosen on validation "
-        f"({describe_policy(meta['threshold'])}); probabilities calibrated by "
-        f"{meta['calibration']['method']} (T = {meta['calibration']['temperature']:.3f}, "
-        f"bias {meta['calibration'].get('bias', 0.0):+.3f}); "
+        f"{art.meta.data.get('train_rows')} images; threshold {at['threshold']:.3f} chosen on validation "
+        f"({describe(art.meta.threshold)}); probabilities calibrated by {cal.description} "
+        f"(T = {cal.temperature:.3f}, bias {cal.bias:+.3f}); "
         f"{'scores averaged over flips (TTA)' if report.get('tta') else 'no test-time augmentation'}.",
         "",
         f"- ROC-AUC **{f(r['roc_auc'])}** (95% bootstrap CI {f(ci[0])}–{f(ci[1])}), PR-AUC {f(r['pr_auc'])}",
@@ -79,6 +66,14 @@ def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: li
     cm = at["confusion"]
     lines += ["", f"Confusion at the stored threshold: TN {cm['tn']}, FP {cm['fp']}, FN {cm['fn']}, TP {cm['tp']}.",
               ""]
+    dx = report.get("diagnosis")
+    if dx and dx.get("n"):
+        lines += [f"## Diagnoses ({len(dx['classes'])} classes)", "",
+                  f"Balanced multiclass accuracy **{f(dx['balanced_accuracy'])}** (the ISIC 2018 Task 3 metric), "
+                  f"accuracy {f(dx['accuracy'])}, over {dx['n']} images with a known diagnosis.", "",
+                  "| diagnosis | n | recall |", "| --- | --- | --- |"]
+        lines += [f"| {c} | {dx['support'][c]} | {f(dx['recall'][c])} |" for c in dx["classes"]]
+        lines.append("")
     for name, groups in report.get("groups", {}).items():
         lines += [f"## By {name}", "", "| group | n | malignant | ROC-AUC | sensitivity | specificity |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -90,21 +85,22 @@ def _markdown(report: dict[str, Any], meta: dict[str, Any], split: str, pngs: li
     return "\n".join(lines) + "\n"
 
 
-def evaluate(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def evaluate(cfg: SkinrayConfig) -> dict[str, Any]:
     e, st = cfg.evaluate, cfg.storage
     if not e.model or not e.prepared or not e.out:
         raise SkinrayError("evaluate needs --model, --prepared and --out")
-    artifact = ModelArtifact.open(e.model, st)
+    art = ModelArtifact.open(e.model, st)
+    inference.check_engine(art, cfg.inference.engine)
     df = load_prepared(e.prepared, st)
     rows = df[df["split"] == e.split]
     if rows.empty:
         raise SkinrayError(f"{e.prepared}: the {e.split} split is empty")
-    log(f"evaluating {len(rows):,} {e.split} images with {cfg.score.engine}")
+    log.info("evaluating %s %s images with %s", f"{len(rows):,}", e.split, cfg.inference.engine)
     pred = predict_split(cfg, rows)
     failed = pred[pred["error"].notna()]
     ok = pred[pred["error"].isna()]
-    y, p, thr = ok["label"].to_numpy(int), ok["prob_malignant"].to_numpy(float), artifact.threshold
-    report = metrics.full_report(y, p, thr, n_boot=e.bootstrap)
+    y, p, thr = ok["label"].to_numpy(int), ok["prob_malignant"].to_numpy(float), art.threshold
+    report = metrics.full_report(y, p, thr, n_boot=cfg.metrics.bootstrap)
     ok = ok.assign(age_band=ok["age_approx"].map(metrics.age_band))
     report["groups"] = {
         "anatom_site_general": metrics.grouped_report(ok, "anatom_site_general", thr),
@@ -112,24 +108,30 @@ def evaluate(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _m: None) -
     }
     if "dx" in ok and ok["dx"].notna().any():  # which diagnoses are missed (malignant) or flagged (benign)
         report["groups"]["dx"] = metrics.grouped_report(ok, "dx", thr)
-    report.update(split=e.split, model_id=artifact.model_id, failed=int(len(failed)),
-                  threshold_policy=artifact.meta["threshold"], calibration=artifact.meta["calibration"],
-                  tta=inference.resolve_tta(artifact, cfg.score.tta))
+    if art.diagnoses:
+        truth = ok["dx"].astype("string").str.strip().str.lower().astype(object).where(ok["dx"].notna(), None)
+        report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
+    report.update(split=e.split, model_id=art.model_id, failed=int(len(failed)),
+                  threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
+                  tta=inference.resolve_tta(art, cfg.inference.tta))
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
-            metrics.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),
-            metrics.plot_pr(y, p, os.path.join(tmp, "pr.png")),
-            metrics.plot_confusion(y, p, thr, os.path.join(tmp, "confusion.png")),
-            metrics.plot_calibration(y, p, os.path.join(tmp, "calibration.png")),
-            metrics.plot_score_histogram(p, os.path.join(tmp, "score_histogram.png"), threshold=thr, y_true=y),
+            plots.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),
+            plots.plot_pr(y, p, os.path.join(tmp, "pr.png")),
+            plots.plot_confusion(y, p, thr, os.path.join(tmp, "confusion.png")),
+            plots.plot_calibration(y, p, os.path.join(tmp, "calibration.png")),
+            plots.plot_score_histogram(p, os.path.join(tmp, "score_histogram.png"), threshold=thr, y_true=y),
         ]
+        if report.get("diagnosis", {}).get("n"):
+            pngs.append(plots.plot_diagnosis_confusion(report["diagnosis"],
+                                                       os.path.join(tmp, "diagnosis_confusion.png")))
         for path in pngs:
             with open(path, "rb") as fh:
                 storage.write_bytes(storage.join(e.out, os.path.basename(path)), fh.read(), st)
         names = [os.path.basename(x) for x in pngs]
     storage.write_parquet(pa.Table.from_pandas(pred[PREDICTION_COLUMNS], preserve_index=False),
                           storage.join(e.out, "predictions.parquet"), st)
-    storage.write_text(storage.join(e.out, "report.md"), _markdown(report, artifact.meta, e.split, names), st)
+    storage.write_text(storage.join(e.out, "report.md"), _markdown(report, art, e.split, names), st)
     storage.write_text(storage.join(e.out, "config.yaml"), cfg.to_yaml(), st)
     storage.write_json(storage.join(e.out, "metrics.json"), report, st)
     return report

@@ -1,21 +1,24 @@
-"""The one place where a file becomes pixels: used by prepare (checks), train, evaluate, score and predict.
+"""The one place where a URI becomes pixels: used by prepare (checks), train, evaluate, score and predict.
 
-Train/serve skew is the classic bug of this field, so the model directory records ``preprocessing_spec`` and
-every consumer calls :func:`decode` with it. Scaling to MobileNetV2's [-1, 1] lives inside the model itself.
+Train/serve skew is the classic bug of this field, so the model directory records its preprocessing
+(:class:`skinray.artifact.Preprocessing`) and every consumer calls :func:`decode` with it. Scaling to MobileNetV2's
+[-1, 1] lives inside the model itself. Every failure is an :class:`ImageError` with a short reason code.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from skinray.config import ImageConfig
+import pyarrow.fs as pafs
 
-PREPROCESSING_VERSION = 1
+from skinray import paths, storage
+from skinray.config import ImageConfig
+from skinray.storage import StorageConfig
+
 # Our own pixel limit is checked first; PIL's bomb error stays as a second guard.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -29,24 +32,33 @@ class ImageError(ValueError):
         self.detail = detail
 
 
-def preprocessing_spec(cfg: ImageConfig) -> dict[str, Any]:
-    return {
-        "version": PREPROCESSING_VERSION,
-        "decoder": "PIL",
-        "size": cfg.size,
-        "resize": cfg.resize,
-        "resample": "bilinear",
-        "color": "RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit",
-        "dtype": "float32 in [0, 255]; the model scales its own input (architecture.input_scaling)",
-        "max_pixels": cfg.max_pixels,
-    }
+def read_image_bytes(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | None = None) -> bytes:
+    """The bytes of one image URI, or :class:`ImageError` with the reason every stage records.
 
-
-def image_config_from_spec(spec: dict[str, Any], guards: ImageConfig | None = None) -> ImageConfig:
-    """Pixels as the model was trained (size, resize), input guards (bomb and byte limits) as this run says."""
-    guards = guards or ImageConfig(max_pixels=spec.get("max_pixels", ImageConfig().max_pixels))
-    return ImageConfig(size=spec["size"], resize=spec["resize"], max_pixels=guards.max_pixels,
-                       max_bytes=guards.max_bytes)
+    ``unsafe_path`` (a local file whose real path leaves ``root``, e.g. through a symlink), ``missing`` (no such
+    file), ``not_image`` (a directory), ``too_large`` (checked from the listing, before a single byte is read),
+    ``unreadable`` (anything else the storage refuses).
+    """
+    if root and not storage.is_s3(uri) and not paths.inside(storage.normalize(root), storage.normalize(uri)):
+        raise ImageError("unsafe_path", f"{uri} resolves outside {root}")
+    fs, path = storage.filesystem(uri, storage_cfg)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise ImageError("missing", uri)
+        if info.type != pafs.FileType.File:
+            raise ImageError("not_image", f"{uri} is not a file")
+        if info.size is not None and info.size > cfg.max_bytes:
+            raise ImageError("too_large", f"{info.size} bytes > {cfg.max_bytes}")
+        with fs.open_input_stream(path) as f:
+            data = f.read(cfg.max_bytes + 1)
+    except FileNotFoundError as exc:
+        raise ImageError("missing", uri) from exc
+    except OSError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = "missing" if "not found" in msg.lower() or "no such file" in msg.lower() else "unreadable"
+        raise ImageError(reason, msg) from exc
+    return data
 
 
 def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
@@ -106,6 +118,11 @@ def _resize(img: Image.Image, size: int, mode: str) -> Image.Image:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return img
+
+
+def load(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | None = None) -> np.ndarray:
+    """One image URI → decoded ``uint8`` array; every failure is an :class:`ImageError` with a reason."""
+    return decode(read_image_bytes(uri, storage_cfg, cfg, root), cfg)
 
 
 def decode(data: bytes, cfg: ImageConfig) -> np.ndarray:

@@ -1,13 +1,17 @@
-"""Inference engines (ONNX Runtime by default, TensorFlow on request) and the Ray Data predictor class.
+"""The one inference path: engines (ONNX Runtime by default, TensorFlow on request), the predictor class that
+``score``, ``evaluate`` and ``predict`` all use, and the Ray Data plan that runs it at scale.
 
 The predictor reads and decodes inside the actor: on CPU nodes this keeps decoded arrays out of the object store
-and was the fastest arrangement measured (see bench/RESULTS.md); the decode is :func:`skinray.images.decode`,
-the same function training used.
+and was the fastest arrangement measured (bench/RESULTS.md). Engines return logits; flip TTA averages the views'
+logits (all views in one engine call), and :class:`skinray.operating_point.OperatingPoint` turns them into
+calibrated probabilities in float64.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,159 +19,296 @@ import numpy as np
 import pandas as pd
 
 from skinray import SkinrayError, images, storage
-from skinray.config import ImageConfig
-from skinray.model import ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
+from skinray.artifact import MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
+from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
+from skinray.model import DX_LOGITS, LOGIT, forward
+from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, import_tensorflow, wait_for_gpus
 from skinray.storage import StorageConfig
 
 IO_THREADS = 8
-RESULT_COLUMNS = ["prob_malignant", "predicted", "confidence", "threshold", "error"]
+RESULT_COLUMNS = ["prob_malignant", "logit_malignant", "predicted", "confidence", "threshold", "dx_pred", "dx_probs",
+                  "error"]
+WORKER_COLUMNS = ["_node_id", "_batch_mode"]  # where and how each row was scored; the driver aggregates and drops
+PROBE_BATCHES = 2  # batch_policy auto: batches timed both ways before the faster mode is kept
+PROBE_MIN_ROWS = 4
 
 
 class OnnxEngine:
-    """ONNX Runtime session; on CPU it runs one image per call, which measured fastest on 2-core hosts."""
+    """An ONNX Runtime session that runs either one image per call or whole batches, whichever is faster here.
+
+    On 2-core CPU hosts one image per call measured fastest on one machine and whole batches on another
+    (bench/RESULTS.md), so with ``policy="auto"`` the engine times both on its first batches and keeps the faster.
+    GPUs always run whole batches.
+    """
 
     name = "onnx"
 
-    def __init__(self, path: str, use_gpu: bool = False, threads: int = 0, per_image: bool | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, path: str, outputs: dict[str, str], use_gpu: bool = False, threads: int = 0,
+                 policy: str = "auto") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise SkinrayError("ONNX Runtime is not installed: pip install 'skinray[cpu]' (or 'skinray[gpu]')") from exc
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if use_gpu:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise SkinrayError("--gpu needs onnxruntime-gpu (pip install 'skinray[gpu]') on the scoring nodes")
+                raise SkinrayError(f"--gpu needs ONNX Runtime's CUDA provider on the scoring nodes; node "
+                                   f"{_node_id()[:12]} has {ort.get_available_providers()}: install skinray[gpu]")
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        if use_gpu and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # compiled in but not loaded (CUDA/cuDNN libraries missing): ONNX Runtime would silently use the CPU
+            raise SkinrayError(f"--gpu: ONNX Runtime on node {_node_id()[:12]} could not load its CUDA provider "
+                               f"(session providers {self.session.get_providers()}); check the CUDA 12 / cuDNN 9 "
+                               "libraries of skinray[gpu]")
         self.input_name = self.session.get_inputs()[0].name
-        self.per_image = (not use_gpu) if per_image is None else per_image
+        self.outputs = outputs  # ours → the graph's
+        self.mode = "batch" if use_gpu or policy == "batch" else ("per_image" if policy == "per_image" else None)
+        self._timings: dict[str, float] = {"per_image": 0.0, "batch": 0.0}
+        self._probes = 0
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def _call(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(list(self.outputs.values()), {self.input_name: x})
+
+    def _per_image(self, x: np.ndarray, group: int) -> list[np.ndarray]:
+        parts = [self._call(x[i : i + group]) for i in range(0, len(x), group)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
+
+    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
+        """Outputs for ``x``; one image per call means ``group`` rows per call (an image's TTA views)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.per_image:
-            return np.concatenate(
-                [self.session.run(None, {self.input_name: x[i : i + 1]})[0].reshape(-1) for i in range(len(x))]
-            ) if len(x) else np.zeros(0, np.float32)
-        return self.session.run(None, {self.input_name: x})[0].reshape(-1)
+        if self.mode is None and len(x) >= PROBE_MIN_ROWS * group:
+            t0 = time.perf_counter()
+            self._per_image(x, group)
+            t1 = time.perf_counter()
+            raw = self._call(x)
+            self._timings["per_image"] += t1 - t0
+            self._timings["batch"] += time.perf_counter() - t1
+            self._probes += 1
+            if self._probes >= PROBE_BATCHES:
+                self.mode = min(self._timings, key=lambda k: self._timings[k])
+        elif self.mode == "per_image":
+            raw = self._per_image(x, group)
+        else:
+            raw = self._call(x)
+        out = {name: value for name, value in zip(self.outputs, raw)}
+        out[LOGIT] = out[LOGIT].reshape(-1)
+        return out
 
 
 class TfEngine:
     """The Keras model under ``tf.function``: the reference the ONNX export is checked against."""
 
     name = "tf"
+    mode = "batch"
 
     def __init__(self, artifact: ModelArtifact, threads: int = 0) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         if threads:
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
             except RuntimeError:
                 pass  # already initialised in this process
-        model = artifact.load_keras()
-        self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self.model = artifact.load_keras()
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if not len(x):
-            return np.zeros(0, np.float32)
-        return np.asarray(self._fn(np.asarray(x, dtype=np.float32))).reshape(-1)
+    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
+        return forward(self.model, x)
 
 
-def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = False, threads: int = 0) -> Any:
+def check_engine(artifact: ModelArtifact, engine: str) -> None:
+    """Fail fast, before any Ray work, when the model directory cannot run on ``engine``."""
     if engine == "tf":
-        return TfEngine(artifact, threads)
+        artifact.path(MODEL_FILE)  # a clear error when the directory has no Keras model
+        return
     if engine != "onnx":
         raise SkinrayError(f"unknown engine {engine!r}: use onnx or tf")
-    onnx_meta = artifact.meta.get("onnx") or {}
-    diff = onnx_meta.get("parity_max_abs_diff")
-    if not os.path.exists(artifact.path(ONNX_FILE)) or diff is None:
-        raise SkinrayError(f"{artifact.uri} has no checked model.onnx: use --engine tf or re-export the model")
-    if diff > ONNX_PARITY_LIMIT:
-        raise SkinrayError(f"model.onnx differs from Keras by {diff:.2e} (> {ONNX_PARITY_LIMIT}): refusing to score")
-    return OnnxEngine(artifact.path(ONNX_FILE), use_gpu=use_gpu, threads=threads)
+    check = artifact.meta.onnx
+    if ONNX_FILE not in artifact.meta.files or check is None:
+        raise SkinrayError(f"{artifact.uri} has no checked {ONNX_FILE}: use --engine tf or `skinray export` it")
+    if check.parity_max_abs_diff > ONNX_PARITY_LIMIT:
+        raise SkinrayError(f"{ONNX_FILE} differs from Keras by {check.parity_max_abs_diff:.2e} "
+                           f"(> {ONNX_PARITY_LIMIT}): refusing to score with it")
+
+
+def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = False, threads: int = 0,
+                policy: str = "auto") -> OnnxEngine | TfEngine:
+    check_engine(artifact, engine)
+    if engine == "tf":
+        return TfEngine(artifact, threads)
+    outputs = {LOGIT: artifact.meta.outputs.logit}
+    if artifact.meta.outputs.dx_logits:
+        outputs[DX_LOGITS] = artifact.meta.outputs.dx_logits
+    return OnnxEngine(artifact.path(ONNX_FILE), outputs, use_gpu=use_gpu, threads=threads, policy=policy)
 
 
 def resolve_tta(artifact: ModelArtifact, override: bool | None = None) -> bool:
     """Flip TTA for this run: the override when given, else as the model's threshold and calibration were fitted."""
-    return bool(artifact.meta.get("tta", False)) if override is None else override
+    return artifact.meta.tta if override is None else override
 
 
-def predict_arrays(engine: Any, x: np.ndarray, tta: bool = False) -> np.ndarray:
-    """Raw probabilities; with ``tta`` the mean over the image and its horizontal and vertical flips."""
+def run_views(engine: OnnxEngine | TfEngine, x: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
+    """Logits for ``x``; with ``tta`` the mean logits over the image and its horizontal and vertical flips.
+
+    The views of each image sit next to each other and go to the engine in one call (per image, or with the whole
+    batch), so TTA costs what a three-times larger batch costs rather than three separate passes.
+    """
     if not tta:
-        return engine.predict(x)
-    views = [x, x[:, :, ::-1, :], x[:, ::-1, :, :]]
-    return np.mean([engine.predict(np.ascontiguousarray(v)) for v in views], axis=0)
+        return engine.run(x)
+    n = len(x)
+    views = np.stack([x, x[:, :, ::-1, :], x[:, ::-1, :, :]], axis=1).reshape((3 * n,) + x.shape[1:])
+    out = engine.run(views, group=3)
+    return {k: v.reshape((n, 3) + v.shape[1:]).mean(axis=1) for k, v in out.items()}
 
 
-def read_and_decode(uri: str, storage_cfg: StorageConfig, image_cfg: Any) -> np.ndarray:
-    """One image URI → decoded array; every failure is an :class:`images.ImageError` with a reason."""
-    fs, path = storage.filesystem(uri, storage_cfg)
-    try:
-        with fs.open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError as exc:
-        raise images.ImageError("missing", uri) from exc
-    except OSError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        reason = "missing" if "not found" in msg.lower() or "no such file" in msg.lower() else "unreadable"
-        raise images.ImageError(reason, msg) from exc
-    return images.decode(data, image_cfg)
-
-
-def label_predictions(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class name, confidence in that class) at the stored decision threshold."""
-    malignant = prob >= threshold
-    predicted = np.where(malignant, "malignant", "benign").astype(object)
-    confidence = np.where(malignant, prob, 1.0 - prob).astype(np.float32)
-    return predicted, confidence
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 class ImagePredictor:
-    """Ray Data ``map_batches`` class: loads the model once per actor, scores a pandas batch of image URIs.
+    """Loads a model once (per Ray actor) and scores image URIs; ``map_batches`` calls it on pandas batches.
 
     Every input row comes out once, with ``prob_malignant`` or with ``error`` set.
     """
 
-    def __init__(self, model_uri: str, storage_cfg: StorageConfig | None = None, engine: str = "onnx",
-                 use_gpu: bool = False, threads: int = 1, tta: bool | None = None,
-                 image_guards: ImageConfig | None = None) -> None:
+    def __init__(self, model_uri: str, storage_cfg: StorageConfig | None = None,
+                 inference: InferenceConfig | None = None, image_guards: ImageConfig | None = None,
+                 use_gpu: bool = False, threads: int = 1) -> None:
         self.storage_cfg = storage_cfg or StorageConfig()
+        inference = inference or InferenceConfig()
         self.artifact = ModelArtifact.open(model_uri, self.storage_cfg)
-        self.engine = make_engine(self.artifact, engine, use_gpu, threads)
-        self.image_cfg = images.image_config_from_spec(self.artifact.meta["preprocessing"], image_guards)
-        self.tta = resolve_tta(self.artifact, tta)
-        self.threshold = self.artifact.threshold
+        self.engine = make_engine(self.artifact, inference.engine, use_gpu, threads, inference.batch_policy)
+        self.image_cfg = self.artifact.image_config(image_guards or ImageConfig())
+        self.tta = resolve_tta(self.artifact, inference.tta)
+        self.op = self.artifact.operating_point
+        self.diagnoses = self.artifact.diagnoses
         self.pool = ThreadPoolExecutor(IO_THREADS)
+        self.node_id = _node_id()
 
-    @classmethod
-    def from_artifacts(cls, model_uri: str, **kwargs: Any) -> "ImagePredictor":
-        return cls(model_uri, **kwargs)
-
-    def _decode(self, uri: Any) -> np.ndarray | str:
+    def decode(self, uri: Any, root: Any = None) -> np.ndarray | str:
+        """Pixels, or the row's error text (``reason: detail``); a local image must stay inside ``root``."""
         if not isinstance(uri, str) or not uri:
             return "missing: no image URI"
         try:
-            return read_and_decode(uri, self.storage_cfg, self.image_cfg)
+            return images.load(uri, self.storage_cfg, self.image_cfg, root if isinstance(root, str) else None)
         except images.ImageError as exc:
             return str(exc)[:300]
         except Exception as exc:  # an unexpected decoder failure is this image's error, not the job's
             return f"undecodable: {type(exc).__name__}: {exc}"[:300]
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        decoded = list(self.pool.map(self._decode, batch["image_uri"].tolist()))
+    def score_decoded(self, decoded: list[np.ndarray | str]) -> pd.DataFrame:
+        """Result columns for decoded images (errors pass through as the ``error`` column)."""
         ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-        prob = np.full(len(batch), np.nan, dtype=np.float32)
+        n = len(decoded)
+        logit = np.full(n, np.nan)
+        dx_probs: list[str | None] = [None] * n
+        dx_pred: list[str | None] = [None] * n
         if ok:
-            x = np.stack([decoded[i] for i in ok]).astype(np.float32)
-            prob[ok] = self.artifact.calibrate(predict_arrays(self.engine, x, self.tta))
-        predicted, confidence = label_predictions(prob, self.threshold)
-        errors = [None if isinstance(d, np.ndarray) else d for d in decoded]
-        out = batch.copy()
-        out["prob_malignant"] = prob
-        out["predicted"] = np.where(np.isnan(prob), None, predicted)
-        out["confidence"] = np.where(np.isnan(prob), np.nan, confidence).astype(np.float32)
-        out["threshold"] = np.float32(self.threshold)
-        out["error"] = errors
+            raw = run_views(self.engine, np.stack([decoded[i] for i in ok]).astype(np.float32), self.tta)
+            logit[ok] = raw[LOGIT]
+            if self.diagnoses and DX_LOGITS in raw:
+                probs = _softmax(raw[DX_LOGITS])
+                for j, i in enumerate(ok):
+                    dx_pred[i] = self.diagnoses[int(np.argmax(probs[j]))]
+                    dx_probs[i] = json.dumps({d: round(float(p), 6) for d, p in zip(self.diagnoses, probs[j])})
+        scored = self.op.apply(np.nan_to_num(logit))
+        failed = np.isnan(logit)
+        return pd.DataFrame({
+            "prob_malignant": np.where(failed, np.nan, scored.prob),
+            "logit_malignant": np.where(failed, np.nan, scored.logit),
+            "predicted": np.where(failed, None, np.where(scored.malignant, "malignant", "benign")).astype(object),
+            "confidence": np.where(failed, np.nan, scored.confidence),
+            "threshold": np.full(n, self.op.threshold.threshold),
+            "dx_pred": dx_pred,
+            "dx_probs": dx_probs,
+            "error": [None if isinstance(d, np.ndarray) else d for d in decoded],
+        })
+
+    def score_uris(self, uris: list[Any], roots: list[Any] | None = None, errors: list[Any] | None = None
+                   ) -> tuple[pd.DataFrame, list[np.ndarray | str]]:
+        """Scores for image URIs; a row that already has an error (``errors``) is not read at all."""
+        n = len(uris)
+        roots, errors = roots or [None] * n, errors or [None] * n
+        decoded = list(self.pool.map(lambda u, r, e: e if isinstance(e, str) and e else self.decode(u, r),
+                                     uris, roots, errors))
+        return self.score_decoded(decoded), decoded
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        column = lambda name: batch[name].tolist() if name in batch else None  # noqa: E731
+        result, _ = self.score_uris(batch["image_uri"].tolist(), column("image_root"), column("input_error"))
+        out = batch.reset_index(drop=True).copy()
+        for col in RESULT_COLUMNS:
+            out[col] = result[col]
+        out["_node_id"] = self.node_id
+        out["_batch_mode"] = getattr(self.engine, "mode", None) or "probing"
         return out
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (predict): the host is the node
+        pass
+    return f"local:{os.uname().nodename}"
+
+
+def actor_pool(cfg: SkinrayConfig) -> tuple[Any, int, int]:
+    """(``ActorPoolStrategy``, initial size, max size) from the config, not from the nodes alive right now.
+
+    A fixed ``score.actors`` gives a fixed pool; otherwise the pool starts with what the cluster offers now (at
+    least ``min_actors``) and grows to ``max_actors`` as the autoscaler adds nodes. With ``--gpu`` it first waits
+    up to ``score.gpu_wait_seconds`` for a GPU (a GPU worker group that scales from zero has none at start).
+    """
+    import ray
+
+    s = cfg.score
+    if s.use_gpu:
+        available = wait_for_gpus(s.gpu_wait_seconds)
+        per_actor = 1.0
+    else:
+        available = cluster_cpus()
+        per_actor = s.cpus_per_actor
+    if s.actors:
+        return ray.data.ActorPoolStrategy(size=s.actors), s.actors, s.actors
+    initial = max(s.min_actors, min(s.max_actors, int(available // per_actor)))
+    return (ray.data.ActorPoolStrategy(min_size=s.min_actors, max_size=s.max_actors, initial_size=initial),
+            initial, s.max_actors)
+
+
+def predict_dataset(rows: pd.DataFrame, model_uri: str, cfg: SkinrayConfig, batch_size: int) -> tuple[Any, int]:
+    """The Ray Data plan every batch prediction runs (score, evaluate, benchmarks): rows → actor pool of
+    :class:`ImagePredictor` (read + decode + predict) → rows with the result columns, in no particular order.
+
+    Returns (dataset, initial pool size).
+    """
+    ensure_ray()
+    s = cfg.score
+    strategy, initial, _ = actor_pool(cfg)
+    # Small blocks: rows reach the driver a block at a time, so a block of a few batches keeps memory flat and
+    # progress smooth; per-block overhead is small next to decode + inference.
+    blocks = max(initial * 4, int(np.ceil(len(rows) / (batch_size * 2))))
+    ds = dataset_from_frame(rows, blocks)
+    return ds.map_batches(
+        ImagePredictor,
+        fn_constructor_kwargs={
+            "model_uri": storage.normalize(model_uri),  # actors run elsewhere: absolute URIs only
+            "storage_cfg": cfg.storage,
+            "inference": cfg.inference,
+            "image_guards": cfg.image,
+            "use_gpu": s.use_gpu,
+            "threads": max(1, int(s.cpus_per_actor)),
+        },
+        batch_size=batch_size,
+        batch_format="pandas",
+        compute=strategy,
+        num_cpus=0 if s.use_gpu else s.cpus_per_actor,
+        num_gpus=1 if s.use_gpu else 0,
+    ), initial

@@ -1,7 +1,9 @@
-"""MobileNetV2 + the seed's head, and the model directory: the only contract between training and scoring.
+"""The network: MobileNetV2 + the seed's head, with logit outputs, and its ONNX export.
 
-A model directory holds ``model.keras`` (Keras 3, loads with ``safe_mode=True``), ``model.onnx`` (what scoring
-runs by default) and ``skinray.json`` (preprocessing, threshold, calibration, provenance).
+Outputs are logits, never probabilities: a float32 sigmoid reaches exactly 1.0 above logit ~17 and ties every such
+image at the top of the ranking. ``skinray.operating_point`` turns logits into calibrated probabilities in float64.
+With diagnoses in the training data the model has a second output, ``dx_logits``: one logit per diagnosis.
+The model directory around these files is :mod:`skinray.artifact`.
 """
 
 from __future__ import annotations
@@ -9,23 +11,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+import warnings
 from typing import Any
 
 import numpy as np
 
 from skinray import SkinrayError, storage
+from skinray.runtime import import_tensorflow
 from skinray.storage import StorageConfig
 
-MODEL_FILE = "model.keras"
-ONNX_FILE = "model.onnx"
-META_FILE = "skinray.json"
-FORMAT_VERSION = 1
-ONNX_PARITY_LIMIT = 1e-4
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 SCRATCH_BN_MOMENTUM = 0.9
-CLASS_NAMES = {0: "benign", 1: "malignant"}
-ARTIFACT_FILES = (META_FILE, MODEL_FILE, ONNX_FILE, "config.yaml")
+LOGIT = "logit"
+DX_LOGITS = "dx_logits"
+# Bumped when the graph changes in a way old checkpoints cannot be loaded into (part of a training run's name).
+ARCHITECTURE_VERSION = 2
 
 
 def resolve_weights(weights: str, storage_cfg: StorageConfig | None = None) -> tuple[str | None, str]:
@@ -44,25 +44,20 @@ def resolve_weights(weights: str, storage_cfg: StorageConfig | None = None) -> t
     path = storage.normalize(w)
     if not os.path.isfile(path):
         raise SkinrayError(f"weights file not found: {w}")
-    return path, f"file {path} (sha256 {sha256_file(path)[:16]})"
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return path, f"file {path} (sha256 {storage.sha256_file(path)[:16]})"
 
 
 def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imagenet", dense_units: int = 64,
-                dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet") -> Any:
-    """Input 0–255 floats → MobileNetV2 scaling ([-1, 1]) → frozen base → GAP → Dense → Dropout → sigmoid.
+                dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet",
+                dx_classes: int = 0) -> Any:
+    """Input 0–255 floats → MobileNetV2 scaling ([-1, 1]) → frozen base → GAP → Dense → Dropout → logit.
 
     The scaling is a layer so the exported model needs nothing but resized RGB pixels. ``freeze_base`` defaults to
     frozen with pretrained weights and trainable (BatchNorm in training mode) without: frozen random filters are
-    noise, so a weight-less model (tests, the offline demo) must learn its base.
+    noise, so a weight-less model (tests, the offline demo) must learn its base. ``dx_classes`` > 1 adds the
+    diagnosis output (one logit per diagnosis, from the pooled features).
     """
+    import_tensorflow()
     import keras
 
     if weights == "imagenet" and image_size not in IMAGENET_SIZES:
@@ -79,8 +74,6 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
         base = keras.applications.MobileNetV2(
             input_shape=(image_size, image_size, 3), include_top=False, weights=weights, alpha=alpha
         )
-    except SkinrayError:
-        raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if weights == "imagenet":
@@ -99,23 +92,13 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
                 layer.momentum = SCRATCH_BN_MOMENTUM
     # A pretrained base keeps BatchNorm in inference mode, also when its top layers are fine-tuned later.
     x = base(x, training=False) if frozen else base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(pooled)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="prob_malignant")(x)
-    return keras.Model(inputs, outputs, name="skinray_mobilenetv2")
-
-
-def with_diagnosis_head(model: Any, n_classes: int) -> Any:
-    """The training view of ``model`` with a second output: diagnosis logits from the pooled features.
-
-    It shares every layer with ``model``, so training it trains ``model``; the auxiliary Dense layer is never
-    exported, and ``model`` keeps the fixed binary head that scoring runs.
-    """
-    import keras
-
-    aux = keras.layers.Dense(n_classes, name="aux_diagnosis")(model.get_layer("gap").output)
-    return keras.Model(model.inputs, [model.outputs[0], aux], name="skinray_train_view")
+    outputs = [keras.layers.Dense(1, name=LOGIT)(x)]
+    if dx_classes > 1:
+        outputs.append(keras.layers.Dense(dx_classes, name=DX_LOGITS)(pooled))
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name="skinray_mobilenetv2")
 
 
 def base_of(model: Any) -> Any:
@@ -139,14 +122,25 @@ def unfreeze_top(model: Any, n_layers: int) -> int:
     return count
 
 
+def forward(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Keras forward pass → ``{"logit": (n,), "dx_logits": (n, K)}`` (the second only when the model has it)."""
+    out = model(np.asarray(x, np.float32), training=False)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    result = {LOGIT: np.asarray(outs[0], np.float32).reshape(-1)}
+    if len(outs) > 1:
+        result[DX_LOGITS] = np.asarray(outs[1], np.float32)
+    return result
+
+
 def export_onnx(model: Any, path: str, image_size: int, seed: int = 0,
-                samples: np.ndarray | None = None) -> float:
-    """Write ``model.onnx`` and return the max |ONNX − Keras| on random and (if given) real inputs."""
+                samples: np.ndarray | None = None) -> tuple[dict[str, str], float]:
+    """Write ``model.onnx``; returns (our output name → the graph's output name, max |ONNX − Keras| over outputs).
+
+    Checked on random inputs and (if given) real ones.
+    """
     import onnxruntime as ort
 
     model(np.zeros((1, image_size, image_size, 3), np.float32))  # Keras needs one call before export
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(path, format="onnx", verbose=False)
@@ -155,85 +149,14 @@ def export_onnx(model: Any, path: str, image_size: int, seed: int = 0,
     if samples is not None and len(samples):
         x = np.concatenate([x, samples.astype(np.float32)])
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0].reshape(-1)
-    keras_out = np.asarray(model(x, training=False)).reshape(-1)
-    return float(np.max(np.abs(onnx_out - keras_out)))
-
-
-def model_id(local_dir: str) -> str:
-    """Content hash of the model directory: the same files give the same id on every machine."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(local_dir)):
-        path = os.path.join(local_dir, name)
-        if name in ARTIFACT_FILES and name != "config.yaml" and os.path.isfile(path):
-            h.update(name.encode())
-            h.update(sha256_file(path).encode())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class ModelArtifact:
-    """A model directory opened for use (downloaded first when it lives on S3)."""
-
-    uri: str
-    local_dir: str
-    meta: dict[str, Any]
-    model_id: str
-
-    @classmethod
-    def open(cls, uri: str, storage_cfg: StorageConfig | None = None) -> "ModelArtifact":
-        if not storage.exists(storage.join(uri, META_FILE), storage_cfg):
-            raise SkinrayError(f"{uri} is not a skinray model directory (no {META_FILE}): run `skinray train`")
-        if storage.is_s3(storage.normalize(uri)):
-            key = hashlib.sha1(storage.normalize(uri).encode()).hexdigest()[:12]
-            cache = os.path.join(tempfile.gettempdir(), "skinray-models", key)
-            local = os.path.join(cache, os.path.basename(storage.normalize(uri)))
-            if not os.path.exists(os.path.join(local, META_FILE)):
-                tmp = f"{local}.tmp-{os.getpid()}"
-                for name in ARTIFACT_FILES:  # not the _ray/ checkpoints that may sit beside them
-                    src = storage.join(uri, name)
-                    if storage.exists(src, storage_cfg):
-                        os.makedirs(tmp, exist_ok=True)
-                        with open(os.path.join(tmp, name), "wb") as f:
-                            f.write(storage.read_bytes(src, storage_cfg))
-                os.makedirs(cache, exist_ok=True)
-                try:
-                    os.replace(tmp, local)
-                except OSError:  # another actor on this node finished first
-                    pass
-        else:
-            local = storage.normalize(uri)
-        meta = storage.read_json(os.path.join(local, META_FILE))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise SkinrayError(f"{uri}: model format {meta.get('format_version')} is not {FORMAT_VERSION}")
-        return cls(uri=uri, local_dir=local, meta=meta, model_id=model_id(local))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta["threshold"]["threshold"])
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
-
-    @property
-    def calibration_bias(self) -> float:
-        return float(self.meta.get("calibration", {}).get("bias", 0.0))
-
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Raw sigmoid scores → calibrated ``prob_malignant`` (the fit stored in skinray.json)."""
-        from skinray.metrics import apply_temperature
-
-        return apply_temperature(raw, self.temperature, self.calibration_bias)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["preprocessing"]["size"])
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.local_dir, name)
-
-    def load_keras(self) -> Any:
-        import keras
-
-        return keras.saving.load_model(self.path(MODEL_FILE), safe_mode=True, compile=False)
+    graph_outputs = session.run(None, {session.get_inputs()[0].name: x})
+    reference = forward(model, x)
+    names: dict[str, str] = {}
+    diff = 0.0
+    for meta, value in zip(session.get_outputs(), graph_outputs):
+        ours = LOGIT if value.reshape(len(x), -1).shape[1] == 1 and LOGIT not in names else DX_LOGITS
+        names[ours] = meta.name
+        diff = max(diff, float(np.max(np.abs(value.reshape(reference[ours].shape) - reference[ours]))))
+    if set(names) != set(reference):
+        raise SkinrayError(f"the exported ONNX graph has outputs {list(names)}, the model {list(reference)}")
+    return names, diff

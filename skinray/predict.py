@@ -1,50 +1,39 @@
-"""A few images, now: the seed's multi-image prediction, in-process (no Ray), with an optional contact sheet."""
+"""A few images, now: the seed's multi-image prediction in-process (no Ray), with an optional contact sheet.
+
+It runs the same :class:`skinray.inference.ImagePredictor` as batch scoring, so a prediction here equals the
+score the nightly run gives the same image.
+"""
 
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from skinray import images, inference, metrics
-from skinray.model import ModelArtifact
+from skinray import plots
+from skinray.config import ImageConfig, InferenceConfig
+from skinray.inference import ImagePredictor
 from skinray.storage import StorageConfig
 
 
-def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | None = None, engine: str = "onnx",
-            tta: bool | None = None, sheet: str | None = None) -> pd.DataFrame:
-    """One row per image (``error`` set where it cannot be read); writes a PNG contact sheet when asked."""
-    storage_cfg = storage_cfg or StorageConfig()
-    artifact = ModelArtifact.open(model_uri, storage_cfg)
-    eng = inference.make_engine(artifact, engine)
-    tta = inference.resolve_tta(artifact, tta)
-    image_cfg = images.image_config_from_spec(artifact.meta["preprocessing"])
-    rows: list[dict[str, Any]] = []
-    arrays: list[np.ndarray | None] = []
-    for uri in image_uris:
-        try:
-            arrays.append(inference.read_and_decode(uri, storage_cfg, image_cfg))
-            rows.append({"image": uri, "error": None})
-        except images.ImageError as exc:
-            arrays.append(None)
-            rows.append({"image": uri, "error": str(exc)[:200]})
-    ok = [i for i, a in enumerate(arrays) if a is not None]
-    prob = np.full(len(image_uris), np.nan, dtype=np.float32)
-    if ok:
-        x = np.stack([arrays[i] for i in ok]).astype(np.float32)
-        prob[ok] = artifact.calibrate(inference.predict_arrays(eng, x, tta))
-    predicted, confidence = inference.label_predictions(prob, artifact.threshold)
-    df = pd.DataFrame(rows)
-    df.insert(1, "prob_malignant", prob)
-    df.insert(2, "predicted", np.where(np.isnan(prob), None, predicted))
-    df.insert(3, "confidence", np.where(np.isnan(prob), np.nan, confidence))
+def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | None = None,
+            inference: InferenceConfig | None = None, image_guards: ImageConfig | None = None,
+            sheet: str | None = None) -> pd.DataFrame:
+    """One row per image (``error`` set where it cannot be read); writes a PNG contact sheet when asked.
+
+    Image limits (pixels, bytes) come from ``image_guards`` (the command's config), never from the model file.
+    """
+    predictor = ImagePredictor(model_uri, storage_cfg, inference, image_guards or ImageConfig(), threads=0)
+    result, decoded = predictor.score_uris(list(image_uris))
+    df = pd.concat([pd.DataFrame({"image": list(image_uris)}),
+                    result[["prob_malignant", "predicted", "confidence", "dx_pred", "error"]]], axis=1)
+    if not predictor.diagnoses:
+        df = df.drop(columns=["dx_pred"])
+    ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     if sheet and ok:
-        metrics.contact_sheet(
-            [arrays[i] for i in ok],
-            [f"{posixpath.basename(image_uris[i])}\n{prob[i]:.2f} {predicted[i]}" for i in ok],
-            sheet,
-            highlight=[predicted[i] == "malignant" for i in ok],
-        )
+        captions = [f"{posixpath.basename(image_uris[i])}\n{result['prob_malignant'][i]:.3f} "
+                    f"{result['predicted'][i]}" + (f" {result['dx_pred'][i]}" if predictor.diagnoses else "")
+                    for i in ok]
+        plots.contact_sheet([decoded[i] for i in ok], captions, sheet,
+                            highlight=[result["predicted"][i] == "malignant" for i in ok])
     return df

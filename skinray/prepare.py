@@ -7,20 +7,22 @@ reason``), ``report.json`` (written last: its presence means the directory is co
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, images, schema, split, storage
+from skinray import SkinrayError, images, paths, schema, split, storage
 from skinray.config import ImageConfig, SkinrayConfig
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, versions
 from skinray.storage import StorageConfig
 
 REJECT_REASONS = {
     "empty_id": "the row has no image id",
-    "unsafe_id": "the id or image path would escape the image root",
+    "unsafe_id": "the id, a template column or the image path would escape the image root",
+    "unsafe_path": "the image file resolves (through a symlink) outside the image root",
     "duplicate_id": "the id appeared earlier in the manifest",
     "unknown_label": "benign/malignant cannot be read from the row",
     "missing": "the image file does not exist",
@@ -32,31 +34,23 @@ REJECT_REASONS = {
     "undecodable": "the image is truncated or corrupt",
 }
 ROWS_PER_BLOCK = 20_000  # bench/bench_prepare.py: 1.55x faster than 2,000 at 200k rows
+log = logging.getLogger("skinray.prepare")
 
 
-def _read_and_check(uri: str, storage_cfg: StorageConfig, image_cfg: ImageConfig
+def _read_and_check(uri: str, root: str | None, storage_cfg: StorageConfig, image_cfg: ImageConfig
                     ) -> tuple[str | None, int | None, int | None]:
-    fs, path = storage.filesystem(uri, storage_cfg)
     try:
-        info = fs.get_file_info(path)
-        if info.type.name == "NotFound":
-            return "missing", None, None
-        if info.type.name != "File":
-            return "not_image", None, None
-        if info.size is not None and info.size > image_cfg.max_bytes:
-            return "too_large", None, None
-        with fs.open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        return "missing", None, None
-    except OSError:
-        return "unreadable", None, None
+        data = images.read_image_bytes(uri, storage_cfg, image_cfg, root)
+    except images.ImageError as exc:
+        return exc.reason, None, None
     return images.check(data, image_cfg)
 
 
 def check_images_batch(batch: pd.DataFrame, storage_cfg: StorageConfig, image_cfg: ImageConfig) -> pd.DataFrame:
     """Ray Data task body: one reason (or None) and the pixel size for each image URI."""
-    results = [_read_and_check(u, storage_cfg, image_cfg) for u in batch["image_uri"]]
+    roots = batch["image_root"] if "image_root" in batch else [None] * len(batch)
+    results = [_read_and_check(u, r if isinstance(r, str) else None, storage_cfg, image_cfg)
+               for u, r in zip(batch["image_uri"], roots)]
     return pd.DataFrame(
         {
             "_row": batch["_row"].to_numpy(),
@@ -73,7 +67,7 @@ def check_images(rows: pd.DataFrame, cfg: SkinrayConfig) -> pd.DataFrame:
         return pd.DataFrame({"_row": [], "reason": [], "width": [], "height": []})
     ensure_ray()
     blocks = max(cluster_cpus() * 4, int(np.ceil(len(rows) / ROWS_PER_BLOCK)))
-    ds = dataset_from_frame(rows[["_row", "image_uri"]].reset_index(drop=True), blocks)
+    ds = dataset_from_frame(rows[["_row", "image_uri", "image_root"]].reset_index(drop=True), blocks)
     checked = ds.map_batches(
         check_images_batch,
         batch_format="pandas",
@@ -87,17 +81,18 @@ def check_images(rows: pd.DataFrame, cfg: SkinrayConfig) -> pd.DataFrame:
     return result
 
 
-def _manifest_rejects(canon: pd.DataFrame) -> pd.Series:
+def _manifest_rejects(canon: pd.DataFrame, raw_cols: list[dict[str, str]], template: str) -> pd.Series:
     """First reason that applies to each row (or None), checked in a fixed order."""
     reason = pd.Series([None] * len(canon), index=canon.index, dtype="object")
     ids = canon["isic_id"]
     empty = ids.isna()
     reason[empty] = "empty_id"
-    unsafe = ~empty & ids.fillna("").map(schema.unsafe_id)
-    ref_unsafe = canon["_image_ref"].fillna("").map(
-        lambda r: bool(r) and not r.startswith(("s3://", "/", "file://")) and ".." in r.replace("\\", "/").split("/")
-    )
-    reason[reason.isna() & (unsafe | ref_unsafe)] = "unsafe_id"
+    unsafe = ~empty & ids.fillna("").map(paths.unsafe_id)
+    refs = canon["_image_ref"].fillna("")
+    ref_unsafe = refs.map(lambda r: bool(r) and not paths.is_absolute(r) and paths.unsafe_ref(r))
+    columns_unsafe = pd.Series([not ref and paths.unsafe_columns(template, cols) for ref, cols in zip(refs, raw_cols)],
+                               index=canon.index)
+    reason[reason.isna() & (unsafe | ref_unsafe | columns_unsafe)] = "unsafe_id"
     dup = ids.duplicated(keep="first") & ids.notna()
     reason[reason.isna() & dup] = "duplicate_id"
     reason[reason.isna() & canon["label"].isna()] = "unknown_label"
@@ -114,7 +109,7 @@ def _report_counts(n_in: int, kept: pd.DataFrame, rejects: pd.DataFrame) -> dict
     }
 
 
-def prepare(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+def prepare(cfg: SkinrayConfig) -> dict[str, Any]:
     """Run the whole stage; returns the report (also written to ``report.json``)."""
     p = cfg.prepare
     if not p.manifest:
@@ -127,23 +122,25 @@ def prepare(cfg: SkinrayConfig, log: Callable[[str], None] = lambda _msg: None) 
     raw = schema.read_manifest(p.manifest, cfg.storage)
     if raw.empty:
         raise SkinrayError(f"manifest {p.manifest} has no rows")
-    canon = schema.to_canonical(raw, p.schema_name, p.malignant_dx)
+    m = cfg.manifest
+    paths.template_fields(m.image_template)  # a broken template is one error for the run, not one per row
+    canon = schema.to_canonical(raw, m.schema_name, m.malignant_dx)
     used_schema = canon.attrs["schema"]
-    log(f"read {len(raw):,} rows ({used_schema} schema) from {p.manifest}")
+    log.info("read %s rows (%s schema) from %s", f"{len(raw):,}", used_schema, p.manifest)
     canon["_row"] = np.arange(len(canon))
-    reason = _manifest_rejects(canon)
+    raw_cols = raw.astype("string").fillna("").to_dict("records")
+    reason = _manifest_rejects(canon, raw_cols, m.image_template)
 
     images_root = storage.normalize(p.images) if p.images else None
     todo = canon[reason.isna()].copy()
-    raw_cols = raw.loc[todo.index].astype("string").fillna("")
-    todo["image_uri"] = [
-        schema.resolve_image_uri(rid, ref, images_root, p.image_template, cols)
-        for rid, ref, cols in zip(todo["isic_id"], todo["_image_ref"], raw_cols.to_dict("records"))
-    ]
+    resolved = [paths.resolve_image_uri(rid, ref, images_root, m.image_template, raw_cols[i])
+                for i, rid, ref in zip(todo["_row"], todo["isic_id"], todo["_image_ref"])]
+    todo["image_uri"] = [r[0] for r in resolved]
+    todo["image_root"] = [r[1] for r in resolved]
     canon["image_uri"] = None
     canon.loc[todo.index, "image_uri"] = todo["image_uri"]
 
-    log(f"checking {len(todo):,} images on Ray Data")
+    log.info("checking %s images on Ray Data", f"{len(todo):,}")
     checked = check_images(todo, cfg).set_index("_row")
     image_reason = checked["reason"].reindex(canon["_row"]).to_numpy()
     reason = reason.where(reason.notna(), pd.Series(image_reason, index=canon.index))

@@ -1,22 +1,29 @@
-"""SQL over published scoring output with DuckDB: a view named ``scores`` over every completed run.
+"""SQL over the scores table with DuckDB, in a sandbox.
 
-Only runs with a ``_SUCCESS`` marker are visible, so a run in progress (or half-copied on S3) never leaks into
-answers. Files are read through pyarrow, so S3 works offline with the same settings as the rest of skinray.
+Views: ``scores`` (by default the rows of the latest committed run of each date, so each image counts once per
+date; every run's rows with ``all_runs``) and ``runs`` (one row per committed run, from the table's history).
+``as_of`` reads an earlier table version or time: what was reported before a re-run.
+
+Every connection opened here has external access switched off and its configuration locked once the tables are
+registered: SQL cannot read local files (``read_text('/proc/self/environ')``), write them (``COPY ... TO``) or
+install extensions.
 """
 
 from __future__ import annotations
 
-import posixpath
+from typing import Any
+
 import pandas as pd
 import pyarrow.dataset as pads
 
-from skinray import SkinrayError, storage
+from skinray import SkinrayError, scores_table
+from skinray.config import check_date
 from skinray.storage import StorageConfig
 
 PRESETS = {
     "top_suspicious": (
-        "SELECT scored_date, run_id, isic_id, image_uri, round(prob_malignant, 4) AS prob_malignant, predicted "
-        "FROM scores WHERE error IS NULL {date_filter} ORDER BY prob_malignant DESC LIMIT {k}"
+        "SELECT scored_date, run_id, isic_id, image_uri, round(prob_malignant, 4) AS prob_malignant, predicted, "
+        "dx_pred FROM scores WHERE error IS NULL {date_filter} ORDER BY logit_malignant DESC, input_row LIMIT {k}"
     ),
     "daily_counts": (
         "SELECT scored_date, count(*) AS images, count(*) FILTER (WHERE error IS NULL) AS scored, "
@@ -27,34 +34,31 @@ PRESETS = {
 }
 
 
-def completed_runs(out: str, storage_cfg: StorageConfig | None = None) -> list[str]:
-    files = storage.list_files(storage.join(out, "runs"), storage_cfg)  # skips _SUCCESS itself: check it per run
-    runs = sorted({posixpath.basename(posixpath.dirname(f)) for f in files if f.endswith("/run.json")})
-    return [r for r in runs if storage.exists(storage.join(out, "runs", r, "_SUCCESS"), storage_cfg)]
+def scores_dataset(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
+                   all_runs: bool = False) -> pads.Dataset:
+    """The committed rows as a pyarrow dataset (latest run per date unless ``all_runs``): the Python entry."""
+    return scores_table.snapshot(out, storage_cfg, as_of).rows(all_runs)
 
 
-def scores_dataset(out: str, storage_cfg: StorageConfig | None = None) -> pads.Dataset:
-    """A pyarrow dataset over the published parts of completed runs, with Hive columns scored_date and run_id."""
-    runs = set(completed_runs(out, storage_cfg))
-    if not runs:
-        raise SkinrayError(f"no completed scoring runs under {out}")
-    base = storage.join(out, "scores")
-    files = [f for f in storage.list_files(base, storage_cfg, suffixes=(".parquet",))
-             if any(f"/run_id={r}/" in f for r in runs)]
-    fs, base_path = storage.filesystem(base, storage_cfg)
-    paths = [storage.filesystem(f, storage_cfg)[1] for f in files]
-    partitioning = pads.partitioning(flavor="hive")
-    return pads.dataset(paths, filesystem=fs, format="parquet", partitioning=partitioning,
-                        partition_base_dir=base_path)
-
-
-def run_query(out: str, sql: str, storage_cfg: StorageConfig | None = None) -> pd.DataFrame:
+def connect(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
+            all_runs: bool = False) -> Any:
+    """A sandboxed DuckDB connection with the ``scores`` and ``runs`` views."""
     import duckdb
 
-    dataset = scores_dataset(out, storage_cfg)
-    con = duckdb.connect()
-    con.register("scores_arrow", dataset)
-    con.execute("CREATE VIEW scores AS SELECT * FROM scores_arrow")
+    snap = scores_table.snapshot(out, storage_cfg, as_of)
+    con = duckdb.connect(":memory:")
+    con.register("scores", snap.rows(all_runs))
+    con.register("runs", snap.runs)
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run_query(out: str, sql: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
+              all_runs: bool = False) -> pd.DataFrame:
+    import duckdb
+
+    con = connect(out, storage_cfg, as_of, all_runs)
     try:
         return con.execute(sql).fetchdf()
     except duckdb.Error as exc:
@@ -66,9 +70,12 @@ def run_query(out: str, sql: str, storage_cfg: StorageConfig | None = None) -> p
 def preset_sql(name: str, k: int = 20, date: str | None = None) -> str:
     if name not in PRESETS:
         raise SkinrayError(f"unknown preset {name!r}: {sorted(PRESETS)}")
-    date_filter = f"AND scored_date = '{date}'" if date else ""
-    if date and not all(c.isdigit() or c == "-" for c in date):
-        raise SkinrayError(f"--date must be YYYY-MM-DD, got {date!r}")
+    if date is not None:
+        try:
+            date = check_date(date)
+        except ValueError as exc:
+            raise SkinrayError(f"--date {exc}") from None
+    date_filter = f"AND scored_date = DATE '{date}'" if date else ""
     return PRESETS[name].format(k=int(k), date_filter=date_filter)
 
 
@@ -82,5 +89,6 @@ def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
         return df.to_string(index=False) if len(df) else "(no rows)"
 
 
-def query(out: str, sql: str, fmt: str = "table", storage_cfg: StorageConfig | None = None) -> str:
-    return format_frame(run_query(out, sql, storage_cfg), fmt)
+def query(out: str, sql: str, fmt: str = "table", storage_cfg: StorageConfig | None = None,
+          as_of: str | int | None = None, all_runs: bool = False) -> str:
+    return format_frame(run_query(out, sql, storage_cfg, as_of, all_runs), fmt)

@@ -1,41 +1,135 @@
-"""Ray is started in exactly one place: join the cluster named by ``RAY_ADDRESS``, else start a local one."""
+"""Ray is started in exactly one place: join the cluster named by ``RAY_ADDRESS``, else start a local one.
+
+Also the cluster's resources as skinray sees them, waiting for GPUs an autoscaler has yet to add, and the quiet
+environment every process gets (TensorFlow's C++ logs, absl, gRPC) unless ``-v`` asks for them.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import platform
+import sys
+import time
+from contextlib import contextmanager
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
+
+from skinray import SkinrayError
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3  # enough for streaming; a 2-core laptop keeps the rest for workers
+# A local node on a loaded host can miss Ray's default agent-registration timeout (measured: 4 of 12 starts at
+# load 13-18 failed with "node timed out during startup"; 300 s made every start succeed).
+AGENT_REGISTER_TIMEOUT_MS = "300000"
+LOCAL_START_TRIES = 2
+GPU_POLL_SECONDS = 2.0
+
+log = logging.getLogger("skinray")
+
+
+def quiet_env(verbose: bool = False) -> dict[str, str]:
+    """Environment for every skinray process (driver, Train workers, Data actors): libraries' chatter off."""
+    if verbose:
+        return {"TF_CPP_MIN_LOG_LEVEL": "1"}
+    return {"TF_CPP_MIN_LOG_LEVEL": "3", "ABSL_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR",
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"), "SKINRAY_QUIET": "1"}
+
+
+def verbose() -> bool:
+    return os.environ.get("SKINRAY_VERBOSE") == "1"
+
+
+@contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Point the process's stderr (fd 2) at /dev/null for a moment: C++ start-up lines of TensorFlow and Ray's
+    core worker are printed before any log level applies. A no-op with ``-v``."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow`` with its native start-up lines (absl's pre-init notices, CUDA probing, oneDNN) off."""
+    if "tensorflow" not in sys.modules:
+        for key, value in quiet_env(verbose()).items():
+            os.environ.setdefault(key, value)
+        with native_stderr_quiet():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    import tensorflow as tf
+
+    return tf
 
 
 def ensure_ray(num_cpus: int | None = None) -> Any:
-    """Connect once per process; quiet logs; returns the ``ray`` module."""
+    """Connect once per process; returns the ``ray`` module. Library logs reach the console only with ``-v``."""
     import ray
 
     if ray.is_initialized():
         return ray
+    env = quiet_env(verbose())
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", AGENT_REGISTER_TIMEOUT_MS)
+    if not verbose():  # the core worker's own notices (e.g. about actor constructor arguments) stay in Ray's logs
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose() else logging.ERROR,
+                              "log_to_driver": verbose(), "runtime_env": {"env_vars": _not_set_by_job(env)}}
     address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs)
+        with native_stderr_quiet():
+            ray.init(address=address, **kwargs)
     else:
-        ray.init(
-            address="local",  # never attach by accident to a cluster someone else started on this host
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
-            **kwargs,
-        )
+        for attempt in range(LOCAL_START_TRIES):
+            try:
+                with native_stderr_quiet():
+                    ray.init(address="local",  # never attach by accident to a cluster someone else started here
+                             num_cpus=num_cpus, include_dashboard=False,
+                             object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
+                break
+            except Exception as exc:  # a node that timed out during start-up on a loaded host: try once more
+                if attempt + 1 == LOCAL_START_TRIES:
+                    raise SkinrayError(f"cannot start a local Ray: {str(exc).splitlines()[0]}") from exc
+                log.warning("local Ray did not start (%s); trying again", str(exc).splitlines()[0])
+                ray.shutdown()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = verbose() or _interactive()
     ctx.print_on_execution_start = False
+    if not verbose():
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     return ray
+
+
+def _not_set_by_job(env: dict[str, str]) -> dict[str, str]:
+    """Inside a submitted job, leave out variables the job's runtime_env sets (Ray refuses both setting one)."""
+    import json
+
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job:
+        return env
+    try:
+        taken = set(((json.loads(job).get("runtime_env") or {}).get("env_vars") or {}))
+    except (ValueError, AttributeError):
+        taken = set()
+    return {k: v for k, v in env.items() if k not in taken}
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty() and os.environ.get("SKINRAY_LOG_FORMAT", "text") == "text"
 
 
 def cluster_cpus() -> int:
@@ -50,11 +144,43 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def wait_for_gpus(seconds: float) -> int:
+    """GPUs in the cluster; when there are none yet, asks the autoscaler for one and waits up to ``seconds``.
+
+    A GPU worker group that scales from zero has no GPU at start, so "no GPU now" is not an error; "no GPU after
+    the wait" is, with one clear line.
+    """
+    gpus = cluster_gpus()
+    if gpus:
+        return gpus
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[{"GPU": 1}])
+    except Exception as exc:  # a cluster without an autoscaler: nothing to ask, just wait
+        log.debug("request_resources: %s", exc)
+    log.info("waiting up to %.0f s for a GPU node to join the Ray cluster", seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(GPU_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            gpus = cluster_gpus()
+            if gpus:
+                return gpus
+    finally:
+        try:
+            request_resources(bundles=[])  # the scoring pool makes its own requests from here on
+        except Exception:
+            pass
+    raise SkinrayError(f"--gpu: no GPU joined the Ray cluster within {seconds:.0f} s (score.gpu_wait_seconds); "
+                       "check the GPU worker group of the cluster")
+
+
 def versions() -> dict[str, str]:
     """Library versions recorded next to every output."""
     out = {"python": platform.python_version()}
-    for name in ("skinray", "ray", "tensorflow", "keras", "onnxruntime", "numpy", "pandas", "pyarrow",
-                 "scikit-learn", "pillow"):
+    for name in ("skinray", "ray", "tensorflow", "keras", "onnxruntime", "onnxruntime-gpu", "deltalake", "numpy",
+                 "pandas", "pyarrow", "scikit-learn", "pillow"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -64,7 +64,6 @@ ISIC_SITES = {
     "torso",
 }
 IMAGE_URI_COLUMNS = ("image_uri", "image_path", "image", "path", "file")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MANIFEST_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json",
                      ".ndjson": "json"}
 
@@ -86,6 +85,8 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
     if kind is None:
         raise SkinrayError(f"manifest {uri}: unknown format {ext or '(no suffix)'}; use .csv, .parquet or .jsonl")
     data = storage.read_bytes(uri, storage_cfg)
+    if kind in ("csv", "json"):
+        _require_utf8(uri, data)
     try:
         if kind == "csv":
             table = pacsv.read_csv(
@@ -97,14 +98,41 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
         elif kind == "parquet":
             table = pq.read_table(io.BytesIO(data))
         else:
-            # Python's parser tolerates what typed readers refuse: types that vary by line, NaN tokens.
-            records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-            table = pa.Table.from_pandas(pd.DataFrame.from_records(records).astype("string"), preserve_index=False)
+            table = pa.Table.from_pandas(_json_lines(uri, data).astype("string"), preserve_index=False)
+    except SkinrayError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
         raise SkinrayError(f"manifest {uri} cannot be parsed as {kind}: {str(exc).splitlines()[0]}") from exc
     df = table.to_pandas()
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _require_utf8(uri: str, data: bytes) -> None:
+    """Manifests are UTF-8 (a BOM is fine); say where one is not instead of a decoder traceback."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SkinrayError(f"manifest {uri} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save "
+                           "it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from exc
+
+
+def _json_lines(uri: str, data: bytes) -> pd.DataFrame:
+    """JSON lines with Python's parser (it tolerates types that vary by line), naming the line that is bad."""
+    records = []
+    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SkinrayError(f"manifest {uri}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})") \
+                from exc
+        if not isinstance(record, dict):
+            raise SkinrayError(f"manifest {uri}: line {number} is not a JSON object")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def detect_schema(columns: Iterable[str]) -> str:
@@ -203,38 +231,3 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
     out.attrs["schema"] = schema
     out.attrs["lesion_grouped"] = bool(lesion.notna().any())
     return out
-
-
-def unsafe_id(value: str) -> bool:
-    """An id that would address a file outside the image root once put into a path template."""
-    return (
-        value in {".", ".."}
-        or "/" in value
-        or "\\" in value
-        or "\x00" in value
-        or ".." in value.split(".")
-        or value.startswith("~")
-    )
-
-
-def resolve_image_uri(row_id: str, ref: str | None, images_root: str | None, template: str,
-                      columns: dict[str, str]) -> str:
-    """Where the image of one row lives: its own URI column, else the template under the images root."""
-    if ref:
-        if ref.startswith(("s3://", "file://", "/")) or images_root is None:
-            return ref
-        return storage.join(images_root, ref)
-    if images_root is None:
-        raise SkinrayError("the manifest has no image_uri column: pass --images with the folder of the images")
-    root = images_root.rstrip("/")
-    try:
-        return template.format(**{**columns, "images": root, "isic_id": row_id})
-    except KeyError as exc:
-        raise SkinrayError(f"image template {template!r} names an unknown column {exc}") from exc
-
-
-def list_image_folder(uri: str, storage_cfg: StorageConfig | None = None) -> pd.DataFrame:
-    """A bare folder/prefix of images as a manifest: id = file stem, recursive."""
-    files = storage.list_files(uri, storage_cfg, suffixes=IMAGE_SUFFIXES)
-    ids = [posixpath.splitext(posixpath.basename(f))[0] for f in files]
-    return pd.DataFrame({"isic_id": ids, "image_uri": files})

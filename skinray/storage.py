@@ -1,19 +1,25 @@
 """URIs (local path, ``file://``, ``s3://``) → pyarrow filesystems and boto3 clients; atomic writes.
 
 Every stage reads and writes URIs through this module, so the same code runs against a laptop folder, AWS S3 or
-an S3-compatible endpoint (MinIO, moto) named by ``endpoint_url`` or ``AWS_ENDPOINT_URL``.
+an S3-compatible endpoint (MinIO, moto) named by ``endpoint_url`` or ``AWS_ENDPOINT_URL``. The region is resolved
+per bucket (pyarrow's resolution on AWS, the bucket's own answer on other endpoints) unless ``storage.region``
+names one, so buckets in several regions work side by side. Objects are written with single PUTs and deleted with
+boto3, so no zero-byte "directory" marker objects are ever created.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import shutil
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -30,13 +36,19 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000; default: $AWS_ENDPOINT_URL, else AWS
-    region: str | None = None  # default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1
+    region: str | None = None  # default: each bucket's own region, else $AWS_REGION / $AWS_DEFAULT_REGION
 
     def resolved_endpoint(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
-    def resolved_region(self) -> str:
-        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    def default_region(self) -> str:
+        return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def region_for(self, bucket: str) -> str:
+        """``storage.region`` when set, else the bucket's own region, else the environment's default."""
+        if self.region:
+            return self.region
+        return _bucket_region(bucket, self.resolved_endpoint(), self.default_region())
 
 
 def is_s3(uri: str) -> bool:
@@ -58,7 +70,27 @@ def normalize(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
+def _bucket_region(bucket: str, endpoint: str | None, fallback: str) -> str:
+    """Where a bucket lives: pyarrow asks AWS; another endpoint is asked through HeadBucket's region header."""
+    if not endpoint:
+        try:
+            return pafs.resolve_s3_region(bucket)
+        except (OSError, ValueError):
+            return fallback
+    try:
+        response = _boto3(endpoint, fallback).head_bucket(Bucket=bucket)
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except Exception as exc:  # 301/403 answers carry the header too
+        headers = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    return headers.get("x-amz-bucket-region") or fallback
+
+
+def bucket_of(uri: str) -> str:
+    return normalize(uri)[len("s3://"):].split("/", 1)[0]
+
+
+@lru_cache(maxsize=16)
 def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {"region": region}
     if endpoint:
@@ -68,31 +100,158 @@ def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+class _SinglePutS3(pafs.FileSystemHandler):
+    """pyarrow's S3 filesystem, except that files are written with one PUT and folders are not objects.
+
+    For what other libraries write through a pyarrow filesystem (Ray Train's checkpoints): pyarrow uploads every
+    file, even an empty one, as a multipart upload and creates a zero-byte marker object for each "directory".
+    A single PUT is atomic, accepted by every S3-compatible server, and leaves no markers. Picklable: the
+    filesystem travels to Ray Train's controller and workers.
+    """
+
+    def __init__(self, endpoint: str | None, region: str) -> None:
+        self.endpoint, self.region = endpoint, region
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _SinglePutS3, (self.endpoint, self.region)
+
+    @property
+    def fs(self) -> pafs.S3FileSystem:
+        return _s3(self.endpoint, self.region)
+
+    def get_type_name(self) -> str:
+        return "skinray-s3"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        pass  # S3 has no folders: a key's prefix exists as soon as the key does
+
+    def delete_dir(self, path: str) -> None:
+        delete("s3://" + path, StorageConfig(endpoint_url=self.endpoint, region=self.region))
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.delete_dir(path)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete a whole bucket")
+
+    def delete_file(self, path: str) -> None:
+        delete("s3://" + path, StorageConfig(endpoint_url=self.endpoint, region=self.region))
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return pa.PythonFile(_PutOnClose("s3://" + path, StorageConfig(endpoint_url=self.endpoint,
+                                                                        region=self.region)), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        raise OSError("appending is not supported on S3")
+
+
+class _PutOnClose(io.BytesIO):
+    def __init__(self, uri: str, storage: StorageConfig) -> None:
+        super().__init__()
+        self.uri, self.storage = uri, storage
+
+    def close(self) -> None:
+        if not self.closed:
+            write_bytes(self.uri, self.getvalue(), self.storage)
+        super().close()
+
+
+def filesystem_for_libraries(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """:func:`filesystem` for code that is not ours (Ray Train): on S3, single PUTs and no marker objects."""
+    storage = storage or StorageConfig()
+    uri = normalize(uri)
+    if not is_s3(uri):
+        return filesystem(uri, storage)
+    handler = _SinglePutS3(storage.resolved_endpoint(), storage.region_for(bucket_of(uri)))
+    return pafs.PyFileSystem(handler), uri[len("s3://"):]
+
+
 def filesystem(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and in-filesystem path for ``uri`` (what Ray Data's ``filesystem=`` takes)."""
     storage = storage or StorageConfig()
     uri = normalize(uri)
     if is_s3(uri):
-        return _s3(storage.resolved_endpoint(), storage.resolved_region()), uri[len("s3://") :]
+        return _s3(storage.resolved_endpoint(), storage.region_for(bucket_of(uri))), uri[len("s3://") :]
     return pafs.LocalFileSystem(), uri
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _boto3(endpoint: str | None, region: str) -> Any:
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint, region_name=region)
 
 
-def boto3_client(storage: StorageConfig | None = None) -> Any:
+def boto3_client(storage: StorageConfig | None = None, bucket: str | None = None) -> Any:
     """A boto3 S3 client with the same endpoint and region as :func:`filesystem` (thread-safe, cached)."""
     storage = storage or StorageConfig()
-    return _boto3(storage.resolved_endpoint(), storage.resolved_region())
+    region = storage.region_for(bucket) if bucket else (storage.region or storage.default_region())
+    return _boto3(storage.resolved_endpoint(), region)
+
+
+def delta_storage_options(uri: str, storage: StorageConfig | None = None) -> dict[str, str]:
+    """What ``deltalake`` needs to reach ``uri``: endpoint, region and the credentials of the boto3 chain.
+
+    Credentials are resolved by boto3 (environment, profile, instance profile, IRSA) at the moment of use and
+    passed on; they are never written anywhere.
+    """
+    storage = storage or StorageConfig()
+    if not is_s3(normalize(uri)):
+        return {}
+    options = {"AWS_REGION": storage.region_for(bucket_of(uri))}
+    endpoint = storage.resolved_endpoint()
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+        if options["AWS_ENDPOINT_URL"].startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    import boto3
+
+    creds = boto3.Session().get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        options.update(AWS_ACCESS_KEY_ID=frozen.access_key, AWS_SECRET_ACCESS_KEY=frozen.secret_key)
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+    return options
 
 
 def _wrap(uri: str, exc: Exception) -> SkinrayError:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return SkinrayError(f"cannot access {uri}: {msg}")
+
+
+@contextmanager
+def _errors(uri: str) -> Iterator[None]:
+    """Storage failures (pyarrow's OSError, boto3's ClientError) as one line naming the URI."""
+    try:
+        yield
+    except OSError as exc:
+        raise _wrap(uri, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("botocore", "boto3")):
+            raise _wrap(uri, exc) from exc
+        raise
 
 
 def exists(uri: str, storage: StorageConfig | None = None) -> bool:
@@ -111,22 +270,38 @@ def is_dir(uri: str, storage: StorageConfig | None = None) -> bool:
         raise _wrap(uri, exc) from exc
 
 
-def read_bytes(uri: str, storage: StorageConfig | None = None) -> bytes:
+def read_bytes(uri: str, storage: StorageConfig | None = None, max_bytes: int | None = None) -> bytes:
+    """The whole object; with ``max_bytes``, larger objects are refused before (and without) reading them."""
     fs, path = filesystem(uri, storage)
     try:
+        if max_bytes is not None:
+            size = fs.get_file_info(path).size
+            if size is not None and size > max_bytes:
+                raise SkinrayError(f"{uri} is {size:,} bytes, more than the {max_bytes:,} bytes allowed")
         with fs.open_input_stream(path) as f:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except FileNotFoundError as exc:
         raise SkinrayError(f"not found: {uri}") from exc
     except OSError as exc:
         raise _wrap(uri, exc) from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise SkinrayError(f"{uri} is more than the {max_bytes:,} bytes allowed")
+    return data
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_bytes(uri: str, data: bytes, storage: StorageConfig | None = None) -> None:
     """Write a whole object atomically: a temp file renamed locally, one PUT on S3."""
     storage = storage or StorageConfig()
     fs, path = filesystem(uri, storage)
-    try:
+    with _errors(uri):
         if isinstance(fs, pafs.LocalFileSystem):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -135,13 +310,7 @@ def write_bytes(uri: str, data: bytes, storage: StorageConfig | None = None) -> 
             os.replace(tmp, path)
         else:  # a single PUT (not multipart): atomic, and accepted by every S3-compatible server
             bucket, _, key = path.partition("/")
-            boto3_client(storage).put_object(Bucket=bucket, Key=key, Body=data)
-    except OSError as exc:
-        raise _wrap(uri, exc) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith(("botocore", "boto3")):
-            raise _wrap(uri, exc) from exc
-        raise
+            boto3_client(storage, bucket).put_object(Bucket=bucket, Key=key, Body=data)
 
 
 def read_text(uri: str, storage: StorageConfig | None = None) -> str:
@@ -156,8 +325,24 @@ def read_json(uri: str, storage: StorageConfig | None = None) -> Any:
     return json.loads(read_text(uri, storage))
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities → null: what strict JSON readers (and pydantic) accept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """Strict JSON (no NaN), indented: how skinray writes every JSON file."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
 def write_json(uri: str, obj: Any, storage: StorageConfig | None = None) -> None:
-    write_text(uri, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", storage)
+    write_text(uri, json_text(obj), storage)
 
 
 def write_parquet(table: pa.Table, uri: str, storage: StorageConfig | None = None) -> None:
@@ -200,39 +385,28 @@ def list_files(uri: str, storage: StorageConfig | None = None, suffixes: Iterabl
 
 
 def delete(uri: str, storage: StorageConfig | None = None) -> None:
-    """Remove a file or a whole directory/prefix; missing is fine."""
-    fs, path = filesystem(uri, storage)
-    try:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-        elif info.type == pafs.FileType.File:
-            fs.delete_file(path)
-    except OSError as exc:
-        raise _wrap(uri, exc) from exc
+    """Remove a file or a whole directory/prefix; missing is fine.
 
-
-def publish_dir(staging: str, final: str, storage: StorageConfig | None = None) -> None:
-    """Move a finished directory into place.
-
-    Locally this is one ``rename`` (atomic). S3 has no rename: objects are copied, then the staging prefix is
-    deleted; readers that need all-or-nothing on S3 go through the run's ``_SUCCESS`` marker (see ``score``).
+    On S3 this lists and deletes the keys with boto3: pyarrow's S3 deletes leave zero-byte marker objects behind
+    to keep the parent "directory" alive, which break recursive downloads and confuse other readers.
     """
-    fs, src = filesystem(staging, storage)
-    _, dst = filesystem(final, storage)
-    try:
+    fs, path = filesystem(uri, storage)
+    with _errors(uri):
         if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if os.path.exists(dst):
-                shutil.rmtree(dst)
-            os.replace(src, dst)
-        else:
-            for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-                if info.type == pafs.FileType.File:
-                    fs.copy_file(info.path, dst + info.path[len(src) :])
-            fs.delete_dir(src)
-    except OSError as exc:
-        raise _wrap(final, exc) from exc
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+            return
+        bucket, _, key = path.partition("/")
+        client = boto3_client(storage, bucket)
+        keys = [key] if key else []
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        for i in range(0, len(keys), 1000):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                         "Quiet": True})
 
 
 def local_copy(uri: str, dest_dir: str, storage: StorageConfig | None = None) -> str:
@@ -253,13 +427,13 @@ def local_copy(uri: str, dest_dir: str, storage: StorageConfig | None = None) ->
 
 
 def upload_dir(local_dir: str, uri: str, storage: StorageConfig | None = None) -> None:
-    """Copy a local directory to ``uri`` (any scheme)."""
-    fs, path = filesystem(uri, storage)
-    if isinstance(fs, pafs.LocalFileSystem) and os.path.abspath(local_dir) == path:
+    """Copy a local directory to ``uri`` (any scheme), one object per file (no directory markers on S3)."""
+    dest = normalize(uri)
+    if not is_s3(dest) and os.path.abspath(local_dir) == dest:
         return
-    try:
-        if isinstance(fs, pafs.LocalFileSystem):
-            fs.create_dir(path, recursive=True)  # copy_files does not create a missing local destination
-        pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    except OSError as exc:
-        raise _wrap(uri, exc) from exc
+    for root, _dirs, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(dest, *rel.split("/")), f.read(), storage)

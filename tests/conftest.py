@@ -28,12 +28,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
+def s3_endpoint(tmp_path_factory) -> str:
     """A moto S3 server process; the AWS variables point the default credential chain and endpoint at it."""
     moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     port = free_port()
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # the server's request log, for debugging
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:

@@ -4,7 +4,7 @@ from skinray.cli import _parser, main
 
 from conftest import run_cli
 
-COMMANDS = ["synth", "prepare", "train", "evaluate", "score", "predict", "query", "demo"]
+COMMANDS = ["synth", "prepare", "train", "evaluate", "score", "predict", "query", "export", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -22,7 +22,7 @@ def test_module_entrypoint_and_version():
 
 
 def test_user_errors_are_one_line(capsys, tmp_path):
-    assert main(["score", "--model", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert main(["score", "--model", str(tmp_path), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skinray: error:") and "not a skinray model" in err[0]
     assert main(["query", str(tmp_path)]) == 2
@@ -35,3 +35,40 @@ def test_user_errors_are_one_line(capsys, tmp_path):
 def test_synth_command_writes_data(tmp_path):
     assert main(["synth", "--out", str(tmp_path / "d"), "--n", "12", "--image-size", "48"]) == 0
     assert (tmp_path / "d" / "metadata.csv").exists() and len(list((tmp_path / "d" / "images").iterdir())) == 12
+
+
+def _subparsers():
+    import argparse
+
+    action = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_has_help_and_names_its_default(command):
+    import argparse
+
+    parser = _subparsers()[command]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        text = parser._get_formatter()._get_help_string(action)
+        assert action.help and len(action.help) > 10, (command, action.option_strings)
+        assert "default" in text or "required" in text, (command, action.option_strings, text)
+
+
+def test_train_says_what_epochs_means(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--head-epochs" in out and "--fine-tune-epochs" in out and "first phase only" in out
+    args = _parser().parse_args(["train", "--epochs", "3", "--fine-tune-epochs", "0"])
+    assert (args.epochs, args.fine_tune_epochs) == (3, 0)
+
+
+def test_json_log_format_errors_are_one_json_object(capsys, tmp_path):
+    import json
+
+    assert main(["query", str(tmp_path), "--log-format", "json", "--daily-counts"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and json.loads(err[0])["level"] == "error"

@@ -1,23 +1,29 @@
-"""Static checks of the cluster/ configs: no Ray cluster is started.
+"""Static checks of the cluster/ configs: no Ray cluster is started and no image is built.
 
-Covers the Ray cluster launcher config for AWS (also validated with Ray's own
-autoscaler schema and config preparation, i.e. what `ray up` checks before it
-calls AWS), the KubeRay RayJob, the Kubernetes CronJob, the crontab line and
-cluster/local.sh (with a fake `ray` binary).
+Covers the container images' definition (cluster/Dockerfile, parsed here because the build machine has no
+Docker) and the two constraints files it installs with, the Ray cluster launcher config for AWS (also validated
+with Ray's own autoscaler schema and config preparation, i.e. what `ray up` checks before it calls AWS), the
+KubeRay RayJob, the Kubernetes CronJob and the crontab line. cluster/local.sh is tested in tests/test_local_sh.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 import re
-import stat
+import shlex
 import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import ray
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = REPO_ROOT / "cluster"
@@ -26,11 +32,16 @@ RAYJOB_YAML = CLUSTER / "kuberay-rayjob.yaml"
 CRONJOB_YAML = CLUSTER / "cron" / "k8s-cronjob.yaml"
 CRONTAB = CLUSTER / "cron" / "skinray-nightly.cron"
 LOCAL_SH = CLUSTER / "local.sh"
-NODE_SETUP_SH = CLUSTER / "aws-node-setup.sh"
+DOCKERFILE = CLUSTER / "Dockerfile"
+CONSTRAINTS = CLUSTER / "constraints.txt"
+CONSTRAINTS_GPU = CLUSTER / "constraints-gpu.txt"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 
-RAY_MAJOR_MINOR = tuple(ray.__version__.split(".")[:2])
 JOB_PATH_RE = re.compile(r"(?<![\w/.-])jobs/[\w./-]+\.py\b")
-IMAGE_RE = re.compile(r"^rayproject/ray:(\d+)\.(\d+)\.(\d+)(-py\d+)?(-gpu)?$")
+RAY_IMAGE_RE = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d+)(?P<gpu>-gpu)?$")
+# What installs packages when a node or a job starts (a runtime env's pip/uv/conda is checked separately).
+RUNTIME_INSTALL_RE = re.compile(r"\b(pip3?|uv|conda|mamba|apt-get|apt)\b[^;&|]*\binstall\b|\btensorflow\b", re.IGNORECASE)
+ORT_BUILDS = {"onnxruntime", "onnxruntime-gpu"}
 
 
 def _load(path: Path):
@@ -42,6 +53,401 @@ def _cluster_text_files() -> list[Path]:
     files = [p for p in CLUSTER.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert files
     return sorted(files)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name==version lines of a constraints file, by canonical name."""
+    pins: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([\w.!+-]+)", line)
+        assert m, f"{path.name}: not a name==version pin: {raw!r}"
+        name = canonicalize_name(m.group(1))
+        assert name not in pins, f"{path.name}: {name} pinned twice"
+        pins[name] = m.group(3)
+    assert pins, path
+    return pins
+
+
+def _pyproject() -> dict:
+    return tomllib.loads(PYPROJECT.read_text())
+
+
+# --------------------------------------------------------------------------- #
+# cluster/Dockerfile, parsed (no Docker on the build machine)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Stage:
+    name: str | None
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, instruction: str) -> list[str]:
+        return [a for i, a in self.instructions if i == instruction]
+
+    @property
+    def workdir(self) -> str:
+        wd = "/"
+        for a in self.args("WORKDIR"):
+            wd = posixpath.normpath(posixpath.join(wd, a.strip()))
+        return wd
+
+
+def _dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comment lines dropped, as Docker does."""
+    out: list[tuple[str, str]] = []
+    buf: list[str] = []
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # comment lines are dropped even inside a continuation
+        if stripped.endswith("\\"):
+            buf.append(stripped[:-1].rstrip())
+            continue
+        buf.append(stripped)
+        line = " ".join(buf)
+        buf = []
+        instr, _, rest = line.partition(" ")
+        out.append((instr.upper(), rest.strip()))
+    assert not buf, "Dockerfile ends inside a line continuation"
+    return out
+
+
+def _parse_dockerfile(text: str) -> list[Stage]:
+    stages: list[Stage] = []
+    for instr, rest in _dockerfile_instructions(text):
+        if instr == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            assert len(words) in (1, 3), rest
+            name = None
+            if len(words) == 3:
+                assert words[1].lower() == "as", rest
+                name = words[2].lower()
+            stages.append(Stage(name=name, base=words[0]))
+        elif instr == "ARG" and not stages:
+            continue  # global ARGs before the first FROM
+        else:
+            assert stages, f"{instr} before the first FROM"
+            stages[-1].instructions.append((instr, rest))
+    return stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    parsed = _parse_dockerfile(DOCKERFILE.read_text())
+    named = {s.name: s for s in parsed if s.name}
+    assert len(named) == len([s for s in parsed if s.name]), "duplicate stage names"
+    return named
+
+
+def _copy_args(arg: str) -> tuple[dict[str, str], list[str], str]:
+    words = shlex.split(arg)
+    flags = {}
+    while words and words[0].startswith("--"):
+        k, _, v = words.pop(0)[2:].partition("=")
+        flags[k] = v
+    assert len(words) >= 2, arg
+    return flags, words[:-1], words[-1]
+
+
+def _stage_files(stage_name: str, stages: dict[str, Stage]) -> dict[str, Path]:
+    """The files a stage's COPY instructions put in the image: image path -> repository file.
+
+    Follows Docker's rules for what this project uses: a directory source copies its contents into the
+    destination, several sources (or a glob) need a destination ending in '/', --from copies from another stage.
+    """
+    stage = stages[stage_name]
+    files: dict[str, Path] = {}
+    if stage.base in stages:
+        files.update(_stage_files(stage.base, stages))
+    wd = "/"
+    for instr, arg in stage.instructions:
+        if instr == "WORKDIR":
+            wd = posixpath.normpath(posixpath.join(wd, arg))
+        if instr not in ("COPY", "ADD"):
+            continue
+        flags, srcs, dest = _copy_args(arg)
+        dest_abs = posixpath.normpath(posixpath.join(wd, dest))
+        if "from" in flags:
+            assert flags["from"] in stages, f"COPY --from={flags['from']}: no such stage"
+            source = {p: f for p, f in _stage_files(flags["from"], stages).items()}
+            for src in srcs:
+                src = posixpath.normpath(src)
+                matched = False
+                for path, f in source.items():
+                    if path == src or path.startswith(src + "/"):
+                        rel = posixpath.relpath(path, src) if path != src else posixpath.basename(path)
+                        files[posixpath.normpath(posixpath.join(dest_abs, rel))] = f
+                        matched = True
+                assert matched, f"COPY --from={flags['from']} {src}: nothing there"
+            continue
+        if len(srcs) > 1 or any(ch in "".join(srcs) for ch in "*?["):
+            assert dest.endswith("/"), f"COPY of several files needs a destination ending in '/': {arg}"
+        for src in srcs:
+            matches = sorted(p for p in REPO_ROOT.glob(src.rstrip("/")) if ".git" not in p.parts)
+            assert matches, f"COPY source {src!r} matches nothing in the repository (build context = repo root)"
+            for m in matches:
+                if m.is_dir():
+                    for f in m.rglob("*"):
+                        if f.is_file() and "__pycache__" not in f.parts:
+                            files[posixpath.join(dest_abs, f.relative_to(m).as_posix())] = f
+                else:
+                    target = posixpath.join(dest_abs, m.name) if dest.endswith("/") else dest_abs
+                    files[posixpath.normpath(target)] = m
+    return files
+
+
+def _built_images() -> dict[str, str]:
+    """target -> image name, from the documented `docker build ... --target T -t IMAGE .` commands."""
+    images = {}
+    for m in re.finditer(r"^#\s*docker build -f cluster/Dockerfile --target (\S+) -t (\S+) \.\s*$",
+                         DOCKERFILE.read_text(), re.MULTILINE):
+        images[m.group(1)] = m.group(2)
+    return images
+
+
+def _shell_commands(run: str) -> list[list[str]]:
+    """The simple commands of a shell-form RUN (split at ; && || | and newlines, quotes respected)."""
+    lex = shlex.shlex(run, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    cmds, cur = [], []
+    for tok in lex:
+        if tok and set(tok) <= set(";&|()"):
+            if cur:
+                cmds.append(cur)
+            cur = []
+        else:
+            cur.append(tok)
+    if cur:
+        cmds.append(cur)
+    return cmds
+
+
+def _pip_installs(stage: Stage) -> list[list[str]]:
+    """argv (from `install` on) of each `pip install` / `python -m pip install` in the stage's RUN instructions."""
+    out = []
+    for run in stage.args("RUN"):
+        for words in _shell_commands(run):
+            for i in range(len(words) - 1):
+                # `pip install`, `/path/pip3 install` and `python -m pip install`
+                if posixpath.basename(words[i]) in ("pip", "pip3") and words[i + 1] == "install":
+                    out.append(words[i + 1 :])
+    return out
+
+
+def _constraint_files(argv: list[str]) -> list[str]:
+    files = []
+    for i, w in enumerate(argv):
+        if w in ("-c", "--constraint") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif w.startswith("--constraint="):
+            files.append(w.split("=", 1)[1])
+    return files
+
+
+def test_dockerfile_parser_sees_continuations_and_comments():
+    text = "FROM a AS x\n# c\nRUN one \\\n  # inside\n  two\nFROM x AS y\nWORKDIR /w\nWORKDIR sub\n"
+    parsed = _parse_dockerfile(text)
+    assert [(s.name, s.base) for s in parsed] == [("x", "a"), ("y", "x")]
+    assert parsed[0].args("RUN") == ["one two"]
+    assert parsed[1].workdir == "/w/sub"
+    with pytest.raises(AssertionError):
+        _parse_dockerfile("RUN x\n")
+    assert _shell_commands('a -c "x; y" && b || c; d') == [["a", "-c", "x; y"], ["b"], ["c"], ["d"]]
+    st = Stage(name="t", base="b", instructions=[("RUN", 'pip install --no-cache-dir -c c.txt ".[cpu]" && rm -rf x'),
+                                                  ("RUN", "python -m pip install -c d.txt y")])
+    assert _pip_installs(st) == [["install", "--no-cache-dir", "-c", "c.txt", ".[cpu]"],
+                                 ["install", "-c", "d.txt", "y"]]
+
+
+def test_dockerfile_targets_and_base_images(stages):
+    assert {"cpu", "gpu"} <= set(stages)
+    expected_py = None
+    for line in CONSTRAINTS.read_text().splitlines()[:5]:
+        if m := re.search(r"Python (\d)\.(\d+)", line):
+            expected_py = m.group(1) + m.group(2)
+    assert expected_py, "constraints.txt's header names the Python it was resolved on"
+    for target, gpu in (("cpu", False), ("gpu", True)):
+        m = RAY_IMAGE_RE.match(stages[target].base)
+        assert m, f"target {target}: FROM {stages[target].base} is not a rayproject/ray image"
+        assert bool(m.group("gpu")) == gpu, f"target {target}: FROM {stages[target].base}"
+        assert m.group("py") == expected_py, f"{stages[target].base}: constraints are for Python {expected_py}"
+    # every other stage is built from scratch, a known image or an earlier stage
+    for name, st in stages.items():
+        assert st.base == "scratch" or st.base in stages or RAY_IMAGE_RE.match(st.base), (name, st.base)
+
+
+def test_dockerfile_ray_version_matches_pins_and_installed_ray(stages):
+    tags = {RAY_IMAGE_RE.match(stages[t].base).group("ray") for t in ("cpu", "gpu")}
+    assert len(tags) == 1, f"cpu and gpu images use different rays: {tags}"
+    (tag,) = tags
+    assert _pins(CONSTRAINTS)["ray"] == tag, "FROM rayproject/ray tag vs ray== in constraints.txt"
+    assert _pins(CONSTRAINTS_GPU)["ray"] == tag, "FROM rayproject/ray tag vs ray== in constraints-gpu.txt"
+    assert ray.__version__ == tag, f"images use ray {tag}, this venv has {ray.__version__}"
+    assert str(_load(RAYJOB_YAML)["spec"]["rayClusterSpec"]["rayVersion"]) == tag
+
+
+@pytest.mark.parametrize("target,constraints,extra", [("cpu", "cluster/constraints.txt", "cpu"),
+                                                      ("gpu", "cluster/constraints-gpu.txt", "gpu")])
+def test_dockerfile_installs_pinned_skinray(stages, target, constraints, extra):
+    stage = stages[target]
+    installs = _pip_installs(stage)
+    assert installs, f"target {target} installs nothing"
+    files = _stage_files(target, stages)
+    wd = stage.workdir
+    for argv in installs:
+        cfiles = _constraint_files(argv)
+        assert cfiles, f"target {target}: pip install without -c: {argv}"
+        for c in cfiles:
+            in_image = posixpath.normpath(posixpath.join(wd, c))
+            assert in_image in files, f"target {target}: -c {c} is not copied into the image ({in_image})"
+            assert files[in_image].is_file()
+    (skinray,) = [a for argv in installs for a in argv if re.fullmatch(r"\.(\[[\w,]+\])?", a)]
+    assert skinray == f".[{extra}]", f"target {target} installs {skinray}"
+    assert constraints in [c for argv in installs for c in _constraint_files(argv)]
+    # the project is copied to WORKDIR, and `python jobs/score.py` works from there
+    for rel in ("pyproject.toml", "README.md", "skinray/__init__.py", "jobs/score.py", "jobs/train.py"):
+        assert posixpath.join(wd, rel) in files, f"target {target}: {rel} not in {wd}"
+
+
+def test_dockerfile_env(stages):
+    for target in ("cpu", "gpu"):
+        env = " ".join(stages[target].args("ENV"))
+        assert "PYTHONUNBUFFERED=1" in env, target
+        assert "TF_CPP_MIN_LOG_LEVEL=" in env, target
+        assert stages[target].workdir != "/", target
+
+
+def test_dockerfile_run_commands_are_valid_sh(stages):
+    runs = [r for st in stages.values() for r in st.args("RUN")]
+    assert runs
+    for run in runs:
+        assert not run.startswith("["), f"exec-form RUN: {run}"
+        subprocess.run(["sh", "-n", "-c", run], check=True)
+
+
+def _fake_pip_env(tmp_path: Path, installed: set[str]) -> dict[str, str]:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    pip = bindir / "pip"
+    # `pip show NAME...` succeeds only if every NAME is "installed"
+    pip.write_text('#!/bin/sh\n[ "$1" = show ] || exit 2\nshift\nfor n in "$@"; do\n'
+                   '  case " $FAKE_INSTALLED " in *" $n "*) ;; *) exit 1 ;; esac\ndone\n')
+    pip.chmod(0o755)
+    return {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_INSTALLED": " ".join(sorted(installed))}
+
+
+@pytest.mark.parametrize("target,ok", [("cpu", {"onnxruntime"}), ("gpu", {"onnxruntime-gpu"})])
+def test_dockerfile_exactly_one_onnxruntime_build(stages, tmp_path, target, ok):
+    """Run the stage's `pip show` check with a fake pip: only the target's own ONNX Runtime build may pass."""
+    (check,) = [r for r in stages[target].args("RUN") if "pip show" in r]
+    for installed in ({"onnxruntime"}, {"onnxruntime-gpu"}, ORT_BUILDS, set()):
+        env = _fake_pip_env(tmp_path, installed)
+        r = subprocess.run(["sh", "-c", check], env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert (r.returncode == 0) == (installed == ok), (target, sorted(installed), r.returncode, r.stderr)
+    imports = [r for r in stages[target].args("RUN") if re.search(r"python -c .*import onnxruntime", r)]
+    assert imports, f"target {target}: no RUN step imports onnxruntime"
+    if target == "gpu":
+        assert any("CUDAExecutionProvider" in r for r in imports), "the GPU image must check the CUDA provider"
+
+
+# --------------------------------------------------------------------------- #
+# Constraints files
+# --------------------------------------------------------------------------- #
+
+
+def test_constraints_files_pin_installed_ray():
+    for path in (CONSTRAINTS, CONSTRAINTS_GPU):
+        assert path.is_file(), f"{path.name} is installed with -c by cluster/Dockerfile"
+        assert _pins(path)["ray"] == ray.__version__, f"{path.name} pins ray=={_pins(path)['ray']}"
+
+
+def test_constraints_gpu_matches_cpu_pins():
+    cpu, gpu = _pins(CONSTRAINTS), _pins(CONSTRAINTS_GPU)
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    for name in ("tensorflow", "keras", "ray", "numpy", "pyarrow", "pandas", "deltalake", "onnx", "tf2onnx",
+                 "protobuf", "boto3", "pillow", "scikit-learn"):
+        assert name in cpu and name in gpu, name
+    differ = {n: (cpu[n], gpu[n]) for n in cpu.keys() & gpu.keys() if cpu[n] != gpu[n]}
+    assert not differ, f"constraints.txt vs constraints-gpu.txt pin different versions: {differ}"
+
+
+def test_constraints_files_name_the_same_packages():
+    """Apart from the ONNX Runtime build and the CUDA wheels, both files pin the same set (catches one going stale)."""
+    cpu, gpu = set(_pins(CONSTRAINTS)), set(_pins(CONSTRAINTS_GPU))
+    gpu_only = {n for n in gpu - cpu if n != "onnxruntime-gpu" and not n.startswith("nvidia-")}
+    cpu_only = cpu - gpu - {"onnxruntime"}
+    assert not cpu_only, f"pinned in constraints.txt only: {sorted(cpu_only)}"
+    assert not gpu_only, f"pinned in constraints-gpu.txt only (missing from constraints.txt): {sorted(gpu_only)}"
+
+
+def test_constraints_gpu_has_tensorflows_cuda_wheels():
+    gpu = _pins(CONSTRAINTS_GPU)
+    try:
+        reqs = [Requirement(r) for r in metadata.requires("tensorflow") or []]
+    except metadata.PackageNotFoundError:
+        pytest.skip("tensorflow not installed")
+    cuda = [r for r in reqs if r.marker and r.marker.evaluate({"extra": "and-cuda"})
+            and not r.marker.evaluate({"extra": ""})]
+    assert cuda, "tensorflow has no and-cuda extra?"
+    for r in cuda:
+        name = canonicalize_name(r.name)
+        assert name in gpu, f"tensorflow[and-cuda] needs {r}, not pinned in constraints-gpu.txt"
+        assert r.specifier.contains(gpu[name], prereleases=True), f"{name}=={gpu[name]} vs {r}"
+
+
+def test_constraints_gpu_onnxruntime_matches_tensorflows_cuda():
+    """onnxruntime-gpu on PyPI is a CUDA 12 build up to 1.26 and a CUDA 13 build from 1.27 on (its CUDA provider
+    links libcudart.so.13); TensorFlow's [and-cuda] wheels are CUDA 12 (nvidia-*-cu12). Mixing them leaves ONNX
+    Runtime without its CUDA libraries, and it falls back to the CPU."""
+    gpu = _pins(CONSTRAINTS_GPU)
+    tf_cuda = {n for n in gpu if n.startswith("nvidia-cuda-runtime")}
+    assert tf_cuda == {"nvidia-cuda-runtime-cu12"}, tf_cuda
+    assert Version(gpu["onnxruntime-gpu"]) < Version("1.27"), (
+        f"onnxruntime-gpu=={gpu['onnxruntime-gpu']} is a CUDA 13 build; the CUDA wheels here are CUDA 12")
+
+
+@pytest.mark.parametrize("extra,path", [("cpu", CONSTRAINTS), ("gpu", CONSTRAINTS_GPU)])
+def test_constraints_satisfy_pyproject(extra, path):
+    """`pip install -c <constraints> ".[extra]"` can only resolve if every pin satisfies pyproject's ranges."""
+    project = _pyproject()["project"]
+    pins = _pins(path)
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    bad = []
+    for r in reqs:
+        name = canonicalize_name(r.name)
+        if name not in pins:
+            bad.append(f"{r} is not pinned")
+        elif not r.specifier.contains(pins[name], prereleases=True):
+            bad.append(f"{name}=={pins[name]} does not satisfy {r}")
+    assert not bad, f"{path.name} vs pyproject.toml [{extra}]: {bad}"
+
+
+# --------------------------------------------------------------------------- #
+# Images referenced by the cluster configs
+# --------------------------------------------------------------------------- #
+
+
+def test_dockerfile_documents_build_commands(stages):
+    images = _built_images()
+    assert set(images) == {"cpu", "gpu"}, images
+    version = _pyproject()["project"]["version"]
+    for target, image in images.items():
+        assert target in stages
+        repo, _, tag = image.rpartition(":")
+        assert repo.endswith("/skinray") and tag == f"{version}-{target}", image
+    assert len({i.rpartition(":")[0] for i in images.values()}) == 1, "both targets go to one repository"
+
+
+def _image_target(image: str) -> str:
+    inverse = {v: k for k, v in _built_images().items()}
+    assert image in inverse, f"{image} is not an image built from cluster/Dockerfile ({sorted(inverse)})"
+    return inverse[image]
 
 
 # --------------------------------------------------------------------------- #
@@ -67,15 +473,56 @@ def test_every_jobs_entrypoint_mentioned_exists():
     assert not missing, f"entrypoints named in cluster/ but missing in the repo: {missing}"
 
 
-def test_constraints_file_exists_and_pins_installed_ray():
-    constraints = CLUSTER / "constraints.txt"
-    assert constraints.is_file(), "cluster/constraints.txt is installed with -c by the cluster configs"
-    for line in constraints.read_text().splitlines():
-        m = re.match(r"^\s*ray(\[[^\]]*\])?\s*==\s*([\w.]+)", line)
-        if m:
-            assert m.group(2) == ray.__version__, (
-                f"constraints pin ray=={m.group(2)} but the images/rayVersion use {ray.__version__}"
-            )
+def _aws_commands(cfg) -> list[str]:
+    cmds = []
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands"):
+        cmds += cfg.get(key) or []
+    for nt in cfg["available_node_types"].values():
+        cmds += nt.get("initialization_commands") or []
+        cmds += nt.get("worker_setup_commands") or []
+    return cmds
+
+
+def test_runtime_install_pattern():
+    for cmd in ("pip install -c c.txt skinray", "bash -c 'python -m pip install x'", "uv pip install y",
+                "sudo apt-get install -y z", "python -c 'import tensorflow'"):
+        assert RUNTIME_INSTALL_RE.search(cmd), cmd
+    for cmd in ("ray stop", "ulimit -n 65536; ray start --head --port=6379", "pip show onnxruntime"):
+        assert not RUNTIME_INSTALL_RE.search(cmd), cmd
+
+
+def test_no_config_installs_at_run_time():
+    """Dependencies (TensorFlow above all) come from the images: nothing is installed when a node or job starts."""
+    try:
+        from ray.autoscaler._private.util import prepare_config
+    except ImportError:  # private API moved: check the file as written
+        prepare_config = dict
+
+    offenders = []
+    # AWS, after merging Ray's defaults (which pip-install Ray and boto3 unless the config overrides them)
+    for cmd in _aws_commands(prepare_config(_load(AWS_YAML))):
+        if RUNTIME_INSTALL_RE.search(cmd):
+            offenders.append(("aws-gpu.yaml", cmd))
+    # KubeRay: runtime env and entrypoint
+    spec = _load(RAYJOB_YAML)["spec"]
+    env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
+    for key in ("pip", "uv", "conda"):
+        if key in env:
+            offenders.append(("kuberay-rayjob.yaml runtimeEnvYAML", key))
+    if RUNTIME_INSTALL_RE.search(spec["entrypoint"]):
+        offenders.append(("kuberay-rayjob.yaml entrypoint", spec["entrypoint"]))
+    # the CronJob's launcher pod and the crontab line
+    for doc in yaml.safe_load_all(CRONJOB_YAML.read_text()):
+        if doc and doc.get("kind") == "CronJob":
+            for c in doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]:
+                script = " ".join(c.get("command", []) + c.get("args", []))
+                if RUNTIME_INSTALL_RE.search(script):
+                    offenders.append(("k8s-cronjob.yaml", script))
+    for entry in _crontab_entries():
+        if RUNTIME_INSTALL_RE.search(entry) or "--runtime-env" in entry:
+            offenders.append(("skinray-nightly.cron", entry))
+    assert not offenders, offenders
 
 
 # --------------------------------------------------------------------------- #
@@ -96,7 +543,7 @@ def test_aws_top_level(aws):
     for key in ("cluster_name", "max_workers", "provider", "auth", "available_node_types", "head_node_type"):
         assert key in aws, key
     assert aws["provider"]["type"] == "aws"
-    assert re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", aws["provider"]["region"])
+    assert aws["provider"]["region"] == "us-west-2"
     assert isinstance(aws["provider"].get("cache_stopped_nodes"), bool)
     assert aws["auth"]["ssh_user"]
     assert aws["head_node_type"] in aws["available_node_types"]
@@ -120,6 +567,8 @@ def test_aws_node_types(aws):
     assert gpu, "a GPU worker group is needed for training and GPU scoring"
     assert cpu, "a CPU worker group is needed for decode"
     assert all(workers[n]["node_config"]["InstanceType"].startswith(("g", "p")) for n in gpu)
+    # GPU nodes scale from 0 (the scoring job waits for them: score.gpu_wait_seconds)
+    assert all(workers[n]["min_workers"] == 0 for n in gpu)
 
 
 def test_aws_instance_profiles(aws):
@@ -141,20 +590,43 @@ def test_aws_commands(aws):
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
     assert "--dashboard-host=0.0.0.0" in head
     assert "--address=$RAY_HEAD_IP:6379" in worker
+    # Setup is baked into the images: the setup lists are present (else Ray's defaults apply) and empty,
+    # and no node type brings its own.
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        assert key in aws and aws[key] == [], key
+    for name, nt in aws["available_node_types"].items():
+        assert not nt.get("worker_setup_commands"), name
+    # no repository sync to the nodes any more: nothing references files synced to ~/skinray
+    assert not aws.get("file_mounts")
+    assert not any("~/skinray" in c for c in _aws_commands(aws))
 
-    # file_mounts syncs the repo to ~/skinray; setup scripts referenced as
-    # ~/skinray/<path> must exist in the repo.
-    mounts = aws["file_mounts"]
-    assert mounts.get("~/skinray") == "."
-    commands = list(aws.get("setup_commands", []))
-    for nt in aws["available_node_types"].values():
-        commands += nt.get("worker_setup_commands", [])
-    assert commands
-    for cmd in commands:
-        for rel in re.findall(r"~/skinray/([\w./-]+)", cmd):
-            assert (REPO_ROOT / rel).is_file(), rel
-    setup = NODE_SETUP_SH.read_text()
-    assert "-c" in setup and "cluster/constraints.txt" in setup
+
+def _effective_docker(cfg, node_type: str) -> tuple[str, list[str]]:
+    """(image, run options) of a node type's container, merged the way Ray's autoscaler/updater does."""
+    docker = dict(cfg.get("docker") or {})
+    docker.update(cfg["available_node_types"][node_type].get("docker") or {})
+    head = node_type == cfg["head_node_type"]
+    image = docker.get("head_image" if head else "worker_image", docker.get("image"))
+    opts = list(docker.get("run_options") or []) + list(docker.get("head_run_options" if head else
+                                                                   "worker_run_options") or [])
+    return image, opts
+
+
+def test_aws_runs_the_dockerfile_images(aws):
+    docker = aws.get("docker")
+    assert docker, "aws-gpu.yaml must run the nodes in the skinray images (docker: section)"
+    assert docker.get("container_name")
+    assert isinstance(docker.get("pull_before_run"), bool)
+    assert not any("--gpus" in o for o in (docker.get("run_options") or []) + (docker.get("head_run_options") or [])
+                   + (docker.get("worker_run_options") or [])), "--gpus only on GPU node types"
+    for name, nt in aws["available_node_types"].items():
+        image, opts = _effective_docker(aws, name)
+        assert image, name
+        target = _image_target(image)
+        has_gpu = nt["resources"].get("GPU", 0) >= 1
+        assert target == ("gpu" if has_gpu else "cpu"), f"{name} (GPU={has_gpu}) runs the {target} image"
+        gpus_opt = any(re.search(r"--gpus[ =]all\b", o) for o in opts)
+        assert gpus_opt == has_gpu, f"{name}: run options {opts}"
 
 
 def test_aws_config_against_ray_schema(aws):
@@ -165,25 +637,28 @@ def test_aws_config_against_ray_schema(aws):
         pytest.skip(f"{schema_path} not shipped with this ray")
     schema = json.loads(schema_path.read_text())
     jsonschema.validate(aws, schema)
+    # the schema really checks the per-node-type docker section (only a few keys are allowed there)
+    bad = json.loads(json.dumps(aws))
+    name = next(n for n, nt in bad["available_node_types"].items() if nt.get("docker"))
+    bad["available_node_types"][name]["docker"]["run_options"] = ["--gpus all"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
 
 
 def test_aws_config_passes_ray_up_preparation(aws):
     # What `ray up` does before contacting AWS: merge with the provider's
-    # defaults.yaml, then validate (schema + head type + min/max workers).
+    # defaults.yaml, then validate (schema, docker section, head type, min/max workers).
     try:
         from ray.autoscaler._private.util import prepare_config, validate_config
     except ImportError:  # private API moved
         pytest.skip("ray.autoscaler._private.util not available")
     prepared = prepare_config(yaml.safe_load(AWS_YAML.read_text()))
     validate_config(prepared)
-    # The defaults' head_setup_commands install boto3 for the autoscaler; if
-    # they are overridden, the setup must install it.
-    if not any("boto3" in c for c in prepared["head_setup_commands"]):
-        assert "boto3" in NODE_SETUP_SH.read_text()
-
-
-def test_node_setup_script_syntax():
-    subprocess.run(["bash", "-n", str(NODE_SETUP_SH)], check=True)
+    assert prepared["head_setup_commands"] == [] and prepared["worker_setup_commands"] == []
+    # The defaults' head_setup_commands install boto3 for the autoscaler; here the head's image must have it.
+    assert _image_target(_effective_docker(prepared, prepared["head_node_type"])[0]) == "cpu"
+    deps = [canonicalize_name(Requirement(r).name) for r in _pyproject()["project"]["dependencies"]]
+    assert "boto3" in deps and "boto3" in _pins(CONSTRAINTS)
 
 
 # --------------------------------------------------------------------------- #
@@ -194,13 +669,6 @@ def test_node_setup_script_syntax():
 @pytest.fixture(scope="module")
 def rayjob():
     return _load(RAYJOB_YAML)
-
-
-def _check_image(image: str, gpu: bool):
-    m = IMAGE_RE.match(image)
-    assert m, image
-    assert (m.group(1), m.group(2)) == RAY_MAJOR_MINOR, f"{image} vs installed ray {ray.__version__}"
-    assert bool(m.group(5)) == gpu, image
 
 
 def test_rayjob_basics(rayjob):
@@ -232,13 +700,23 @@ def test_rayjob_runtime_env(rayjob):
 
     env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
     assert isinstance(env, dict)
-    assert set(env) <= {"working_dir", "pip", "env_vars", "py_modules", "uv", "config"}, set(env)
-    RuntimeEnv(**env)  # Ray's own validation (fields, URI types, pip options)
-    assert env["working_dir"].endswith(".zip")
-    pkgs = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
-    assert any(p.startswith("-c ") and p.endswith("cluster/constraints.txt") for p in pkgs)
+    assert set(env) <= {"working_dir", "env_vars", "py_modules", "config"}, set(env)
+    RuntimeEnv(**env)  # Ray's own validation (fields, URI types)
+    if "working_dir" in env:
+        assert env["working_dir"].endswith(".zip")
     assert all(isinstance(v, str) for v in env.get("env_vars", {}).values())
     assert "AWS_REGION" in env["env_vars"]
+
+
+def _containers(rcs):
+    head = rcs["headGroupSpec"]["template"]["spec"]
+    yield "head", head, head["containers"]
+    for g in rcs["workerGroupSpecs"]:
+        yield g["groupName"], g["template"]["spec"], g["template"]["spec"]["containers"]
+
+
+def _gpus(container) -> int:
+    return int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
 
 
 def test_rayjob_cluster_spec(rayjob):
@@ -246,7 +724,6 @@ def test_rayjob_cluster_spec(rayjob):
     assert str(rcs["rayVersion"]) == ray.__version__
     head = rcs["headGroupSpec"]["template"]["spec"]
     (head_c,) = head["containers"]
-    _check_image(head_c["image"], gpu=False)
     assert any(p["containerPort"] == 8265 for p in head_c["ports"])
     assert head_c["resources"]["limits"]
     assert head.get("serviceAccountName")
@@ -257,17 +734,34 @@ def test_rayjob_cluster_spec(rayjob):
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
         spec = g["template"]["spec"]
         assert spec.get("serviceAccountName") == head["serviceAccountName"]
-        (c,) = spec["containers"]
-        gpus = int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
-        _check_image(c["image"], gpu=gpus > 0)
-    gpu_groups = [g for g in groups if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1]
+        assert len(spec["containers"]) == 1, g["groupName"]
+    gpu_groups = [g for g in groups if _gpus(g["template"]["spec"]["containers"][0]) >= 1]
     assert gpu_groups
     for g in gpu_groups:
         spec = g["template"]["spec"]
         assert spec.get("nodeSelector") or spec.get("affinity")
         assert any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", []))
 
+    # the scoring pool can't outgrow the GPU pods
+    entry = rayjob["spec"]["entrypoint"]
+    m = re.search(r"--(?:max-)?actors[ =](\d+)", entry)
+    if "--gpu" in entry.split() and m:
+        assert int(m.group(1)) <= sum(g["maxReplicas"] for g in gpu_groups), entry
+        if "--actors" in entry and not rcs.get("enableInTreeAutoscaling"):
+            assert int(m.group(1)) <= sum(g["replicas"] for g in gpu_groups), entry
 
+
+def test_rayjob_runs_the_dockerfile_images(rayjob, stages):
+    rcs = rayjob["spec"]["rayClusterSpec"]
+    for group, _spec, containers in _containers(rcs):
+        (c,) = containers
+        target = _image_target(c["image"])
+        assert target == ("gpu" if _gpus(c) else "cpu"), f"{group}: {c['image']}"
+        # `python jobs/...` runs on the head from the image's WORKDIR
+        wd = c.get("workingDir", stages[target].workdir)
+        assert wd == stages[target].workdir, f"{group}: workingDir {wd} vs the image's {stages[target].workdir}"
+        rel = JOB_PATH_RE.search(rayjob["spec"]["entrypoint"]).group(0)
+        assert posixpath.join(wd, rel) in _stage_files(target, stages), f"{group}: {rel} not in the image at {wd}"
 # --------------------------------------------------------------------------- #
 # Schedules
 # --------------------------------------------------------------------------- #
@@ -367,106 +861,3 @@ def test_crontab_line():
     # an unescaped % would end the command at that point
     assert not re.search(r"(?<!\\)%", command), "escape % as \\% in crontab"
     subprocess.run(["sh", "-n", "-c", command.replace("\\%", "%")], check=True)
-
-
-# --------------------------------------------------------------------------- #
-# cluster/local.sh (never starts Ray: a fake `ray` records its arguments)
-# --------------------------------------------------------------------------- #
-
-
-def _run_local(*args, env_extra=None):
-    drop = ("RAY_ADDRESS", "RAY_BIN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(env_extra or {})
-    return subprocess.run([str(LOCAL_SH), *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-@pytest.fixture
-def fake_ray(tmp_path):
-    log = tmp_path / "calls.log"
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    exe = bindir / "ray"
-    exe.write_text(f'#!/bin/sh\necho "$* | PATH0=${{PATH%%:*}} AUTH=$RAY_AUTH_MODE" >> "{log}"\n')
-    exe.chmod(0o755)
-    home = tmp_path / "home"  # no ~/.ray/auth_token unless a test writes one
-    home.mkdir()
-    env = {"RAY_BIN": str(exe), "SKINRAY_DASHBOARD_WAIT_S": "0", "HOME": str(home)}
-    return env, log, bindir
-
-
-def test_local_sh_syntax_and_mode():
-    subprocess.run(["bash", "-n", str(LOCAL_SH)], check=True)
-    assert LOCAL_SH.stat().st_mode & stat.S_IXUSR, "chmod +x cluster/local.sh"
-    assert LOCAL_SH.read_text().startswith("#!/usr/bin/env bash")
-    assert "set -euo pipefail" in LOCAL_SH.read_text()
-
-
-def test_local_sh_help():
-    r = _run_local("--help")
-    assert r.returncode == 0, r.stderr
-    for word in ("start", "stop", "status", "--num-cpus", "--num-gpus", "--port", "--dashboard-port", "--workers"):
-        assert word in r.stdout, word
-
-
-@pytest.mark.parametrize("args", [(), ("bogus",), ("start", "--bogus"), ("start", "--port"), ("start", "--workers", "x")])
-def test_local_sh_bad_usage(args, fake_ray):
-    env, log, _ = fake_ray
-    r = _run_local(*args, env_extra=env)
-    assert r.returncode != 0
-    assert "Usage" in r.stderr or "--help" in r.stderr
-    assert not log.exists(), "ray must not be called on bad usage"
-
-
-def test_local_sh_start_stop_status(fake_ray):
-    env, log, bindir = fake_ray
-    r = _run_local(
-        "start", "--num-cpus", "2", "--num-gpus", "0", "--port", "6390", "--dashboard-port", "8399",
-        "--workers", "2", "--worker-cpus", "1", env_extra=env,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "RAY_ADDRESS=http://127.0.0.1:8399" in r.stdout
-    assert "127.0.0.1:6390" in r.stdout
-    calls = log.read_text().splitlines()
-    assert len(calls) == 3, calls
-    head, w1, w2 = calls
-    assert head.startswith("start --head ")
-    for expected in ("--port 6390", "--include-dashboard=true", "--dashboard-host 127.0.0.1",
-                     "--dashboard-port 8399", "--num-cpus 2", "--num-gpus 0"):
-        assert expected in head, expected
-    for w in (w1, w2):
-        assert w.startswith("start --address 127.0.0.1:6390 ")
-        assert "--num-cpus 1" in w and "--num-gpus 0" in w and "--head" not in w
-    # every node gets its own dashboard-agent port (job submission needs the head's)
-    agent_ports = [int(re.search(r"--dashboard-agent-listen-port (\d+)", c).group(1)) for c in calls]
-    assert len(set(agent_ports)) == 3 and agent_ports == sorted(agent_ports)
-    # the ray's folder is first on PATH, so job entrypoints' `python` is its venv's;
-    # no token anywhere -> auth explicitly disabled
-    assert all(c.endswith(f"PATH0={bindir} AUTH=disabled") for c in calls)
-    assert "RAY_AUTH_MODE=token" not in r.stdout
-
-    log.unlink()
-    assert _run_local("stop", env_extra=env).returncode == 0
-    assert _run_local("status", "--port", "6390", env_extra=env).returncode == 0
-    assert [c.split(" | ")[0] for c in log.read_text().splitlines()] == ["stop", "status --address 127.0.0.1:6390"]
-
-
-def test_local_sh_token_auth(fake_ray):
-    env, log, _ = fake_ray
-    token_dir = Path(env["HOME"]) / ".ray"
-    token_dir.mkdir()
-    (token_dir / "auth_token").write_text("x" * 32)
-    r = _run_local("start", "--agent-port", "40111", env_extra=env)
-    assert r.returncode == 0, r.stderr
-    (gen, head) = log.read_text().splitlines()
-    assert gen.startswith("get-auth-token --generate ") and gen.endswith("AUTH=token")
-    assert head.startswith("start --head ") and head.endswith("AUTH=token")
-    assert "--dashboard-agent-listen-port 40111" in head
-    assert "RAY_AUTH_MODE=token" in r.stdout  # clients are told to set it
-    log.unlink()
-    assert _run_local("status", env_extra=env).returncode == 0
-    assert log.read_text().strip().endswith("AUTH=token")
-    log.unlink()
-    r = _run_local("start", "--auth", "disabled", env_extra=env)
-    assert r.returncode == 0 and log.read_text().strip().endswith("AUTH=disabled")
-    assert _run_local("start", "--auth", "maybe", env_extra=env).returncode != 0

@@ -11,24 +11,24 @@ def test_defaults_are_the_improved_recipe_on_the_seed_model():
             cfg.train.dropout, cfg.train.dense_units) == (4, 32, 1e-3, 0.3, 64)
     assert load_config(recipe="improved").model_copy(update={"recipe": None}) == cfg
     assert cfg.train.weights == "imagenet" and cfg.image.size == 224
-    assert cfg.prepare.malignant_dx == ["mel", "bcc", "akiec"]
-    assert cfg.score.engine == "onnx"
+    assert cfg.manifest.malignant_dx == ["mel", "bcc", "akiec"]
+    assert cfg.inference.engine == "onnx"
 
 
 def test_yaml_then_sets_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"train": {"epochs": 3, "batch_size": 8}, "image": {"size": 96}}))
     cfg = load_config(str(path), overrides={"train.epochs": 5, "train.workers": None},
-                      sets=["train.batch_size=16", "prepare.malignant_dx=[mel, bcc]"])
+                      sets=["train.batch_size=16", "manifest.malignant_dx=[mel, bcc]"])
     assert cfg.train.epochs == 5  # flag beats file
     assert cfg.train.batch_size == 16  # --set beats file
     assert cfg.train.workers == 2  # None flag leaves the default
     assert cfg.image.size == 96
-    assert cfg.prepare.malignant_dx == ["mel", "bcc"]
+    assert cfg.manifest.malignant_dx == ["mel", "bcc"]
 
 
 def test_saved_yaml_reloads_identically(tmp_path):
-    cfg = load_config(overrides={"train.epochs": 7, "prepare.schema": "ham10000"})
+    cfg = load_config(overrides={"train.epochs": 7, "manifest.schema": "ham10000"})
     path = tmp_path / "saved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(str(path)) == cfg
@@ -72,3 +72,34 @@ def test_recipes_are_a_layer_under_file_and_flags(tmp_path):
     assert load_config(str(saved)) == cfg
     with pytest.raises(SkinrayError, match="unknown recipe 'nope'.*seed"):
         load_config(recipe="nope")
+
+
+def test_moved_keys_of_older_config_files_still_work(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"prepare": {"image_template": "{images}/{lesion_id}.jpg", "schema": "isic"},
+                                    "score": {"engine": "tf", "tta": False}, "evaluate": {"bootstrap": 10}}))
+    cfg = load_config(str(path))
+    assert (cfg.manifest.image_template, cfg.manifest.schema_name) == ("{images}/{lesion_id}.jpg", "isic")
+    assert (cfg.inference.engine, cfg.inference.tta, cfg.metrics.bootstrap) == ("tf", False, 10)
+
+
+@pytest.mark.parametrize("date", ["20260202", "2026-W05-1", "2026-02-30", "26-02-02", "2026-2-2", "yesterday"])
+def test_score_dates_are_iso_days_only(date):
+    with pytest.raises(SkinrayError, match="score.date.*YYYY-MM-DD"):
+        load_config(overrides={"score.date": date})
+
+
+def test_score_dates_are_normalised():
+    assert load_config(sets=["score.date=2026-11-25"]).score.date == "2026-11-25"  # YAML reads it as a date
+    assert load_config(overrides={"score.date": " 2026-11-25 "}).score.date == "2026-11-25"
+
+
+@pytest.mark.parametrize("run_id", ["../../../escaped_run", "..", ".", "a/b", "a b", "x" * 65, "", "é"])
+def test_unsafe_run_ids_are_refused(run_id):
+    with pytest.raises(SkinrayError, match="score.run_id"):
+        load_config(overrides={"score.run_id": run_id})
+
+
+def test_safe_run_ids_and_templates_in_set():
+    cfg = load_config(sets=["score.run_id=nightly-2026.11_25", "manifest.image_template={images}/{x}.jpg"])
+    assert cfg.score.run_id == "nightly-2026.11_25" and cfg.manifest.image_template == "{images}/{x}.jpg"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_path):
     out = str(tmp_path / "report")
     cfg = load_config(overrides={"evaluate.model": model_dir, "evaluate.prepared": prepared, "evaluate.out": out,
-                                 "evaluate.bootstrap": 200})
+                                 "metrics.bootstrap": 200})
     report = evaluate(cfg)
     pred = pd.read_parquet(os.path.join(out, "predictions.parquet"))
     test_rows = pd.read_parquet(os.path.join(prepared, "manifest.parquet")).query("split == 'test'")
@@ -54,20 +54,3 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
         if g["n_pos"]:
             assert g["sensitivity"] == pytest.approx(recall_score(rows.label, rows.prob_malignant >= thr))
     assert "## By dx" in open(os.path.join(out, "report.md")).read()
-
-
-def test_report_names_the_threshold_policy_and_its_promise():
-    import numpy as np
-
-    from skinray import metrics
-    from skinray.evaluate import describe_policy
-
-    rng = np.random.default_rng(1)
-    y = (rng.random(600) < 0.25).astype(int)
-    p = np.clip(0.35 * y + 0.65 * rng.random(600), 0, 1)
-    assert describe_policy(metrics.choose_threshold(y, p, "youden")) == "youden"
-    bound = metrics.choose_threshold(y, p, "sensitivity", 0.8, confidence=0.95)
-    text = describe_policy(bound)
-    assert text.startswith("sensitivity ≥ 0.80 with 95% confidence") and f"{bound['sensitivity_lower_bound']:.3f}" in text
-    unreachable = metrics.choose_threshold(y[:40], p[:40], "sensitivity", 0.99, confidence=0.95)
-    assert "not reachable" in describe_policy(unreachable)

@@ -98,5 +98,8 @@ def test_exif_orientation_is_applied():
 def test_same_bytes_same_pixels_everywhere():
     data = encode(rgb(123, 77, (10, 200, 30)), "JPEG")
     assert np.array_equal(images.decode(data, CFG), images.decode(data, CFG))
-    spec = images.preprocessing_spec(CFG)
-    assert images.image_config_from_spec(spec).size == 64
+    from skinray.artifact import Preprocessing
+
+    guards = ImageConfig(max_pixels=1000, max_bytes=99)  # a run's own limits win over anything in the model
+    cfg = Preprocessing.from_config(CFG).image_config(guards)
+    assert (cfg.size, cfg.resize, cfg.max_pixels, cfg.max_bytes) == (CFG.size, CFG.resize, 1000, 99)

@@ -1,5 +1,6 @@
 """`ray job submit` against a real local head node started by cluster/local.sh."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     for name in sorted(os.listdir(f"{sample['local']}/images"))[:12]:
         os.link(f"{sample['local']}/images/{name}", day / name)
     entrypoint = (f"{sys.executable} jobs/score.py --model {model_dir} --input-root {tmp_path / 'incoming'} "
-                  f"--date 2026-11-25 --out {out} --set score.max_failure_fraction=0.5")
+                  f"--date 2026-11-25 --out {out} --set score.max_failure_fraction=0.5 --log-format json")
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO),
                                                                    "excludes": [".venv", ".git", "demo-out"]})
     deadline = time.time() + 420
@@ -57,6 +58,8 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
         status = client.get_job_status(job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert any("run_id" in e.get("message", "") or e.get("logger") == "skinray.score" for e in events), logs[-2000:]
     df = scores_dataset(str(out)).to_table().to_pandas()
     assert len(df) == 12 and str(df["scored_date"].iloc[0]) == "2026-11-25"
     # planted corrupt files among the 12 are rows with an error, not a failed job

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
@@ -210,98 +209,6 @@ def test_age_band() -> None:
         assert M.age_band(age) == band, age
 
 
-# --- thresholds and temperature --------------------------------------------------------------------------------
-
-
-def test_choose_threshold_youden_separable() -> None:
-    neg, pos = np.array([0.1, 0.2, 0.3, 0.35]), np.array([0.6, 0.7, 0.9])
-    y, p = np.r_[np.zeros(4, int), np.ones(3, int)], np.r_[neg, pos]
-    c = M.choose_threshold(y, p, "youden")
-    assert neg.max() < c["threshold"] <= pos.min()
-    assert c["sensitivity"] == 1.0 and c["specificity"] == 1.0 and c["policy"] == "youden"
-
-
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
-def test_choose_threshold_sensitivity_policy(target: float) -> None:
-    y, p = _data(seed=8)
-    c = M.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
-    assert c["sensitivity"] >= target and 0.0 < c["threshold"] < 1.0
-    assert c["sensitivity"] == pytest.approx(recall_score(y, p >= c["threshold"]))
-    # highest such threshold: the next score above it loses the target
-    higher = p[p > c["threshold"]]
-    if higher.size:
-        assert recall_score(y, p >= higher.min()) < target
-
-
-@pytest.mark.parametrize("target, confidence", [(0.8, 0.95), (0.85, 0.9)])
-def test_choose_threshold_with_confidence_bound(target: float, confidence: float) -> None:
-    from scipy.stats import binomtest
-
-    y, p = _data(seed=10)
-    plain = M.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
-    c = M.choose_threshold(y, p, "sensitivity", target_sensitivity=target, confidence=confidence)
-    n_pos = int(y.sum())
-    tp = int(((p >= c["threshold"]) & (y == 1)).sum())
-    # the one-sided bound is the lower end of the exact two-sided interval at level 2c - 1
-    exact = binomtest(tp, n_pos).proportion_ci(confidence_level=2 * confidence - 1, method="exact").low
-    assert c["sensitivity_lower_bound"] == pytest.approx(exact, abs=1e-9) and c["target_met"]
-    assert c["sensitivity_lower_bound"] >= target and c["threshold"] <= plain["threshold"]
-    higher = p[p > c["threshold"]]  # the highest such threshold: one score higher breaks the bound
-    if higher.size:
-        tp_up = int(((p >= higher.min()) & (y == 1)).sum())
-        assert M.sensitivity_lower_bound(tp_up, n_pos, confidence) < target
-
-
-def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
-    c = M.choose_threshold(y, p, "sensitivity", target_sensitivity=0.95, confidence=0.95)  # 3 positives: never
-    assert c["sensitivity"] == 1.0 and not c["target_met"] and c["sensitivity_lower_bound"] < 0.95
-
-
-def test_choose_threshold_fixed_and_errors() -> None:
-    y, p = _data(seed=9)
-    assert M.choose_threshold(y, p, "fixed")["threshold"] == 0.5
-    with pytest.raises(ValueError):
-        M.choose_threshold(y, p, "sensitivity")
-    with pytest.raises(ValueError):
-        M.choose_threshold(y, p, "magic")
-
-
-def test_choose_threshold_clips_inf() -> None:
-    y, p = [1, 0, 1, 0], [0.2, 0.9, 0.1, 0.8]  # inverted scorer: best J is the +inf threshold
-    t = M.choose_threshold(y, p, "youden")["threshold"]
-    assert 0.0 < t < 1.0
-
-
-def test_fit_temperature_recovers_two() -> None:
-    rng = np.random.default_rng(10)
-    z = rng.normal(0.0, 1.5, 20_000)
-    y = rng.binomial(1, expit(z))
-    p = expit(2.0 * z)  # over-confident by a factor 2
-    t = M.fit_temperature(y, p)
-    assert abs(t - 2.0) < 0.3
-    q = M.apply_temperature(p, t)
-    assert q.dtype == np.float32 and q.shape == p.shape
-    assert log_loss(y, q.astype(np.float64)) < log_loss(y, p)
-    np.testing.assert_allclose(M.apply_temperature(p, 1.0), p, atol=1e-6)
-
-
-def test_fit_platt_undoes_the_class_weight_shift() -> None:
-    rng = np.random.default_rng(11)
-    z = rng.normal(-1.5, 1.5, 20_000)  # ~25% positives
-    y = rng.binomial(1, expit(z))
-    p = expit(2.0 * z + np.log(4.0))  # over-confident and shifted as by a 4:1 class weight
-    t, b = M.fit_platt(y, p)
-    assert abs(t - 2.0) < 0.3 and abs(b + np.log(4.0) / 2.0) < 0.2
-    q = M.apply_temperature(p, t, b)
-    assert M.expected_calibration_error(y, q) < 0.02
-    assert M.expected_calibration_error(y, q) < M.expected_calibration_error(y, M.apply_temperature(p, M.fit_temperature(y, p)))
-    assert M.ranking_metrics(y, q)["roc_auc"] == pytest.approx(M.ranking_metrics(y, p)["roc_auc"])
-    with pytest.raises(ValueError, match="both classes"):
-        M.fit_platt([1, 1], [0.2, 0.3])
-
-
 # --- validation ------------------------------------------------------------------------------------------------
 
 
@@ -323,86 +230,9 @@ def test_bad_inputs_raise(y, p, match) -> None:  # noqa: ANN001
         M.full_report(y, p, 0.5)
 
 
-def test_bad_threshold_and_temperature() -> None:
+def test_bad_threshold() -> None:
     with pytest.raises(ValueError):
         M.threshold_metrics([0, 1], [0.1, 0.9], 1.5)
-    with pytest.raises(ValueError):
-        M.apply_temperature([0.2], 0.0)
-    with pytest.raises(ValueError):
-        M.apply_temperature([0.2, -0.1], 1.0)
-
-
-# --- plots -----------------------------------------------------------------------------------------------------
-
-
-def test_plots_write_pngs(tmp_path) -> None:  # noqa: ANN001
-    y, p = _data(seed=11)
-    paths = [
-        M.plot_roc(y, p, tmp_path / "roc.png", threshold=0.5),
-        M.plot_pr(y, p, tmp_path / "pr.png"),
-        M.plot_confusion(y, p, 0.5, tmp_path / "cm.png"),
-        M.plot_calibration(y, p, tmp_path / "cal.png"),
-        M.plot_score_histogram(p, tmp_path / "hist_plain.png"),
-        M.plot_score_histogram(p, tmp_path / "sub" / "hist.png", threshold=0.5, y_true=y),
-    ]
-    for path in paths:
-        assert isinstance(path, str)
-        _is_png(path)
-
-
-def test_plots_single_class_and_no_pyplot_leak(tmp_path) -> None:  # noqa: ANN001
-    import sys
-
-    y, p = np.zeros(10, int), np.linspace(0, 1, 10)
-    _is_png(M.plot_roc(y, p, tmp_path / "roc1.png", threshold=0.5))
-    _is_png(M.plot_pr(y, p, tmp_path / "pr1.png"))
-    _is_png(M.plot_confusion(y, p, 0.5, tmp_path / "cm1.png"))
-    if "matplotlib.pyplot" in sys.modules:  # something else imported pyplot: make sure we left no figures
-        import matplotlib.pyplot as plt
-
-        assert plt.get_fignums() == []
-
-
-def test_plot_length_mismatch(tmp_path) -> None:  # noqa: ANN001
-    with pytest.raises(ValueError, match="length mismatch"):
-        M.plot_roc([0, 1, 1], [0.2, 0.3], tmp_path / "x.png")
-
-
-# --- contact sheet ---------------------------------------------------------------------------------------------
-
-
-def _images(n: int) -> list:
-    rng = np.random.default_rng(12)
-    out: list = []
-    for i in range(n):
-        if i % 3 == 0:
-            out.append(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))  # portrait uint8
-        elif i % 3 == 1:
-            out.append(rng.random((40, 80)))  # grayscale float in [0, 1]
-        else:
-            out.append(Image.new("RGBA", (90, 90), (200, 120, 90, 255)))
-    return out
-
-
-def test_contact_sheet_one_image(tmp_path) -> None:  # noqa: ANN001
-    path = M.contact_sheet(_images(1), ["SYN_0001\n0.87 malignant"], tmp_path / "one.png", highlight=[True])
-    with Image.open(path) as im:
-        assert im.format == "PNG" and im.width < 300  # one column, not six
-
-
-def test_contact_sheet_thirteen_images(tmp_path) -> None:  # noqa: ANN001
-    caps = [f"SYN_{i:04d}\n{i / 13:.2f} {'malignant' if i % 2 else 'benign'}" for i in range(13)]
-    path = M.contact_sheet(_images(13), caps, tmp_path / "sheet.png", cols=6, thumb=96,
-                           highlight=[i % 4 == 0 for i in range(13)])
-    with Image.open(path) as im:
-        assert im.format == "PNG" and im.height > im.width / 6 * 2  # 3 rows
-
-
-def test_contact_sheet_mismatch() -> None:
-    with pytest.raises(ValueError, match="length mismatch"):
-        M.contact_sheet(_images(2), ["a"], "unused.png")
-    with pytest.raises(ValueError, match="length mismatch"):
-        M.contact_sheet(_images(2), ["a", "b"], "unused.png", highlight=[True])
 
 
 def test_grouped_report_treats_pandas_na_as_missing() -> None:
@@ -412,3 +242,22 @@ def test_grouped_report_treats_pandas_na_as_missing() -> None:
                        "prob_malignant": [0.9, 0.2, 0.1, 0.7]})
     rows = {g["group"]: g for g in M.grouped_report(df, "dx", 0.5)}
     assert set(rows) == {"mel", "nv", None} and rows[None]["n"] == 2 and rows[None]["n_pos"] == 1
+
+
+
+def test_multiclass_report_matches_sklearn() -> None:
+    from sklearn.metrics import balanced_accuracy_score as bas
+
+    rng = np.random.default_rng(5)
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    truth = rng.choice(classes, 300).astype(object)
+    pred = np.where(rng.random(300) < 0.6, truth, rng.choice(classes, 300)).astype(object)
+    truth[:7] = None  # unknown diagnoses are left out, and counted
+    truth[7] = "scc"  # a diagnosis the model does not know
+    r = M.multiclass_report(truth, pred, classes)
+    known = np.isin(truth, classes)
+    assert r["n"] == known.sum() and r["unscored"] == 8
+    assert r["balanced_accuracy"] == pytest.approx(bas(truth[known].astype(str), pred[known].astype(str)))
+    assert np.array_equal(np.asarray(r["confusion"]), confusion_matrix(truth[known].astype(str),
+                                                                       pred[known].astype(str), labels=classes))
+    assert M.multiclass_report([None], ["nv"], classes)["balanced_accuracy"] is None

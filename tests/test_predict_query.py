@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -24,20 +25,29 @@ def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
     Image.open(sheet).verify()
     proc = run_cli("predict", "--model", model_dir, *paths[:2], "--format", "csv")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence")
+    assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence,dx_pred,error")
+    # the same predictor as batch scoring: a prediction here is the score a nightly run gives the same image
+    from skinray.inference import ImagePredictor
+
+    batch = ImagePredictor(model_dir).score_uris(paths[:5])[0]
+    assert np.allclose(batch["prob_malignant"], df["prob_malignant"].iloc[:5])
 
 
 def test_query_presets_and_sql(sample, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores")
     for date in ("2026-11-24", "2026-11-25"):
         score(load_config(overrides={"score.model": model_dir, "score.input": f"{sample['local']}/images",
-                                     "score.out": out, "score.date": date}))
+                                     "score.out": out, "score.date": date, "score.max_failure_fraction": 0.2}))
     counts = run_query(out, preset_sql("daily_counts"))
     assert counts["scored_date"].astype(str).tolist() == ["2026-11-24", "2026-11-25"]
     top = run_query(out, preset_sql("top_suspicious", 3, "2026-11-25"))
-    assert len(top) == 3 and top["prob_malignant"].is_monotonic_decreasing
+    assert len(top) == 3 and top["prob_malignant"].is_monotonic_decreasing and top["dx_pred"].notna().all()
     assert '"predicted"' in query(out, "SELECT predicted, count(*) AS n FROM scores GROUP BY 1", fmt="json")
     proc = run_cli("query", out, "--top-suspicious", "2", "--format", "csv")
     assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) == 3
     bad = run_cli("query", out, "SELECT nope FROM scores")
     assert bad.returncode == 2 and "query failed" in bad.stderr
+    old = run_cli("query", out, "--daily-counts", "--as-of", "1", "--format", "csv")
+    assert old.returncode == 0 and old.stdout.count("2026-11-2") == 1  # version 1 held the first night only
+    runs = run_cli("query", out, "SELECT run_id, scored_date, latest FROM runs", "--format", "json")
+    assert runs.returncode == 0 and len([line for line in runs.stdout.splitlines() if line.startswith("{")]) == 2

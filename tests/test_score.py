@@ -1,4 +1,6 @@
-"""Batch scoring: every input exactly once, bad files as error rows, resume without gaps or duplicates."""
+"""Batch scoring's contract: every input exactly once, bad files as error rows, one commit per run, resume without
+gaps or duplicates, runs that cannot be confused with each other, and readers that never see a failed or
+half-committed run."""
 
 import io
 import os
@@ -6,16 +8,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 from PIL import Image
 
-from skinray import SkinrayError, storage
+from skinray import SkinrayError, runs, scores_table, storage
 from skinray.config import load_config
-from skinray.query import run_query, scores_dataset
+from skinray.query import preset_sql, run_query, scores_dataset
 from skinray.score import score
 
 from conftest import BUCKET, REPO
@@ -23,6 +28,7 @@ from conftest import BUCKET, REPO
 pytestmark = pytest.mark.slow
 BAD = {"zero.jpg": "empty", "text.jpg": "not_image", "truncated.jpg": "undecodable", "bomb.png": "too_many_pixels"}
 VALID_ODD = ["gray.jpg", "cmyk.jpg", "deep16.png", "alpha.png"]
+DATE = "2026-11-25"
 
 
 def _png(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -33,7 +39,8 @@ def _png(img: Image.Image, fmt: str = "PNG") -> bytes:
 
 @pytest.fixture(scope="module")
 def image_folder(sample, tmp_path_factory):
-    """Good sample images plus every kind of awkward file, locally and on S3."""
+    """Good sample images, every kind of awkward file, and what a folder collects over time (hidden files, an
+    earlier run's Parquet output), locally and on S3."""
     root = tmp_path_factory.mktemp("score-input")
     good = sorted(p for p in os.listdir(f"{sample['local']}/images")
                   if p[:-4] not in set(sample["summary"]["corrupt_ids"]))[:40]
@@ -50,22 +57,30 @@ def image_folder(sample, tmp_path_factory):
     (odd / "text.jpg").write_bytes(b"<Error><Code>AccessDenied</Code></Error>")
     (odd / "truncated.jpg").write_bytes((root / good[1]).read_bytes()[:300])
     (odd / "bomb.png").write_bytes(_png(Image.new("L", (6000, 6000))))  # 36 M pixels in a few KB
+    (root / "_thumbs").mkdir()
+    (root / "_thumbs" / good[0]).write_bytes((root / good[0]).read_bytes())
+    (root / ".DS_Store").write_bytes(b"x")
+    pd.DataFrame({"isic_id": ["x"], "prob": [0.5]}).to_parquet(root / "old-output.parquet")  # never a manifest
     s3 = f"s3://{BUCKET}/score-input"
     storage.upload_dir(str(root), s3)
-    return {"local": str(root), "s3": s3, "n": len(good) + 8}
+    return {"local": str(root), "s3": s3, "n": len(good) + 8, "good": good}
 
 
 def _cfg(model_dir, input_uri, out, **extra):
     return load_config(overrides={"score.model": model_dir, "score.input": input_uri, "score.out": out,
-                                  "score.date": "2026-11-25", "score.batch_size": 4,
-                                  "score.max_failure_fraction": 0.5, "image.max_pixels": 20_000_000, **extra})
+                                  "score.date": DATE, "score.batch_size": 4, "score.max_failure_fraction": 0.5,
+                                  "image.max_pixels": 20_000_000, **extra})
+
+
+def _rows(out, **kw):
+    return scores_dataset(out, **kw).to_table().to_pandas()
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores") if where == "local" else f"s3://{BUCKET}/scores-{os.urandom(3).hex()}"
     summary = score(_cfg(model_dir, image_folder[where], out))
-    df = scores_dataset(out).to_table().to_pandas()
+    df = _rows(out)
     assert len(df) == image_folder["n"] == summary["rows"]
     assert df["image_uri"].is_unique and df["input_row"].is_unique
     by_name = df.set_index(df["image_uri"].str.rsplit("/", n=1).str[-1])
@@ -76,33 +91,70 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
         assert pd.isna(by_name.loc[name, "error"]) and 0 <= by_name.loc[name, "prob_malignant"] <= 1
     ok = df[df.error.isna()]
     assert ((ok.prob_malignant >= ok.threshold) == (ok.predicted == "malignant")).all()
+    assert ok["dx_pred"].notna().all() and all(abs(sum(p for _, p in m) - 1) < 1e-4 for m in ok["dx_probs"])
     assert summary["failed"] == len(BAD) and summary["failed_by_reason"] == {r: 1 for r in BAD.values()}
     assert str(df["run_id"].iloc[0]) == summary["run_id"] and len(df.model_id.iloc[0]) == 16
+    # the folder's own clutter is left out and counted, an old Parquet output included: never read as a manifest
+    assert summary["input_kind"] == "images"
+    assert summary["skipped_inputs"] == {"hidden": 2, "not_image_suffix": 1}
     # the operating point travels with every run: how the threshold was chosen and how scores were calibrated
     assert summary["threshold_policy"]["policy"] == "youden" and {"temperature", "bias"} <= set(summary["calibration"])
-    assert summary["tta"] is True
-    run_dir = storage.join(out, "runs", summary["run_id"])
-    for name in ("run.json", "_SUCCESS", "score_histogram.png", "top_suspicious.png", "config.yaml"):
+    assert summary["tta"] is True and summary["status"] == "succeeded" and summary["table_version"] == 1
+    assert sum(summary["rows_by_node"].values()) == summary["rows"]
+    run_dir = runs.run_dir(out, summary["run_id"])
+    for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv"):
         assert storage.exists(storage.join(run_dir, name)), name
+    assert not storage.exists(storage.join(run_dir, "lease.json"))
     assert not storage.exists(storage.join(out, "_staging", summary["run_id"]))
+    assert storage.read_json(storage.join(run_dir, "run.json"))["status"] == "succeeded"
+    if where == "s3":  # nothing an `aws s3 cp --recursive` would trip over
+        prefix = out[len(f"s3://{BUCKET}/"):]
+        paginator = storage.boto3_client().get_paginator("list_objects_v2")
+        keys = [o for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix) for o in page["Contents"]]
+        assert keys and all(o["Size"] > 0 and not o["Key"].endswith("/") for o in keys)
 
 
-def test_rerun_is_a_noop_and_new_run_id_adds_a_run(image_folder, model_dir, ray_session, tmp_path):
+def test_links_out_of_the_folder_are_refused_per_row_and_loops_end(image_folder, model_dir, ray_session, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(image_folder["local"], root, symlinks=True)
+    secret = tmp_path / "elsewhere" / "patient.jpg"
+    secret.parent.mkdir()
+    shutil.copy(root / image_folder["good"][0], secret)
+    (root / "escape.jpg").symlink_to(secret)
+    (root / "odd" / "loop").symlink_to(root)
+    out = str(tmp_path / "scores")
+    summary = score(_cfg(model_dir, str(root), out))
+    df = _rows(out)
+    assert len(df) == image_folder["n"] + 1 and df["image_uri"].is_unique
+    escape = df[df.image_uri.str.endswith("/escape.jpg")]
+    assert escape["error"].iloc[0].startswith("unsafe_path") and pd.isna(escape["prob_malignant"].iloc[0])
+    assert summary["skipped_inputs"]["duplicate_link"] == 1
+
+
+def test_rerun_is_a_noop_and_a_rescore_replaces_the_date_in_presets(image_folder, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores")
     first = score(_cfg(model_dir, image_folder["local"], out))
     again = score(_cfg(model_dir, image_folder["local"], out))
     assert again["already_complete"] and again["run_id"] == first["run_id"]
-    other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "score.tta": False}))
+    other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "inference.tta": False}))
     assert first["tta"] is True and other["tta"] is False  # the model's TTA setting unless overridden
-    counts = run_query(out, "SELECT run_id, count(*) AS n FROM scores GROUP BY run_id ORDER BY run_id")
-    assert sorted(counts["run_id"].astype(str)) == sorted([first["run_id"], other["run_id"]])
-    assert counts["n"].tolist() == [image_folder["n"]] * 2
+    n = image_folder["n"]
+    assert run_query(out, preset_sql("daily_counts"))["images"].tolist() == [n]  # each image once per date
+    counts = run_query(out, "SELECT run_id, count(*) AS n FROM scores GROUP BY run_id ORDER BY run_id", all_runs=True)
+    assert sorted(counts["run_id"]) == sorted([first["run_id"], other["run_id"]]) and counts["n"].tolist() == [n, n]
+    assert set(_rows(out)["run_id"]) == {"manual-2"}  # the latest committed run of the date
+    assert set(_rows(out, as_of=first["table_version"])["run_id"]) == {first["run_id"]}  # what was reported before
+    # a run id belongs to one date and one input
+    with pytest.raises(SkinrayError, match="was used for 2026-11-25, not 2026-11-26"):
+        score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "score.date": "2026-11-26"}))
+    with pytest.raises(SkinrayError, match="was used for other input"):
+        score(_cfg(model_dir, f"{image_folder['local']}/odd", out, **{"score.run_id": "manual-2"}))
 
 
 def test_killed_run_resumes_without_gaps_or_duplicates(image_folder, model_dir, ray_session, tmp_path):
     out = tmp_path / "scores"
     args = [sys.executable, "-m", "skinray", "score", "--model", model_dir, "--input", image_folder["local"],
-            "--out", str(out), "--date", "2026-11-25", "--run-id", "crash", "--batch-size", "1", "--actors", "1",
+            "--out", str(out), "--date", DATE, "--run-id", "crash", "--batch-size", "1", "--actors", "1",
             "--set", "score.part_rows=3", "--set", "score.max_failure_fraction=0.5",
             "--set", "image.max_pixels=20000000"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -115,38 +167,150 @@ def test_killed_run_resumes_without_gaps_or_duplicates(image_folder, model_dir, 
     proc.wait()
     parts_before = len(list(staging.glob("part-*.parquet")))
     assert parts_before >= 2, "the run was not caught midway"
+    assert (out / "runs" / "crash" / "lease.json").exists()  # the dead owner's lease: taken over, not waited for
     summary = score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "crash"}))
     assert summary["resumed_rows"] >= 6 and summary["scored_this_attempt"] < image_folder["n"]
-    df = scores_dataset(str(out)).to_table().to_pandas()
+    df = _rows(str(out))
     assert len(df) == image_folder["n"] and df["input_row"].is_unique
     assert sorted(df["input_row"]) == list(range(image_folder["n"]))
 
 
+def test_a_second_process_on_a_running_run_fails_at_once(image_folder, model_dir, ray_session, tmp_path):
+    out = tmp_path / "scores"
+    args = [sys.executable, "-m", "skinray", "score", "--model", model_dir, "--input", image_folder["local"],
+            "--out", str(out), "--date", DATE, "--run-id", "busy", "--batch-size", "1", "--actors", "1",
+            "--set", "score.max_failure_fraction=0.5", "--set", "image.max_pixels=20000000"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lease = out / "runs" / "busy" / "lease.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not lease.exists():
+        time.sleep(0.2)
+    assert lease.exists()
+    started = time.time()
+    with pytest.raises(SkinrayError, match="being scored by another process"):
+        score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "busy"}))
+    assert time.time() - started < 10  # refused before any scoring work
+    stdout, stderr = proc.communicate(timeout=420)
+    assert proc.returncode == 0, stderr[-2000:]
+    df = _rows(str(out))
+    assert len(df) == image_folder["n"] and df["input_row"].is_unique
+
+
 def test_onnx_and_tensorflow_engines_agree(image_folder, model_dir, ray_session, tmp_path):
     a = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "onnx")))
-    b = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "tf"), **{"score.engine": "tf"}))
+    b = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "tf"), **{"inference.engine": "tf"}))
     assert a["engine"] == "onnx" and b["engine"] == "tf"
-    pa_ = scores_dataset(str(tmp_path / "onnx")).to_table().to_pandas().set_index("image_uri").sort_index()
-    pb = scores_dataset(str(tmp_path / "tf")).to_table().to_pandas().set_index("image_uri").sort_index()
-    diff = (pa_.prob_malignant - pb.prob_malignant).abs().max()
-    assert diff < 1e-4
+    pa_ = _rows(str(tmp_path / "onnx")).set_index("image_uri").sort_index()
+    pb = _rows(str(tmp_path / "tf")).set_index("image_uri").sort_index()
+    assert (pa_.logit_malignant - pb.logit_malignant).abs().max() < 1e-4
+    assert (pa_.prob_malignant - pb.prob_malignant).abs().max() < 1e-5
 
 
-def test_manifest_input_carries_labels_and_writes_metrics(sample, model_dir, ray_session, tmp_path):
+def test_manifest_input_carries_labels_checks_template_columns_and_writes_metrics(sample, model_dir, ray_session,
+                                                                                   tmp_path):
+    images = tmp_path / "images" / "clinic-a"
+    shutil.copytree(f"{sample['local']}/images", images)
+    (tmp_path / "data").mkdir()
+    shutil.copy(images / os.listdir(images)[0], tmp_path / "data" / "private.jpg")
+    manifest = pd.read_csv(f"{sample['local']}/metadata.csv").assign(clinic="clinic-a")
+    manifest.loc[0, "clinic"] = "../../data"  # would read from outside --images
+    manifest.loc[1, "isic_id"] = "../data/private"
+    manifest.to_csv(tmp_path / "m.csv", index=False)
     out = str(tmp_path / "scores")
-    summary = score(_cfg(model_dir, f"{sample['local']}/metadata.csv", out,
-                         **{"score.images": f"{sample['local']}/images"}))
-    df = scores_dataset(out).to_table().to_pandas()
-    assert len(df) == sample["summary"]["n"]
-    assert set(df.loc[df.error.notna(), "isic_id"]) == set(sample["summary"]["missing_ids"]) | set(
-        sample["summary"]["corrupt_ids"])
-    assert df["label"].notna().all() and "metrics" in summary
-    assert storage.exists(storage.join(out, "runs", summary["run_id"], "roc.png"))
+    summary = score(_cfg(model_dir, str(tmp_path / "m.csv"), out, **{
+        "score.images": str(tmp_path / "images"), "manifest.image_template": "{images}/{clinic}/{isic_id}.jpg"}))
+    df = _rows(out).sort_values("input_row")
+    assert len(df) == sample["summary"]["n"] and summary["input_kind"] == "manifest"
+    assert df["error"].iloc[0].startswith("unsafe_id") and df["error"].iloc[1].startswith("unsafe_id")
+    failed = set(df.loc[df.error.notna(), "isic_id"]) - set(df["isic_id"].iloc[:2])
+    assert failed == set(sample["summary"]["missing_ids"]) | set(sample["summary"]["corrupt_ids"])
+    assert df["label"].notna().all() and summary["metrics"]["n"] == summary["scored"]
+    assert storage.exists(storage.join(runs.run_dir(out, summary["run_id"]), "roc.png"))
 
 
-def test_failure_share_over_the_limit_fails_but_keeps_rows(image_folder, model_dir, ray_session, tmp_path):
+def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores")
     with pytest.raises(SkinrayError, match="could not be scored"):
         score(_cfg(model_dir, image_folder["local"], out, **{"score.max_failure_fraction": 0.01}))
-    df = scores_dataset(out).to_table().to_pandas()
-    assert len(df) == image_folder["n"]
+    run_id = next(iter(os.listdir(os.path.join(out, "runs"))))
+    record = runs.read(out, run_id)
+    assert record["status"] == "failed" and "could not be scored" in record["failure_reason"]
+    assert len(pd.read_parquet(os.path.join(out, "runs", run_id, "rows.parquet"))) == image_folder["n"]
+    assert not scores_table.is_committed(out, run_id)  # readers never see it
+    started = time.time()
+    with pytest.raises(SkinrayError, match="failed: .*could not be scored.*stays failed"):
+        score(_cfg(model_dir, image_folder["local"], out, **{"score.max_failure_fraction": 0.01}))
+    assert time.time() - started < 15  # the recorded outcome, not a re-score
+    ok = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "retry"}))
+    assert ok["status"] == "succeeded" and set(_rows(out)["run_id"]) == {"retry"}
+
+
+def test_input_and_output_may_not_overlap(image_folder, model_dir, tmp_path):
+    with pytest.raises(SkinrayError, match="overlap"):
+        score(_cfg(model_dir, image_folder["local"], os.path.join(image_folder["local"], "out")))
+    with pytest.raises(SkinrayError, match="overlap"):
+        score(_cfg(model_dir, str(tmp_path / "o" / "in"), str(tmp_path / "o")))
+
+
+def _reader(table_uri: str, run_id: str, seen: list, stop: threading.Event) -> None:
+    """DuckDB over deltalake's pyarrow dataset (outside skinray's query code), and pyarrow alone, in a loop."""
+    while not stop.is_set():
+        try:
+            dt = DeltaTable(table_uri)
+        except Exception:  # no table yet
+            time.sleep(0.05)
+            continue
+        ds = dt.to_pyarrow_dataset()
+        con = duckdb.connect()
+        con.register("s", ds)
+        seen.append(con.execute(f"SELECT count(*) FROM s WHERE run_id = '{run_id}'").fetchone()[0])
+        seen.append(sum(1 for r in ds.to_table(columns=["run_id"]).column("run_id").to_pylist() if r == run_id))
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fail_at", ["after_data_files", "after_commit"])
+def test_readers_see_none_or_all_of_a_run_killed_mid_commit(fail_at, image_folder, model_dir, ray_session,
+                                                           tmp_path):
+    out = tmp_path / "scores"
+    base = ["--model", model_dir, "--input", image_folder["local"], "--out", str(out), "--date", DATE,
+            "--run-id", "mid", "--set", "score.max_failure_fraction=0.5", "--set", "image.max_pixels=20000000"]
+    seen: list = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(str(out / "scores"), "mid", seen, stop), daemon=True)
+    reader.start()
+    try:
+        killed = subprocess.run([sys.executable, "-m", "skinray", "score", *base, "--set", f"score.fail_at={fail_at}"],
+                                cwd=REPO, capture_output=True, text=True, timeout=420)
+        assert killed.returncode == 137, killed.stderr[-2000:]
+        data_files = list((out / "scores").glob("scored_date=*/part-mid-*.parquet"))
+        assert data_files, "the data files were written before the kill"
+        assert runs.read(str(out), "mid")["status"] == "running"
+        summary = score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "mid"}))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+    n = image_folder["n"]
+    assert summary["status"] == "succeeded" and runs.read(str(out), "mid")["status"] == "succeeded"
+    assert seen and set(seen) <= {0, n}, sorted(set(seen))  # never part of the run, never twice
+    assert seen[-1] == n and len(_rows(str(out))) == n
+    versions = scores_table.snapshot(str(out)).runs
+    assert versions["run_id"].tolist() == ["mid"]  # one commit, even when the first attempt had committed
+
+
+def test_user_errors_of_score_are_one_line(image_folder, model_dir, tmp_path):
+    from conftest import run_cli
+
+    for extra, message in [(["--date", "20260202"], "YYYY-MM-DD"), (["--run-id", "../../../escaped_run"],
+                                                                      "score.run_id"),
+                           (["--date", "2026-W05-1"], "YYYY-MM-DD")]:
+        proc = run_cli("score", "--model", model_dir, "--input", image_folder["local"], "--out",
+                       str(tmp_path / "o"), *extra)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "escaped_run").exists() and not (tmp_path / "o").exists()
+    for attempt in range(3):  # an empty manifest once aborted the process (rc 134) one time in three
+        (tmp_path / "empty.csv").write_bytes(b"")
+        proc = run_cli("score", "--model", model_dir, "--input", str(tmp_path / "empty.csv"), "--out",
+                       str(tmp_path / "o2"))
+        assert proc.returncode == 2 and "cannot be parsed" in proc.stderr and "Traceback" not in proc.stderr

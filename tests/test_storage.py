@@ -36,12 +36,23 @@ def test_list_files_skips_hidden_and_staging(root):
     assert [f.rsplit("/", 1)[1] for f in files] == ["1.jpg", "2.PNG"]
 
 
-def test_publish_dir_moves_everything(root):
-    storage.write_bytes(storage.join(root, "stage", "p-0.parquet"), b"0")
-    storage.write_bytes(storage.join(root, "stage", "p-1.parquet"), b"1")
-    storage.publish_dir(storage.join(root, "stage"), storage.join(root, "final", "run"))
-    assert not storage.exists(storage.join(root, "stage"))
-    assert storage.read_bytes(storage.join(root, "final", "run", "p-1.parquet")) == b"1"
+def test_delete_leaves_no_directory_markers(root):
+    for name in ("d/a/1.bin", "d/a/2.bin", "d/b.bin", "keep/c.bin"):
+        storage.write_bytes(storage.join(root, name), b"x")
+    storage.delete(storage.join(root, "d", "a", "1.bin"))
+    storage.delete(storage.join(root, "d"))
+    assert not storage.exists(storage.join(root, "d")) and storage.exists(storage.join(root, "keep", "c.bin"))
+    if storage.is_s3(root):  # pyarrow's own deletes would have left "d/" and "d/a/" marker objects
+        bucket, _, prefix = root[len("s3://"):].partition("/")
+        keys = [o["Key"] for o in storage.boto3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+        assert keys == [f"{prefix}/keep/c.bin"]
+
+
+def test_read_bytes_refuses_oversized_objects_before_reading(root):
+    storage.write_bytes(storage.join(root, "big.bin"), b"x" * 1000)
+    assert storage.read_bytes(storage.join(root, "big.bin"), max_bytes=1000) == b"x" * 1000
+    with pytest.raises(SkinrayError, match="more than the 999 bytes"):
+        storage.read_bytes(storage.join(root, "big.bin"), max_bytes=999)
 
 
 def test_upload_dir_into_a_new_destination(root, tmp_path):
@@ -70,16 +81,34 @@ def test_missing_and_unreachable_give_clear_errors(s3_endpoint):
         storage.exists("s3://some-bucket/x", bad)
 
 
-def test_endpoint_and_region_resolution(monkeypatch):
+def test_endpoint_and_region_defaults(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     cfg = StorageConfig()
     assert cfg.resolved_endpoint() == "http://127.0.0.1:1234"
-    assert cfg.resolved_region() == "eu-west-1"
-    assert StorageConfig(endpoint_url="http://x:1", region="us-west-2").resolved_region() == "us-west-2"
-    fs, path = storage.filesystem("s3://bucket/key", StorageConfig(endpoint_url="http://127.0.0.1:1234"))
-    assert path == "bucket/key"
+    assert cfg.default_region() == "eu-west-1"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")  # AWS_REGION before AWS_DEFAULT_REGION, as in the AWS SDKs
+    assert cfg.default_region() == "ap-south-1"
+    assert StorageConfig(endpoint_url="http://x:1", region="us-west-2").region_for("any") == "us-west-2"
+
+
+def test_each_bucket_gets_its_own_region(s3_endpoint, monkeypatch):
+    """A bucket outside the default region is reached with its own region (pyarrow refuses a mismatch on AWS)."""
+    bucket = f"skinray-west-{os.urandom(3).hex()}"
+    storage.boto3_client().create_bucket(Bucket=bucket,
+                                         CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    cfg = StorageConfig()
+    assert cfg.region_for(bucket) == "eu-west-2" and cfg.region_for(BUCKET) == "us-east-1"
+    fs, _ = storage.filesystem(f"s3://{bucket}/x", cfg)
+    assert fs.region == "eu-west-2" and storage.filesystem(f"s3://{BUCKET}/x", cfg)[0].region == "us-east-1"
+    storage.write_json(f"s3://{bucket}/r.json", {"ok": 1})
+    assert storage.read_json(f"s3://{bucket}/r.json") == {"ok": 1}
+    assert storage.delta_storage_options(f"s3://{bucket}/t", cfg)["AWS_REGION"] == "eu-west-2"
+    # an explicit storage.region wins (S3-compatible stores that sign with one fixed region)
+    assert StorageConfig(region="us-east-1").region_for(bucket) == "us-east-1"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")  # the environment is the fallback, not an override
+    assert StorageConfig().region_for(bucket) == "eu-west-2"
 
 
 def test_uri_normalisation(tmp_path):

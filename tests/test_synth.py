@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from skinray import SkinrayError
-from skinray import synth
+from skinray import synth, synth_render
 
 SIZE = 64
 HEIGHT = 48  # 4:3
@@ -52,9 +52,9 @@ def _strict_pil(monkeypatch):
 
 def test_render_lesion_shape_and_field_of_view():
     rng = np.random.default_rng(0)
-    imgs = [np.asarray(synth.render_lesion(rng, bool(i % 2), 96), dtype=np.float32) for i in range(12)]
+    imgs = [np.asarray(synth_render.render_lesion(rng, bool(i % 2), 96), dtype=np.float32) for i in range(12)]
     assert all(a.shape == (72, 96, 3) and a.dtype == np.float32 for a in imgs)
-    assert synth.render_lesion(rng, True, 64).mode == "RGB"
+    assert synth_render.render_lesion(rng, True, 64).mode == "RGB"
     corners = np.mean([a[:3, :3].mean() for a in imgs])
     centre_ring = np.mean([a[30:42, 10:20].mean() for a in imgs])  # skin left of the lesion
     assert corners < 0.75 * centre_ring  # dark dermoscope surround (some fields of view reach the corners)
@@ -171,7 +171,7 @@ def test_classes_differ_but_overlap():
     labels = np.array([i % 2 == 0 for i in range(120)])
     feats = []
     for m in labels:
-        a = np.asarray(synth.render_lesion(rng, bool(m), SIZE), dtype=np.float32)
+        a = np.asarray(synth_render.render_lesion(rng, bool(m), SIZE), dtype=np.float32)
         lum = a[HEIGHT // 4 : 3 * HEIGHT // 4, SIZE // 4 : 3 * SIZE // 4].mean(-1)
         feats.append((lum < 0.8 * np.percentile(lum, 95)).mean())  # dark (lesion) share of the centre
     feats = np.array(feats)

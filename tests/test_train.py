@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from skinray import SkinrayError
+from skinray.artifact import ModelArtifact
 from skinray.config import load_config
-from skinray.metrics import sensitivity_lower_bound
-from skinray.model import ModelArtifact
+from skinray.operating_point import sensitivity_lower_bound
 from skinray.train import train
 
 from conftest import run_cli, tiny_train_overrides
@@ -18,22 +18,32 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
+    import pandas as pd
+
+    from skinray.model import forward
+
     art = ModelArtifact.open(model_dir)
     meta = art.meta
-    assert meta["training"]["config"]["train"]["workers"] == 2
-    assert meta["training"]["global_batch_size"] == 16
-    assert [h["epoch"] for h in meta["history"]] == [1, 2]
-    assert 0 < meta["threshold"]["threshold"] < 1 and meta["threshold"]["policy"] == "youden"
-    assert meta["onnx"]["parity_max_abs_diff"] < 1e-4
-    assert meta["preprocessing"]["size"] == 32
-    assert meta["tta"] is True and meta["validation"]["n"] == meta["data"]["val_rows"]
-    assert meta["architecture"]["input_scaling"].startswith("[-1, 1]")
-    assert len(meta["data"]["fingerprint"]) == 64
-    assert meta["versions"]["ray"] and meta["weights_source"].startswith("none")
+    assert meta.training["config"]["train"]["workers"] == 2
+    assert meta.training["global_batch_size"] == 16
+    assert [h["epoch"] for h in meta.history] == [1, 2]
+    assert 0 < meta.threshold.threshold < 1 and meta.threshold.policy == "youden"
+    assert meta.onnx.parity_max_abs_diff < 1e-4
+    assert meta.preprocessing.size == 32
+    assert meta.tta is True and meta.validation["n"] == meta.data["val_rows"]
+    assert meta.architecture["input_scaling"].startswith("[-1, 1]")
+    assert len(meta.data["fingerprint"]) == 64
+    assert meta.versions["ray"] and meta.weights_source.startswith("none")
+    assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml"} and len(art.model_id) == 16
+    # both workers ran (and said where): the placement is part of the model's provenance
+    assert [w["rank"] for w in meta.training["workers"]] == [0, 1]
+    # the diagnosis output is part of the exported model: one logit per training-split diagnosis
+    df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
+    assert art.diagnoses == sorted(df.loc[df["split"] == "train", "dx"].str.lower().unique())
     model = art.load_keras()  # safe_mode=True
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    p = np.asarray(model(x, training=False)).reshape(-1)
-    assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+    out = forward(model, x)
+    assert out["logit"].shape == (3,) and out["dx_logits"].shape == (3, len(art.diagnoses))
     assert os.path.exists(os.path.join(model_dir, "config.yaml"))
 
 
@@ -42,14 +52,28 @@ def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
     over.update({"train.epochs": 3, "train.fail_after_epoch": 1, "train.max_failures": 1, "train.run_name": "fault",
                  "train.aux_diagnosis_weight": 0.5})
     meta = train(load_config(overrides=over))
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
-    assert meta["training"]["epochs_run"] == 3
+    assert [h["epoch"] for h in meta.history] == [1, 2, 3]
+    assert meta.training["epochs_run"] == 3
     marker = tmp_path / "m" / "_ray" / "fault" / "_injected_failure_done"
     assert marker.exists()  # the failure really happened once
-    # the auxiliary head's weights travel in every checkpoint, so a resumed run continues them too
-    aux_files = sorted((tmp_path / "m" / "_ray" / "fault").glob("checkpoint_*/aux_diagnosis.npz"))
-    assert len(aux_files) >= 2 and len(np.load(aux_files[-1]).files) == 2  # kernel and bias in each checkpoint
-    assert not np.allclose(np.load(aux_files[0])["w0"], np.load(aux_files[-1])["w0"])  # it is being trained
+    # the diagnosis head is part of the model, so its weights travel in every checkpoint and a resumed run
+    # continues them: the last checkpoint's diagnosis layer differs from the first's
+    import h5py
+
+    ckpts = sorted((tmp_path / "m" / "_ray" / "fault").glob("checkpoint_*/last.weights.h5"))
+    assert len(ckpts) >= 2
+
+    k = len(meta.architecture["diagnosis_head"]["classes"])
+
+    def dx_kernel(path):  # Keras names saved layers by type (dense_2): find the kernel with one column per diagnosis
+        with h5py.File(path) as f:
+            found = []
+            f.visititems(lambda name, obj: found.append(obj[()]) if name.startswith("layers/dense") and
+                         getattr(obj, "shape", ()) and len(obj.shape) == 2 and obj.shape[1] == k else None)
+            assert len(found) == 1
+            return found[0]
+
+    assert not np.allclose(dx_kernel(ckpts[0]), dx_kernel(ckpts[-1]))
 
 
 def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_session, tmp_path):
@@ -58,8 +82,8 @@ def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_se
     first = train(load_config(overrides=over))
     over["train.epochs"] = 2
     second = train(load_config(overrides=over))
-    assert [h["epoch"] for h in second["history"]] == [1, 2]
-    assert second["history"][0] == first["history"][0]  # epoch 1 came from the checkpoint, not a new run
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]  # epoch 1 came from the checkpoint, not a new run
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -96,44 +120,27 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
                  "train.fine_tune_schedule": "cosine", "train.aux_diagnosis_weight": 1.0})
     del over["train.threshold_policy"]  # the default: sensitivity >= 0.85 with 95% confidence
     meta = train(load_config(overrides=over))
-    th = meta["threshold"]
-    assert (th["policy"], th["target_sensitivity"], th["confidence"]) == ("sensitivity", 0.85, 0.95)
-    n_pos = meta["validation"]["n_pos"]
-    bound = float(sensitivity_lower_bound(round(th["sensitivity"] * n_pos), n_pos, 0.95))
-    assert th["sensitivity_lower_bound"] == pytest.approx(bound) and th["target_met"] == (bound >= 0.85)
-    if not th["target_met"]:  # too few validation positives for the promise: catch every one of them
-        assert th["sensitivity"] == 1.0
-    aux = meta["architecture"]["auxiliary_training_head"]
+    th = meta.threshold
+    assert (th.policy, th.target_sensitivity, th.confidence) == ("sensitivity", 0.85, 0.95)
+    n_pos = meta.validation["n_pos"]
+    bound = float(sensitivity_lower_bound(round(th.sensitivity * n_pos), n_pos, 0.95))
+    assert th.sensitivity_lower_bound == pytest.approx(bound) and th.target_met == (bound >= 0.85)
+    if not th.target_met:  # too few validation positives for the promise: catch every one of them
+        assert th.sensitivity == 1.0
+    head_dx = meta.architecture["diagnosis_head"]
     import pandas as pd
 
     df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
-    assert aux["classes"] == sorted(df.loc[df["split"] == "train", "dx"].str.lower().unique()) and len(aux["classes"]) > 2
-    assert aux["loss_weight"] == 1.0
+    assert head_dx["classes"] == sorted(df.loc[df["split"] == "train", "dx"].str.lower().unique())
+    assert len(head_dx["classes"]) > 2 and head_dx["loss_weight"] == 1.0
     keras_model = ModelArtifact.open(str(tmp_path / "m")).load_keras()
-    assert len(keras_model.outputs) == 1  # the training-only diagnosis head is not part of the model
-    assert all(layer.name != "aux_diagnosis" for layer in keras_model.layers)
-    head = [h["epoch"] for h in meta["history"] if h["phase"] == 1]
-    tune = [h["epoch"] for h in meta["history"] if h["phase"] == 2]
+    assert keras_model.output_names == ["logit", "dx_logits"]
+    head = [h["epoch"] for h in meta.history if h["phase"] == 1]
+    tune = [h["epoch"] for h in meta.history if h["phase"] == 2]
     assert head == list(range(1, len(head) + 1)) and 1 <= len(head) <= 3
     assert tune and tune == [4, 5][: len(tune)]  # phase 2 always runs, numbered after the head's budget
-    assert meta["training"]["best_epoch"] in head + tune
-    assert meta["architecture"]["fine_tuned_top_layers"] == 10
-    assert meta["architecture"]["input_scaling"] == "[0, 1]"
-    assert meta["training"]["config"]["train"]["class_weight"] == "balanced"
+    assert meta.training["best_epoch"] in head + tune
+    assert meta.architecture["fine_tuned_top_layers"] == 10
+    assert meta.architecture["input_scaling"] == "[0, 1]"
+    assert meta.training["config"]["train"]["class_weight"] == "balanced"
     assert keras_model.get_layer("unit_scaling")
-
-
-def test_diagnosis_index_maps_train_classes_and_marks_unknowns():
-    import pandas as pd
-
-    from skinray.train import _diagnosis_index
-
-    tr = pd.DataFrame({"dx": ["MEL", "nv ", None, "bkl", ""]})
-    va = pd.DataFrame({"dx": ["nv", "vasc", None]})  # vasc: not in train → no auxiliary target
-    classes, tr2, va2 = _diagnosis_index(tr, va, 0.5)
-    assert classes == ["bkl", "mel", "nv"]
-    assert tr2["dx_index"].tolist() == [1, 2, -1, 0, -1] and va2["dx_index"].tolist() == [2, -1, -1]
-    assert _diagnosis_index(tr, va, 0.0)[0] == []  # weight 0: off
-    assert _diagnosis_index(pd.DataFrame({"x": [1]}), va, 1.0)[0] == []  # no dx column: off, no error
-    one_class, tr3, _ = _diagnosis_index(pd.DataFrame({"dx": ["nv", "nv"]}), va, 1.0)
-    assert one_class == [] and tr3["dx_index"].tolist() == [-1, -1]

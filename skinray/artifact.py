@@ -1,0 +1,266 @@
+"""The model directory, owned both ways: written by training (or ``skinray export``), opened and verified by every
+stage that scores.
+
+    model.keras    Keras 3 (loads with safe_mode=True): the reference, and what ``--engine tf`` runs
+    model.onnx     what scoring runs by default; outputs ``logit`` and, with a diagnosis head, ``dx_logits``
+    config.yaml    the training config
+    skinray.json   the typed, versioned description (:class:`ModelMeta`): preprocessing, outputs, the operating
+                   point, provenance, and the SHA-256 of every other file — written last
+
+Nothing read from a model directory is trusted: ``skinray.json`` is validated against the schema (a threshold
+outside [0, 1] or a non-finite calibration is refused with one line), and every file is checked against its
+recorded hash (a swapped ``model.onnx`` is refused). The model id is the hash of ``skinray.json``, which pins every
+file, so a remote model is cached by content: replacing it at the same URI is picked up on the next open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from skinray import SkinrayError, storage
+from skinray.config import ImageConfig
+from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
+from skinray.storage import StorageConfig
+
+MODEL_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+META_FILE = "skinray.json"
+CONFIG_FILE = "config.yaml"
+FORMAT_VERSION = 2
+ONNX_PARITY_LIMIT = 1e-4
+MAX_META_BYTES = 32 * 1024 * 1024
+CLASS_NAMES = ("benign", "malignant")
+PREPROCESSING_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocessing(_Strict):
+    """How a file becomes pixels; the same :func:`skinray.images.decode` runs in training and every scoring path.
+
+    Input guards (pixel and byte limits) are deliberately not here: they come from the run's own config and a
+    model file can never raise them.
+    """
+
+    version: Literal[1] = PREPROCESSING_VERSION
+    decoder: Literal["PIL"] = "PIL"
+    size: int = Field(ge=32, le=1024)
+    resize: Literal["squash", "center_crop", "pad"]
+    resample: Literal["bilinear"] = "bilinear"
+    color: str = "RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit"
+    dtype: str = "float32 in [0, 255]; the model scales its own input (architecture.input_scaling)"
+
+    @classmethod
+    def from_config(cls, image: ImageConfig) -> Preprocessing:
+        return cls(size=image.size, resize=image.resize)
+
+    def image_config(self, guards: ImageConfig) -> ImageConfig:
+        """Pixels as the model was trained (size, resize), input guards (bomb and byte limits) as the run says."""
+        return guards.model_copy(update={"size": self.size, "resize": self.resize})
+
+
+class Outputs(_Strict):
+    """The graph's outputs: a malignancy logit and, optionally, one logit per diagnosis (``diagnoses`` order)."""
+
+    logit: str = "logit"
+    dx_logits: str | None = None
+    diagnoses: list[str] = Field(default_factory=list)
+
+    @field_validator("diagnoses")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or any(not d for d in v):
+            raise ValueError("diagnoses must be distinct, non-empty names")
+        return v
+
+
+class OnnxCheck(_Strict):
+    parity_max_abs_diff: float = Field(ge=0)
+    limit: float = ONNX_PARITY_LIMIT
+
+
+class ModelMeta(BaseModel):
+    """``skinray.json``, format 2. Descriptive sections (training, data, history, validation) stay free-form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: Literal[2] = FORMAT_VERSION
+    created_at: str
+    recipe: str | None = None
+    architecture: dict[str, Any]
+    weights_source: str
+    preprocessing: Preprocessing
+    classes: tuple[str, str] = CLASS_NAMES
+    outputs: Outputs
+    calibration: Calibration
+    threshold: ThresholdChoice
+    tta: bool = False
+    onnx: OnnxCheck | None = None
+    files: dict[str, str] = Field(default_factory=dict)  # file name → SHA-256 (hex)
+    training: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            if name != os.path.basename(name) or name in (".", "..", META_FILE) or not name:
+                raise ValueError(f"{name!r} is not a plain file name of the model directory")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"{name}: {digest!r} is not a SHA-256 hex digest")
+        return v
+
+
+def _schema_error(uri: str, exc: ValidationError) -> SkinrayError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return SkinrayError(f"{uri}: {META_FILE} is not a valid skinray model description ({where}: {first['msg']})")
+
+
+def parse_meta(raw: bytes, uri: str) -> ModelMeta:
+    """Bytes of ``skinray.json`` → :class:`ModelMeta`, or one line that says what is wrong."""
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=lambda c: float(c))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SkinrayError(f"{uri}: {META_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SkinrayError(f"{uri}: {META_FILE} must hold a JSON object")
+    version = data.get("format_version")
+    if version == 1:
+        raise SkinrayError(f"{uri}: model format 1 (sigmoid output, no file hashes) is no longer scored; "
+                           f"upgrade it with `skinray export --model {uri} --out NEW_DIR`")
+    if version != FORMAT_VERSION:
+        raise SkinrayError(f"{uri}: model format {version!r} is not supported (this skinray reads {FORMAT_VERSION})")
+    try:
+        return ModelMeta.model_validate(data)
+    except ValidationError as exc:
+        raise _schema_error(uri, exc) from exc
+
+
+def _verify(local_dir: str, meta: ModelMeta, uri: str) -> None:
+    if MODEL_FILE not in meta.files and ONNX_FILE not in meta.files:
+        raise SkinrayError(f"{uri}: {META_FILE} records neither {MODEL_FILE} nor {ONNX_FILE}")
+    for name, digest in meta.files.items():
+        path = os.path.join(local_dir, name)
+        if not os.path.isfile(path):
+            raise SkinrayError(f"{uri}: {name} is missing (recorded in {META_FILE})")
+        if storage.sha256_file(path) != digest:
+            raise SkinrayError(f"{uri}: {name} does not match the SHA-256 recorded in {META_FILE}: "
+                               "the file was replaced or corrupted; refusing to use it")
+
+
+def _cache_remote(uri: str, raw: bytes, meta: ModelMeta, storage_cfg: StorageConfig | None) -> str:
+    """Download a remote model into a cache folder named by the content of its ``skinray.json``."""
+    key = hashlib.sha256(raw).hexdigest()[:32]
+    root = os.path.join(tempfile.gettempdir(), "skinray-models")
+    local = os.path.join(root, key)
+    if os.path.isfile(os.path.join(local, META_FILE)):
+        try:
+            _verify(local, meta, uri)
+            return local
+        except SkinrayError:
+            shutil.rmtree(local, ignore_errors=True)  # a damaged cache entry: fetch it again
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root)
+    try:
+        for name in meta.files:
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(storage.read_bytes(storage.join(uri, name), storage_cfg))
+        _verify(tmp, meta, uri)
+        with open(os.path.join(tmp, META_FILE), "wb") as f:
+            f.write(raw)
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process on this node finished first; its copy was verified the same way
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model directory opened for use: verified, and local (downloaded first when it lives on S3)."""
+
+    uri: str
+    local_dir: str
+    meta: ModelMeta
+    model_id: str
+
+    @classmethod
+    def open(cls, uri: str, storage_cfg: StorageConfig | None = None) -> ModelArtifact:
+        uri = storage.normalize(uri)
+        meta_uri = storage.join(uri, META_FILE)
+        if not storage.exists(meta_uri, storage_cfg):
+            raise SkinrayError(f"{uri} is not a skinray model directory (no {META_FILE}): run `skinray train`")
+        raw = storage.read_bytes(meta_uri, storage_cfg, max_bytes=MAX_META_BYTES)
+        meta = parse_meta(raw, uri)
+        if storage.is_s3(uri):
+            local = _cache_remote(uri, raw, meta, storage_cfg)
+        else:
+            local = uri
+            _verify(local, meta, uri)
+        return cls(uri=uri, local_dir=local, meta=meta, model_id=hashlib.sha256(raw).hexdigest()[:16])
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        return OperatingPoint(self.meta.calibration, self.meta.threshold)
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold.threshold
+
+    @property
+    def diagnoses(self) -> list[str]:
+        return list(self.meta.outputs.diagnoses) if self.meta.outputs.dx_logits else []
+
+    def image_config(self, guards: ImageConfig) -> ImageConfig:
+        return self.meta.preprocessing.image_config(guards)
+
+    def path(self, name: str) -> str:
+        if name not in self.meta.files:
+            raise SkinrayError(f"{self.uri}: the model directory has no {name}")
+        return os.path.join(self.local_dir, name)
+
+    def load_keras(self) -> Any:
+        import keras
+
+        return keras.saving.load_model(self.path(MODEL_FILE), safe_mode=True, compile=False)
+
+
+def write(local_dir: str, out_uri: str, meta: ModelMeta, storage_cfg: StorageConfig | None = None
+          ) -> tuple[str, ModelMeta]:
+    """Publish the files in ``local_dir`` as a model directory at ``out_uri``; returns (model id, what was written).
+
+    Every file is hashed into ``skinray.json``, which is uploaded last: a reader never opens a half-copied model
+    (a missing or stale file fails its hash).
+    """
+    names = sorted(n for n in os.listdir(local_dir) if n != META_FILE and os.path.isfile(os.path.join(local_dir, n)))
+    meta = meta.model_copy(update={"files": {n: storage.sha256_file(os.path.join(local_dir, n)) for n in names}})
+    ModelMeta.model_validate(meta.model_dump())  # the schema holds for what is written, not only for what is read
+    raw = (json.dumps(meta.model_dump(mode="json"), indent=2, allow_nan=False, default=_json_default) + "\n").encode()
+    for name in names:
+        with open(os.path.join(local_dir, name), "rb") as f:
+            storage.write_bytes(storage.join(out_uri, name), f.read(), storage_cfg)
+    storage.write_bytes(storage.join(out_uri, META_FILE), raw, storage_cfg)
+    return hashlib.sha256(raw).hexdigest()[:16], meta
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)

@@ -1,0 +1,65 @@
+"""The console is for people: one line per stage or epoch on stderr, library internals only with ``-v``;
+``--log-format json`` writes one JSON object per event instead, for schedulers and log pipelines.
+
+Modules log through ``logging.getLogger("skinray.<stage>")``; structured fields go in ``extra={"event": {...}}``.
+The settings travel to Ray workers through the environment (``SKINRAY_VERBOSE``, ``SKINRAY_LOG_FORMAT``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+
+log = logging.getLogger("skinray")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"[skinray] {prefix}{record.getMessage()}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        extra = getattr(record, "event", None)
+        if isinstance(extra, dict):
+            event.update({k: v for k, v in extra.items() if k not in event})
+        return json.dumps(event, default=str)
+
+
+def setup(verbose: bool = False, fmt: str = "text") -> None:
+    """Route skinray's logs to stderr in ``fmt``; quiet other libraries unless ``verbose``."""
+    from skinray.runtime import quiet_env
+
+    os.environ["SKINRAY_VERBOSE"] = "1" if verbose else "0"
+    os.environ["SKINRAY_LOG_FORMAT"] = fmt
+    for key, value in quiet_env(verbose).items():
+        os.environ.setdefault(key, value)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("skinray")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    if not verbose:
+        for name in ("ray", "tensorflow", "absl", "tf2onnx", "matplotlib", "PIL", "botocore", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def error(message: str, fmt: str = "text") -> None:
+    """A user-fixable error: one line (``skinray: error: ...``), or one JSON object."""
+    if fmt == "json":
+        print(json.dumps({"level": "error", "logger": "skinray", "message": message}), file=sys.stderr)
+    else:
+        print(f"skinray: error: {message}", file=sys.stderr)

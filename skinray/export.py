@@ -1,0 +1,96 @@
+"""``skinray export``: a model directory re-exported from its ``model.keras`` into the current format.
+
+Format-1 models (from skinray before logit outputs and file hashes) end in a sigmoid; the export swaps that last
+activation for the identity, so the graph outputs the logit the sigmoid was applied to, re-exports ONNX with a
+parity check, and carries the operating point over unchanged (it was fitted on the logit of the same scores).
+A format-2 model is re-exported as it is (e.g. after an ONNX Runtime upgrade).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+from skinray import SkinrayError, artifact, storage
+from skinray.artifact import CONFIG_FILE, META_FILE, MODEL_FILE, ONNX_FILE, ModelMeta, Outputs, Preprocessing
+from skinray.model import DX_LOGITS, LOGIT, export_onnx
+from skinray.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
+from skinray.runtime import import_tensorflow, versions
+from skinray.storage import StorageConfig
+
+log = logging.getLogger("skinray.export")
+V1_OUTPUT_LAYER = "prob_malignant"
+
+
+def _v1_to_meta(old: dict[str, Any], created: str) -> dict[str, Any]:
+    cal = old.get("calibration") or {}
+    method = {v: k for k, v in CALIBRATION_METHODS.items()}.get(cal.get("method", "none"), "none")
+    pre = old.get("preprocessing") or {}
+    return {
+        "created_at": created, "recipe": old.get("recipe"),
+        "architecture": {**(old.get("architecture") or {}), "upgraded_from_format": 1},
+        "weights_source": old.get("weights_source", "unknown"),
+        "preprocessing": Preprocessing(size=pre["size"], resize=pre["resize"]),
+        "calibration": Calibration(method=method, temperature=cal.get("temperature", 1.0), bias=cal.get("bias", 0.0)),
+        "threshold": ThresholdChoice(**old["threshold"]), "tta": bool(old.get("tta", False)),
+        "training": old.get("training") or {}, "data": old.get("data") or {}, "history": old.get("history") or [],
+        "validation": old.get("validation"),
+    }
+
+
+def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = None) -> tuple[str, ModelMeta]:
+    """Re-export ``model_uri`` into ``out_uri`` (a new directory); returns (model id, description)."""
+    import_tensorflow()
+    import keras
+
+    src = storage.normalize(model_uri)
+    if storage.normalize(out_uri) == src:
+        raise SkinrayError("export writes a new model directory: --out must differ from --model")
+    raw = storage.read_bytes(storage.join(src, META_FILE), storage_cfg, max_bytes=artifact.MAX_META_BYTES)
+    try:
+        old = json.loads(raw)
+    except ValueError as exc:
+        raise SkinrayError(f"{src}: {META_FILE} is not valid JSON ({exc})") from exc
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with tempfile.TemporaryDirectory() as work:
+        if old.get("format_version") == artifact.FORMAT_VERSION:
+            opened = artifact.ModelArtifact.open(src, storage_cfg)  # verified: hashes and schema
+            fields = opened.meta.model_dump(exclude={"files", "onnx", "outputs", "versions", "created_at"})
+            keras_path, diagnoses = opened.path(MODEL_FILE), opened.diagnoses
+        elif old.get("format_version") == 1:
+            fields = _v1_to_meta(old, created)
+            keras_path = os.path.join(work, "in.keras")
+            with open(keras_path, "wb") as f:
+                f.write(storage.read_bytes(storage.join(src, MODEL_FILE), storage_cfg))
+            diagnoses = []
+        else:
+            raise SkinrayError(f"{src}: model format {old.get('format_version')!r} cannot be exported")
+        model = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
+        if old.get("format_version") == 1:
+            last = model.get_layer(V1_OUTPUT_LAYER)
+            if getattr(last, "activation", None) is not keras.activations.sigmoid:
+                raise SkinrayError(f"{src}: the last layer is not the sigmoid a format-1 model ends in")
+            last.activation = keras.activations.linear  # the graph now outputs the logit
+        out_dir = os.path.join(work, "model")
+        os.makedirs(out_dir)
+        model.save(os.path.join(out_dir, MODEL_FILE))
+        size = fields["preprocessing"].size if hasattr(fields["preprocessing"], "size") \
+            else fields["preprocessing"]["size"]
+        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), int(size))
+        if storage.exists(storage.join(src, CONFIG_FILE), storage_cfg):
+            with open(os.path.join(out_dir, CONFIG_FILE), "wb") as f:
+                f.write(storage.read_bytes(storage.join(src, CONFIG_FILE), storage_cfg))
+        meta = ModelMeta(**{**fields, "created_at": created,
+                            "outputs": Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS),
+                                               diagnoses=diagnoses if DX_LOGITS in names else []),
+                            "onnx": {"parity_max_abs_diff": parity}, "versions": versions()})
+        if parity > artifact.ONNX_PARITY_LIMIT:
+            raise SkinrayError(f"the exported ONNX graph differs from Keras by {parity:.2e}: not written")
+        model_id, meta = artifact.write(out_dir, out_uri, meta, storage_cfg)
+    log.info("exported %s to %s (model %s, ONNX parity %.1e)", src, out_uri, model_id, parity)
+    return model_id, meta
+

@@ -1,0 +1,99 @@
+"""What a scoring run reads: declared, never guessed, and every row accounted for.
+
+A file is a manifest (CSV, Parquet, JSON lines; either schema); a folder or prefix is images only — a ``.parquet``
+inside never turns it into a manifest (``score.input_kind: manifest`` reads a Parquet folder as one). Rows carry
+``image_root``, the folder their image must stay inside, which every read enforces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from skinray import SkinrayError, paths, schema, storage
+from skinray.config import ManifestConfig
+from skinray.storage import StorageConfig
+
+CARRIED_COLUMNS = ["label", "benign_malignant", "dx", "age_approx", "sex", "anatom_site_general", "lesion_id"]
+
+
+@dataclass
+class ScoringInput:
+    rows: pd.DataFrame  # input_row, isic_id, image_uri, image_root, carried columns
+    kind: str  # images | manifest
+    skipped: dict[str, int] = field(default_factory=dict)  # what a folder walk left out, by reason
+
+
+def check_not_nested(input_uri: str, out_uri: str) -> None:
+    """``--out`` inside ``--input`` (or the reverse) would read its own output as input on the next night."""
+    a, b = storage.normalize(input_uri), storage.normalize(out_uri)
+    if a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/"):
+        raise SkinrayError(f"--out {out_uri} and --input {input_uri} overlap: keep the output outside the input "
+                           "(and the input outside the output)")
+
+
+def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestConfig,
+         storage_cfg: StorageConfig) -> ScoringInput:
+    """Any accepted input → one row per input, in a stable order, with ``input_row`` 0..n-1."""
+    uri = storage.normalize(input_uri)
+    if not storage.exists(uri, storage_cfg):
+        raise SkinrayError(f"input not found: {input_uri}")
+    folder = storage.is_dir(uri, storage_cfg)
+    if kind == "images" and not folder:
+        raise SkinrayError(f"--input {input_uri} is a file, but score.input_kind is images")
+    if folder and kind != "manifest":
+        listing = paths.list_images(uri, storage_cfg)
+        if not listing.files:
+            raise SkinrayError(f"no .jpg/.jpeg/.png images under {input_uri} (left out: {listing.skipped or 'none'})")
+        rows = pd.DataFrame({"isic_id": [paths.stem(f) for f in listing.files], "image_uri": listing.files,
+                             "image_root": uri})
+        for col in CARRIED_COLUMNS:
+            rows[col] = None
+        result = ScoringInput(rows, "images", dict(listing.skipped))
+    else:
+        result = ScoringInput(_manifest_rows(uri, images_root, manifest, storage_cfg), "manifest")
+    result.rows.insert(0, "input_row", np.arange(len(result.rows), dtype=np.int64))
+    return result
+
+
+def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
+                   storage_cfg: StorageConfig) -> pd.DataFrame:
+    raw = schema.read_manifest(uri, storage_cfg)
+    if raw.empty:
+        raise SkinrayError(f"manifest {uri} has no rows")
+    canon = schema.to_canonical(raw, manifest.schema_name, manifest.malignant_dx, labels_required=False)
+    root = storage.normalize(images_root) if images_root else None
+    raw_cols = raw.astype("string").fillna("").to_dict("records")
+    uris: list[str | None] = []
+    roots: list[str | None] = []
+    errors: list[str | None] = []
+    for rid, ref, cols in zip(canon["isic_id"], canon["_image_ref"], raw_cols):
+        reason = _unsafe_reason(rid, ref, manifest.image_template, cols)
+        if reason:
+            uris.append(None)
+            roots.append(None)
+            errors.append(reason)
+            continue
+        image_uri, image_root = paths.resolve_image_uri(rid or "", ref, root, manifest.image_template, cols)
+        uris.append(image_uri)
+        roots.append(image_root)
+        errors.append(None)
+    canon["image_uri"] = uris
+    canon["image_root"] = roots
+    canon["input_error"] = errors
+    return canon[["isic_id", "image_uri", "image_root", "input_error", *CARRIED_COLUMNS]].reset_index(drop=True)
+
+
+def _unsafe_reason(row_id: str | None, ref: str | None, template: str, columns: dict[str, str]) -> str | None:
+    """Why a manifest row cannot be scored before any file is touched (its ``error``), or None."""
+    if row_id is None and not ref:
+        return "empty_id: the row has no image id or image_uri"
+    if ref:
+        return "unsafe_id: the image_uri climbs out of the image root" if paths.unsafe_ref(ref) else None
+    if row_id is not None and paths.unsafe_id(row_id):
+        return "unsafe_id: the id would address a file outside the image root"
+    if paths.unsafe_columns(template, columns):
+        return "unsafe_id: a column of the image template would address a file outside the image root"
+    return None

@@ -1,0 +1,162 @@
+"""skinray.operating_point: calibration on logits, the threshold policy, the float64 probabilities it gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.metrics import log_loss, recall_score
+
+from skinray import metrics as M
+from skinray import operating_point as O
+from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
+
+
+def _data(n: int = 500, seed: int = 0, shift: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.clip(rng.normal(0.4 + shift * y, 0.2), 0.0, 1.0)
+    return y, p
+
+
+# --- thresholds and temperature --------------------------------------------------------------------------------
+
+
+def test_choose_threshold_youden_separable() -> None:
+    neg, pos = np.array([0.1, 0.2, 0.3, 0.35]), np.array([0.6, 0.7, 0.9])
+    y, p = np.r_[np.zeros(4, int), np.ones(3, int)], np.r_[neg, pos]
+    c = O.choose_threshold(y, p, "youden")
+    assert neg.max() < c["threshold"] <= pos.min()
+    assert c["sensitivity"] == 1.0 and c["specificity"] == 1.0 and c["policy"] == "youden"
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+def test_choose_threshold_sensitivity_policy(target: float) -> None:
+    y, p = _data(seed=8)
+    c = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
+    assert c["sensitivity"] >= target and 0.0 < c["threshold"] < 1.0
+    assert c["sensitivity"] == pytest.approx(recall_score(y, p >= c["threshold"]))
+    # highest such threshold: the next score above it loses the target
+    higher = p[p > c["threshold"]]
+    if higher.size:
+        assert recall_score(y, p >= higher.min()) < target
+
+
+@pytest.mark.parametrize("target, confidence", [(0.8, 0.95), (0.85, 0.9)])
+def test_choose_threshold_with_confidence_bound(target: float, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    y, p = _data(seed=10)
+    plain = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
+    c = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target, confidence=confidence)
+    n_pos = int(y.sum())
+    tp = int(((p >= c["threshold"]) & (y == 1)).sum())
+    # the one-sided bound is the lower end of the exact two-sided interval at level 2c - 1
+    exact = binomtest(tp, n_pos).proportion_ci(confidence_level=2 * confidence - 1, method="exact").low
+    assert c["sensitivity_lower_bound"] == pytest.approx(exact, abs=1e-9) and c["target_met"]
+    assert c["sensitivity_lower_bound"] >= target and c["threshold"] <= plain["threshold"]
+    higher = p[p > c["threshold"]]  # the highest such threshold: one score higher breaks the bound
+    if higher.size:
+        tp_up = int(((p >= higher.min()) & (y == 1)).sum())
+        assert O.sensitivity_lower_bound(tp_up, n_pos, confidence) < target
+
+
+def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
+    c = O.choose_threshold(y, p, "sensitivity", target_sensitivity=0.95, confidence=0.95)  # 3 positives: never
+    assert c["sensitivity"] == 1.0 and not c["target_met"] and c["sensitivity_lower_bound"] < 0.95
+
+
+def test_choose_threshold_fixed_and_errors() -> None:
+    y, p = _data(seed=9)
+    assert O.choose_threshold(y, p, "fixed")["threshold"] == 0.5
+    with pytest.raises(ValueError):
+        O.choose_threshold(y, p, "sensitivity")
+    with pytest.raises(ValueError):
+        O.choose_threshold(y, p, "magic")
+
+
+def test_choose_threshold_clips_inf() -> None:
+    y, p = [1, 0, 1, 0], [0.2, 0.9, 0.1, 0.8]  # inverted scorer: best J is the +inf threshold
+    t = O.choose_threshold(y, p, "youden")["threshold"]
+    assert 0.0 < t < 1.0
+
+
+def _prob(logits: np.ndarray, t: float, b: float = 0.0) -> np.ndarray:
+    return OperatingPoint(Calibration(method="platt", temperature=t, bias=b),
+                          ThresholdChoice(threshold=0.5, policy="fixed")).apply(logits).prob
+
+
+def test_fit_temperature_recovers_two() -> None:
+    rng = np.random.default_rng(10)
+    z = rng.normal(0.0, 1.5, 20_000)
+    y = rng.binomial(1, expit(z))
+    t = O.fit_temperature(y, 2.0 * z)  # logits over-confident by a factor 2
+    assert abs(t - 2.0) < 0.3
+    q = _prob(2.0 * z, t)
+    assert q.dtype == np.float64 and q.shape == z.shape
+    assert log_loss(y, q) < log_loss(y, expit(2.0 * z))
+    np.testing.assert_allclose(_prob(z, 1.0), expit(z), atol=1e-12)
+
+
+def test_fit_platt_undoes_the_class_weight_shift() -> None:
+    rng = np.random.default_rng(11)
+    z = rng.normal(-1.5, 1.5, 20_000)  # ~25% positives
+    y = rng.binomial(1, expit(z))
+    raw = 2.0 * z + np.log(4.0)  # over-confident and shifted as by a 4:1 class weight
+    t, b = O.fit_platt(y, raw)
+    assert abs(t - 2.0) < 0.3 and abs(b + np.log(4.0) / 2.0) < 0.2
+    q = _prob(raw, t, b)
+    assert M.expected_calibration_error(y, q) < 0.02
+    assert M.expected_calibration_error(y, q) < M.expected_calibration_error(y, _prob(raw, O.fit_temperature(y, raw)))
+    assert M.ranking_metrics(y, q)["roc_auc"] == pytest.approx(M.ranking_metrics(y, expit(raw))["roc_auc"])
+    with pytest.raises(ValueError, match="both classes"):
+        O.fit_platt([1, 1], [0.2, 0.3])
+
+
+def test_saturated_logits_keep_distinct_probabilities_and_ranking() -> None:
+    """A float32 sigmoid is exactly 1.0 above logit ~17; logits calibrated in float64 keep every image distinct."""
+    z = np.array([17.5, 20.0, 25.0, 30.0, 35.0], np.float32)
+    assert len(set(expit(z).astype(np.float32).tolist())) == 1  # the old output layer: one tie at 1.0
+    op = OperatingPoint(Calibration(method="platt", temperature=1.3, bias=-0.4),
+                        ThresholdChoice(threshold=0.3, policy="youden"))
+    scored = op.apply(z)
+    assert len(set(scored.logit.tolist())) == len(z)  # the calibrated logit never ties: the ranking key
+    assert np.all(np.diff(scored.logit) > 0) and np.all(np.diff(scored.prob) >= 0)
+    assert scored.prob.dtype == np.float64 and len(set(scored.prob[:3].tolist())) == 3
+    assert scored.malignant.all() and np.allclose(scored.confidence, scored.prob)
+
+
+def test_fit_calibration_falls_back_when_it_cannot_fit() -> None:
+    assert O.fit_calibration([1, 1, 0], [0.5, 0.5, 0.5], "platt").method == "none"  # a constant score
+    assert O.fit_calibration([1, 1], [0.2, 0.3], "platt").method == "none"  # one class
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, 400)
+    y = rng.binomial(1, expit(z))
+    assert O.fit_calibration(y, z, "temperature").bias == 0.0
+
+
+@pytest.mark.parametrize("bad", [{"temperature": float("nan")}, {"temperature": 0.0}, {"bias": float("inf")}])
+def test_calibration_refuses_non_finite_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        Calibration(method="platt", **bad)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -1.0, 1.5])
+def test_threshold_must_lie_in_zero_one(threshold: float) -> None:
+    with pytest.raises(ValueError):
+        ThresholdChoice(threshold=threshold, policy="fixed")
+
+
+def test_fit_and_describe() -> None:
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, 600)
+    y = rng.binomial(1, expit(z))
+    op, report = O.fit(y, z, "platt", "sensitivity", 0.8, 0.95)
+    assert op.calibration.method == "platt" and report["n"] == 600
+    assert O.describe(op.threshold).startswith("sensitivity ≥ 0.80 with 95% confidence")
+    assert recall_score(y, op.apply(z).malignant) == pytest.approx(op.threshold.sensitivity)
+    assert O.describe(ThresholdChoice(threshold=0.5, policy="youden")) == "youden"
+    unreachable = ThresholdChoice(**O.choose_threshold(y[:40], expit(z[:40]), "sensitivity", 0.99, confidence=0.95))
+    assert "not reachable" in O.describe(unreachable)
