@@ -1,6 +1,6 @@
 """Nightly scoring entrypoint for `ray job submit` and cron.
 
-    python jobs/score.py --model URI --input-root s3://bucket/incoming --out s3://bucket/scores --date 2026-11-25
+    python jobs/score.py --model URI --input-root s3://bucket/incoming --out s3://bucket/nightly --date 2026-11-25
 
 Reads ``{input-root}/{date}/`` and writes that date's partition. Ray Jobs do not retry; re-submitting the same date
 is safe: a finished run is a no-op, an interrupted one scores only what is missing and a failed one stays failed.

@@ -4,6 +4,7 @@ stage that scores.
     model.keras    Keras 3 (loads with safe_mode=True): the reference, and what ``--engine tf`` runs
     model.onnx     what scoring runs by default; outputs ``logit`` and, with a diagnosis head, ``dx_logits``
     config.yaml    the training config
+    reference.json the validation split's profile (scores, metadata, image size and colour) for drift checks
     skinray.json   the typed, versioned description (:class:`ModelMeta`): preprocessing, outputs, the operating
                    point, provenance, and the SHA-256 of every other file — written last
 
@@ -35,6 +36,7 @@ MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 META_FILE = "skinray.json"
 CONFIG_FILE = "config.yaml"
+REFERENCE_FILE = "reference.json"  # the validation split's profile, for drift checks (skinray.drift)
 FORMAT_VERSION = 2
 ONNX_PARITY_LIMIT = 1e-4
 MAX_META_BYTES = 32 * 1024 * 1024
@@ -235,6 +237,13 @@ class ModelArtifact:
         if name not in self.meta.files:
             raise SkinrayError(f"{self.uri}: the model directory has no {name}")
         return os.path.join(self.local_dir, name)
+
+    def reference(self) -> dict[str, Any] | None:
+        """The validation profile drift is measured against (None for models trained without one)."""
+        if REFERENCE_FILE not in self.meta.files:
+            return None
+        with open(self.path(REFERENCE_FILE)) as f:
+            return json.load(f)
 
     def load_keras(self) -> Any:
         import keras

@@ -130,9 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     tta(p)
 
     p = add("score", "score an image set (manifest or folder) into the scores table (Delta Lake)", """
-        skinray score --model out/model --input data/sample/images --out out/scores
-        skinray score --model s3://b/models/m1 --input s3://b/incoming/2026-11-25 --out s3://b/scores --date 2026-11-25
-        skinray score --model out/model --input-root s3://b/incoming --date 2026-11-25 --out s3://b/scores""")
+        skinray score --model out/model --input data/sample/images --out out/nightly
+        skinray score --model s3://b/models/m1 --input s3://b/incoming/2026-11-25 --out s3://b/nightly --date 2026-11-25
+        skinray score --model out/model --input-root s3://b/incoming --date 2026-11-25 --out s3://b/nightly""")
     p.add_argument("--model", help="model directory (required)")
     p.add_argument("--input", help="a manifest file (csv/parquet/jsonl) or a folder/prefix of images (required)")
     p.add_argument("--input-root", help="nightly: read {input-root}/{date}/ (default: none)")
@@ -160,14 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory (required)")
     p.add_argument("images", nargs="+", help="image files or URIs")
     p.add_argument("--sheet", help="write a PNG contact sheet of the images with their predictions (default: none)")
+    p.add_argument("--explain", action="store_true",
+                   help="put a Grad-CAM overlay beside each image on the sheet (needs --sheet; uses TensorFlow)")
     tta(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
 
     p = add("query", "SQL over the scores table (DuckDB views `scores` and `runs`) or a preset", """
-        skinray query out/scores "SELECT predicted, count(*) FROM scores GROUP BY 1"
-        skinray query out/scores --top-suspicious 10 --date 2026-11-25
-        skinray query out/scores --daily-counts --format csv
-        skinray query out/scores --daily-counts --as-of 3        # what the table said at version 3""")
+        skinray query out/nightly "SELECT predicted, count(*) FROM scores GROUP BY 1"
+        skinray query out/nightly --top-suspicious 10 --date 2026-11-25
+        skinray query out/nightly --daily-counts --format csv
+        skinray query out/nightly --daily-counts --as-of 3        # what the table said at version 3""")
     p.add_argument("out_uri", metavar="OUT", help="the scoring output folder (holds scores/)")
     p.add_argument("sql", nargs="?", help="SQL over the views scores and runs (default: none)")
     p.add_argument("--top-suspicious", type=int, metavar="K", help="the K most suspicious images (default: none)")
@@ -178,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="every committed run's rows (default: the latest run of each date only)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
 
+    p = add("report", "write the review page (report.html) of a scoring run again", """
+        skinray report out/nightly --date 2026-11-25
+        skinray report s3://b/nightly --run-id 2026-11-25-1a2b3c4d5e""")
+    p.add_argument("out_uri", metavar="OUT", help="the scoring output folder (holds scores/ and runs/)")
+    p.add_argument("--run-id", help="the run (default: the latest committed run of --date)")
+    p.add_argument("--date", help="YYYY-MM-DD: the latest committed run of that date (default: none)")
+
     p = add("export", "re-export a model directory into the current format (logit outputs, verified files)", """
         skinray export --model out/old-model --out out/model-v2""")
     p.add_argument("--model", required=True, help="model directory to read (required)")
@@ -185,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("doctor", "check Ray, ONNX Runtime, TensorFlow, S3 and a model before running jobs", """
         skinray doctor
-        skinray doctor s3://b/incoming/2026-11-25 s3://b/scores --model s3://b/models/m1
+        skinray doctor s3://b/incoming/2026-11-25 s3://b/nightly --model s3://b/models/m1
         RAY_ADDRESS=127.0.0.1:6379 skinray doctor --gpu     # probes a GPU node of the cluster""")
     p.add_argument("uris", nargs="*", help="URIs that must be reachable (local or s3://) (default: none)")
     p.add_argument("--model", help="a model directory to verify (schema, file hashes, engine) (default: none)")
@@ -300,7 +309,9 @@ def _cmd_predict(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.predict import predict
     from skinray.query import format_frame
 
-    df = predict(args.model, args.images, cfg.storage, cfg.inference, cfg.image, args.sheet)
+    if args.explain and not args.sheet:
+        raise SkinrayError("--explain draws on the contact sheet: give --sheet PATH too")
+    df = predict(args.model, args.images, cfg.storage, cfg.inference, cfg.image, args.sheet, args.explain)
     print(format_frame(df, args.format))
     if args.sheet:
         print(f"contact sheet: {args.sheet}", file=sys.stderr)
@@ -318,6 +329,12 @@ def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     else:
         raise SkinrayError("give SQL, --top-suspicious K or --daily-counts")
     print(query(args.out_uri, sql, args.format, cfg.storage, args.as_of, args.all_runs))
+
+
+def _cmd_report(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
+    from skinray.score_report import regenerate
+
+    print(regenerate(args.out_uri, cfg, args.run_id, args.date))
 
 
 def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -346,7 +363,7 @@ def _cmd_demo(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, SkinrayConfig], None]] = {
     "synth": _cmd_synth, "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
-    "score": _cmd_score, "predict": _cmd_predict, "query": _cmd_query, "export": _cmd_export,
+    "score": _cmd_score, "predict": _cmd_predict, "query": _cmd_query, "report": _cmd_report, "export": _cmd_export,
     "doctor": _cmd_doctor, "demo": _cmd_demo,
 }
 

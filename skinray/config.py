@@ -172,7 +172,10 @@ class ScoreConfig(_Section):
     cpus_per_actor: float = Field(1.0, gt=0)
     part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
-    top_k: int = Field(24, ge=0)
+    top_k: int = Field(24, ge=0)  # most suspicious images on the contact sheet and the review page
+    explain_top_k: int = Field(24, ge=0)  # of those (and the borderline ones), how many get a Grad-CAM overlay
+    drift_psi: float = Field(0.25, gt=0)  # a column drifted at this population stability index ...
+    drift_ks_alpha: float = Field(0.001, gt=0, lt=1)  # ... or when a KS test rejects sameness at this level
     lease_seconds: float = Field(120.0, gt=0)  # a run whose owner has not renewed its lease this long is stale
     # fault injection for tests: the driver exits (as if killed) at this point of the commit
     fail_at: Literal["after_data_files", "after_commit"] | None = None

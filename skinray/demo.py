@@ -70,7 +70,7 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
         "evaluate.model": os.path.join(out, "model"), "evaluate.prepared": os.path.join(out, "prepared"),
         "evaluate.out": os.path.join(out, "report"),
         "score.model": os.path.join(out, "model"), "score.input": score_input, "score.images": images_root,
-        "score.out": os.path.join(out, "scores"), "score.date": today,
+        "score.out": os.path.join(out, "nightly"), "score.date": today,
     })
     cfg = with_values(cfg, settings)
 
@@ -104,14 +104,15 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
         f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}"
         + (f", diagnosis balanced accuracy {f(dx.get('balanced_accuracy'))}" if dx else ""),
         f"  scored    {run['scored']} images, {run['failed']} failed {run['failed_by_reason']} "
-        f"({run.get('images_per_second_overall')} img/s) → {run['table']} version {run['table_version']}",
+        f"({run.get('images_per_second_overall')} img/s)",
         "",
         "files written:",
         f"  {cfg.prepare.out}/manifest.parquet, rejects.parquet, report.json",
         f"  {cfg.train.out}/model.keras, model.onnx, skinray.json",
         f"  {cfg.evaluate.out}/report.md, metrics.json, predictions.parquet, " + ", ".join(
             p for p in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")),
-        f"  {cfg.score.out}/runs/{run['run_id']}/run.json, " + ", ".join(run.get("pngs", [])),
+        f"  {cfg.score.out}/scores/ (a Delta table, version {run['table_version']}), "
+        f"runs/{run['run_id']}/run.json, " + ", ".join(run.get("pngs", [])),
         "",
         "top suspicious images today:",
         top.to_string(index=False),

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, inference, metrics, plots, storage
+from skinray import SkinrayError, inference, metrics, plots, review_page, storage
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
@@ -125,13 +125,18 @@ def evaluate(cfg: SkinrayConfig) -> dict[str, Any]:
         if report.get("diagnosis", {}).get("n"):
             pngs.append(plots.plot_diagnosis_confusion(report["diagnosis"],
                                                        os.path.join(tmp, "diagnosis_confusion.png")))
+        pictures = {}
         for path in pngs:
             with open(path, "rb") as fh:
-                storage.write_bytes(storage.join(e.out, os.path.basename(path)), fh.read(), st)
-        names = [os.path.basename(x) for x in pngs]
+                pictures[os.path.basename(path)] = fh.read()
+            storage.write_bytes(storage.join(e.out, os.path.basename(path)), pictures[os.path.basename(path)], st)
+        names = list(pictures)
     storage.write_parquet(pa.Table.from_pandas(pred[PREDICTION_COLUMNS], preserve_index=False),
                           storage.join(e.out, "predictions.parquet"), st)
-    storage.write_text(storage.join(e.out, "report.md"), _markdown(report, art, e.split, names), st)
+    markdown = _markdown(report, art, e.split, names)
+    storage.write_text(storage.join(e.out, "report.md"), markdown, st)
+    storage.write_text(storage.join(e.out, "report.html"), review_page.evaluation_page(
+        report, f"Evaluation on the {e.split} split", markdown.split("\n\n")[1], pictures), st)
     storage.write_text(storage.join(e.out, "config.yaml"), cfg.to_yaml(), st)
     storage.write_json(storage.join(e.out, "metrics.json"), report, st)
     return report

@@ -125,9 +125,21 @@ def load(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | Non
     return decode(read_image_bytes(uri, storage_cfg, cfg, root), cfg)
 
 
+def load_sized(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load`, and the image's stored (width, height): scoring records both (drift, image QA)."""
+    return decode_sized(read_image_bytes(uri, storage_cfg, cfg, root), cfg)
+
+
 def decode(data: bytes, cfg: ImageConfig) -> np.ndarray:
     """Bytes → ``uint8`` array (size, size, 3), or :class:`ImageError` with a reason code."""
+    return decode_sized(data, cfg)[0]
+
+
+def decode_sized(data: bytes, cfg: ImageConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`decode`, and the (width, height) stored in the file, before resizing."""
     img = _open(data, cfg)
+    stored = img.size
     try:
         if img.format == "JPEG":
             # Decode at a reduced DCT scale that is still >= the target size: 2-4x faster on large photos.
@@ -148,7 +160,7 @@ def decode(data: bytes, cfg: ImageConfig) -> np.ndarray:
         raise ImageError("undecodable", f"{type(exc).__name__}: {exc}") from exc
     if arr.shape != (cfg.size, cfg.size, 3):
         raise ImageError("undecodable", f"unexpected decoded shape {arr.shape}")
-    return arr
+    return arr, stored
 
 
 def check(data: bytes, cfg: ImageConfig) -> tuple[str | None, int | None, int | None]:

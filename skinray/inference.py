@@ -27,7 +27,7 @@ from skinray.storage import StorageConfig
 
 IO_THREADS = 8
 RESULT_COLUMNS = ["prob_malignant", "logit_malignant", "predicted", "confidence", "threshold", "dx_pred", "dx_probs",
-                  "error"]
+                  "error", "image_width", "image_height", "mean_red", "mean_green", "mean_blue"]
 WORKER_COLUMNS = ["_node_id", "_batch_mode"]  # where and how each row was scored; the driver aggregates and drops
 PROBE_BATCHES = 2  # batch_policy auto: batches timed both ways before the faster mode is kept
 PROBE_MIN_ROWS = 4
@@ -190,26 +190,33 @@ class ImagePredictor:
         self.pool = ThreadPoolExecutor(IO_THREADS)
         self.node_id = _node_id()
 
-    def decode(self, uri: Any, root: Any = None) -> np.ndarray | str:
-        """Pixels, or the row's error text (``reason: detail``); a local image must stay inside ``root``."""
+    def decode(self, uri: Any, root: Any = None) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """(pixels, stored size), or the row's error text (``reason: detail``); a local image must stay inside
+        ``root``."""
         if not isinstance(uri, str) or not uri:
             return "missing: no image URI"
         try:
-            return images.load(uri, self.storage_cfg, self.image_cfg, root if isinstance(root, str) else None)
+            return images.load_sized(uri, self.storage_cfg, self.image_cfg, root if isinstance(root, str) else None)
         except images.ImageError as exc:
             return str(exc)[:300]
         except Exception as exc:  # an unexpected decoder failure is this image's error, not the job's
             return f"undecodable: {type(exc).__name__}: {exc}"[:300]
 
-    def score_decoded(self, decoded: list[np.ndarray | str]) -> pd.DataFrame:
-        """Result columns for decoded images (errors pass through as the ``error`` column)."""
-        ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+    def score_decoded(self, decoded: list[Any]) -> pd.DataFrame:
+        """Result columns for decoded images (``(pixels, size)`` or an error text that passes through as ``error``):
+        the scores, and the images' stored size and mean colour (for drift checks and image QA)."""
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         n = len(decoded)
+        size = np.full((n, 2), -1, np.int64)
+        color = np.full((n, 3), np.nan, np.float32)
+        for i in ok:
+            size[i] = decoded[i][1]
+            color[i] = decoded[i][0].reshape(-1, 3).mean(axis=0)
         logit = np.full(n, np.nan)
         dx_probs: list[str | None] = [None] * n
         dx_pred: list[str | None] = [None] * n
         if ok:
-            raw = run_views(self.engine, np.stack([decoded[i] for i in ok]).astype(np.float32), self.tta)
+            raw = run_views(self.engine, np.stack([decoded[i][0] for i in ok]).astype(np.float32), self.tta)
             logit[ok] = raw[LOGIT]
             if self.diagnoses and DX_LOGITS in raw:
                 probs = _softmax(raw[DX_LOGITS])
@@ -226,11 +233,14 @@ class ImagePredictor:
             "threshold": np.full(n, self.op.threshold.threshold),
             "dx_pred": dx_pred,
             "dx_probs": dx_probs,
-            "error": [None if isinstance(d, np.ndarray) else d for d in decoded],
+            "error": [d if isinstance(d, str) else None for d in decoded],
+            "image_width": pd.array(np.where(size[:, 0] >= 0, size[:, 0], None), dtype="Int32"),
+            "image_height": pd.array(np.where(size[:, 1] >= 0, size[:, 1], None), dtype="Int32"),
+            "mean_red": color[:, 0], "mean_green": color[:, 1], "mean_blue": color[:, 2],
         })
 
     def score_uris(self, uris: list[Any], roots: list[Any] | None = None, errors: list[Any] | None = None
-                   ) -> tuple[pd.DataFrame, list[np.ndarray | str]]:
+                   ) -> tuple[pd.DataFrame, list[Any]]:
         """Scores for image URIs; a row that already has an error (``errors``) is not read at all."""
         n = len(uris)
         roots, errors = roots or [None] * n, errors or [None] * n

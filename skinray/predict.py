@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 
+import numpy as np
 import pandas as pd
 
 from skinray import plots
@@ -18,8 +19,9 @@ from skinray.storage import StorageConfig
 
 def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | None = None,
             inference: InferenceConfig | None = None, image_guards: ImageConfig | None = None,
-            sheet: str | None = None) -> pd.DataFrame:
-    """One row per image (``error`` set where it cannot be read); writes a PNG contact sheet when asked.
+            sheet: str | None = None, explain: bool = False) -> pd.DataFrame:
+    """One row per image (``error`` set where it cannot be read); writes a PNG contact sheet when asked, with a
+    Grad-CAM overlay beside each image when ``explain``.
 
     Image limits (pixels, bytes) come from ``image_guards`` (the command's config), never from the model file.
     """
@@ -34,6 +36,14 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
         captions = [f"{posixpath.basename(image_uris[i])}\n{result['prob_malignant'][i]:.3f} "
                     f"{result['predicted'][i]}" + (f" {result['dx_pred'][i]}" if predictor.diagnoses else "")
                     for i in ok]
-        plots.contact_sheet([decoded[i] for i in ok], captions, sheet,
-                            highlight=[result["predicted"][i] == "malignant" for i in ok])
+        arrays = [decoded[i][0] for i in ok]
+        flags = [result["predicted"][i] == "malignant" for i in ok]
+        if explain:
+            from skinray.saliency import GradCam, overlay
+
+            maps = GradCam(predictor.artifact.load_keras())(np.stack(arrays).astype(np.float32))
+            arrays = [a for pair in zip(arrays, (overlay(a, m) for a, m in zip(arrays, maps))) for a in pair]
+            captions = [c for cap in captions for c in (cap, "Grad-CAM")]
+            flags = [f for flag in flags for f in (flag, False)]
+        plots.contact_sheet(arrays, captions, sheet, highlight=flags)
     return df

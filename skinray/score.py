@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, inference, runs, score_inputs, score_report, scores_table, staging, storage
+from skinray import (SkinrayError, drift, inference, runs, score_inputs, score_report, scores_table, staging,
+                     storage)
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.runtime import versions
@@ -182,7 +183,14 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
                                "are kept, run the same command again to finish")
         result = result.merge(rows[["input_row", "image_root"]], on="input_row", how="left")
         summary.update(_outcome(result, cfg))
-        summary.update(score_report.write(out, run_id, result, artifact, cfg))
+        scored = result[result["error"].isna()]
+        summary.update(flagged=int((scored["predicted"] == "malignant").sum()),
+                       mean_prob=round(float(scored["prob_malignant"].mean()), 6) if len(scored) else None,
+                       drift=drift.compare(artifact.reference(), scored, s.drift_psi, s.drift_ks_alpha))
+        if summary["drift"]["drifted"]:
+            log.warning("run %s drifted from the model's validation reference: %s", run_id,
+                        ", ".join(summary["drift"]["flagged"]))
+        summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
         summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        wall_seconds=round(time.time() - started, 2))
         if summary["status"] == "failed":
@@ -192,8 +200,9 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
             raise SkinrayError(summary["failure_reason"] + f"; the rows are in {runs.run_dir(out, run_id)}"
                                "/rows.parquet, not in the scores table")
         lease.check()
-        commit_meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "model_id",
-                                               "input", "engine", "threshold")}
+        commit_meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "flagged",
+                                               "mean_prob", "model_id", "input", "engine", "threshold")}
+        commit_meta["drifted"] = summary["drift"]["drifted"]
         commit_started = time.time()
         summary["table_version"] = (scores_table.run_version(out, run_id, st) if committed else
                                     scores_table.commit_run(out, run_id, date, staged.rows, commit_meta, st,

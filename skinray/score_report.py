@@ -1,71 +1,225 @@
-"""What a scoring run shows people, written into ``OUT/runs/<run_id>/``: the score histogram, the most suspicious
-images as a contact sheet and CSV, and — when the input carries labels — the evaluation metrics and plots.
+"""What a scoring run shows people, written into ``OUT/runs/<run_id>/`` (this module owns those files):
 
-The top of the ranking is ordered by the calibrated logit, which never ties where the model's outputs differ.
+    report.html            the review page (skinray.review_page): flagged and borderline lesions with saliency,
+                           run health, drift against the model's validation reference, the trend of recent runs,
+                           and with labels the metrics and plots
+    score_histogram.png    the score distribution
+    top_suspicious.png/csv the most suspicious images, ordered by the calibrated logit (never tied by the output)
+    metrics.json, roc.png, confusion.png, calibration.png   when the input carries labels
+
+``skinray report OUT --run-id R`` (or ``--date D``) writes the page again for a finished run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from skinray import images, metrics, plots, storage
-from skinray.artifact import ModelArtifact
+from skinray import SkinrayError, images, metrics, plots, review_page, runs, scores_table, storage
+from skinray.artifact import MODEL_FILE, ModelArtifact
 from skinray.config import SkinrayConfig
+from skinray.operating_point import describe
 from skinray.runs import run_dir
+
+log = logging.getLogger("skinray.report")
+PAGE = "report.html"
+BORDERLINE = 12
+TREND_RUNS = 30
 
 
 def top_suspicious(scored: pd.DataFrame, k: int) -> pd.DataFrame:
     return scored.sort_values(["logit_malignant", "input_row"], ascending=[False, True]).head(k)
 
 
-def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig) -> dict[str, Any]:
-    """Pictures and (with labels) metrics for one run; returns ``{"pngs": [...], "metrics": {...}}``."""
+def borderline(scored: pd.DataFrame, threshold: float, k: int, exclude: pd.Index) -> pd.DataFrame:
+    """The ``k`` images closest to the threshold (on the logit scale), either side, not already shown."""
+    cut = np.log(threshold / (1 - threshold)) if 0 < threshold < 1 else 0.0
+    rest = scored.drop(index=exclude, errors="ignore")
+    return rest.assign(_gap=(rest["logit_malignant"] - cut).abs()).sort_values(["_gap", "input_row"]).head(k)
+
+
+def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
+          run: dict[str, Any]) -> dict[str, Any]:
+    """Pictures, metrics (with labels) and the review page of one run; returns what ``run.json`` records."""
     st, folder = cfg.storage, run_dir(out, run_id)
     scored = df[df["error"].isna()]
-    threshold = artifact.threshold
+    threshold = float(run["threshold"])
     result: dict[str, Any] = {"pngs": [], "metrics": None}
-    if scored.empty:
-        return result
-    prob = scored["prob_malignant"].to_numpy(float)
-    labels = scored["label"] if "label" in scored and scored["label"].notna().all() else None
-    y = None if labels is None else labels.to_numpy().astype(int)
+    pngs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = [plots.plot_score_histogram(prob, os.path.join(tmp, "score_histogram.png"), threshold=threshold,
-                                            y_true=y)]
-        if y is not None and len(set(y.tolist())) == 2:
-            report = metrics.full_report(y, prob, threshold, n_boot=cfg.metrics.bootstrap)
-            storage.write_json(storage.join(folder, "metrics.json"), report, st)
-            result["metrics"] = report
-            files += [plots.plot_roc(y, prob, os.path.join(tmp, "roc.png"), threshold=threshold),
-                      plots.plot_confusion(y, prob, threshold, os.path.join(tmp, "confusion.png")),
-                      plots.plot_calibration(y, prob, os.path.join(tmp, "calibration.png"))]
-        top = top_suspicious(scored, cfg.score.top_k)
-        if len(top):
-            storage.write_text(storage.join(folder, "top_suspicious.csv"),
-                               top[["isic_id", "image_uri", "prob_malignant", "logit_malignant", "predicted",
-                                    "dx_pred"]].to_csv(index=False), st)
-            sheet = _contact_sheet(top, artifact, cfg, os.path.join(tmp, "top_suspicious.png"))
-            files += [sheet] if sheet else []
+        files = []
+        if len(scored):
+            prob = scored["prob_malignant"].to_numpy(float)
+            labels = scored["label"] if "label" in scored and scored["label"].notna().all() else None
+            y = None if labels is None else labels.to_numpy().astype(int)
+            files.append(plots.plot_score_histogram(prob, os.path.join(tmp, "score_histogram.png"),
+                                                    threshold=threshold, y_true=y))
+            if y is not None and len(set(y.tolist())) == 2:
+                report = metrics.full_report(y, prob, threshold, n_boot=cfg.metrics.bootstrap)
+                storage.write_json(storage.join(folder, "metrics.json"), report, st)
+                result["metrics"] = report
+                files += [plots.plot_roc(y, prob, os.path.join(tmp, "roc.png"), threshold=threshold),
+                          plots.plot_confusion(y, prob, threshold, os.path.join(tmp, "confusion.png")),
+                          plots.plot_calibration(y, prob, os.path.join(tmp, "calibration.png"))]
+            top = top_suspicious(scored, cfg.score.top_k)
+            if len(top) and artifact is not None:
+                storage.write_text(storage.join(folder, "top_suspicious.csv"),
+                                   top[["isic_id", "image_uri", "prob_malignant", "logit_malignant", "predicted",
+                                        "dx_pred"]].to_csv(index=False), st)
+                sheet = _contact_sheet(top, artifact, cfg, os.path.join(tmp, "top_suspicious.png"))
+                files += [sheet] if sheet else []
         for path in files:
             with open(path, "rb") as f:
-                storage.write_bytes(storage.join(folder, os.path.basename(path)), f.read(), st)
-        result["pngs"] = [os.path.basename(p) for p in files]
+                pngs[os.path.basename(path)] = f.read()
+            storage.write_bytes(storage.join(folder, os.path.basename(path)), pngs[os.path.basename(path)], st)
+        result["pngs"] = list(pngs)
+    page, seconds = _run_page(out, run_id, df, artifact, cfg, {**run, **result}, pngs)
+    storage.write_text(storage.join(folder, PAGE), review_page.run_page(page), st)
+    result["saliency_seconds_per_image"] = seconds
     return result
 
 
-def _contact_sheet(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig, path: str) -> str | None:
+def _decoded(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig) -> list[np.ndarray | None]:
     image_cfg = artifact.image_config(cfg.image)
-    arrays, captions, flags = [], [], []
+    out: list[np.ndarray | None] = []
     for r in rows.itertuples():
         try:
-            arrays.append(images.load(r.image_uri, cfg.storage, image_cfg, getattr(r, "image_root", None)))
+            out.append(images.load(r.image_uri, cfg.storage, image_cfg, getattr(r, "image_root", None)))
         except images.ImageError:
-            continue  # the image changed since it was scored: leave it off the sheet
+            out.append(None)  # the image changed since it was scored
+    return out
+
+
+def _cards(rows: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig, cam: Any
+           ) -> tuple[list[review_page.Lesion], list[float]]:
+    if artifact is None or rows.empty:
+        return [], []
+    arrays = _decoded(rows, artifact, cfg)
+    shown = [(r, a) for r, a in zip(rows.itertuples(), arrays) if a is not None]
+    maps: np.ndarray | None = None
+    timings: list[float] = []
+    if cam is not None and shown:
+        maps, per_image = cam.timed(np.stack([a for _, a in shown]).astype(np.float32))
+        timings.append(per_image)
+    from skinray.saliency import overlay
+
+    cards = []
+    for i, (r, a) in enumerate(shown):
+        cards.append(review_page.Lesion(
+            isic_id=str(r.isic_id), image=review_page.jpeg(a),
+            overlay=review_page.jpeg(overlay(a, maps[i])) if maps is not None else None,
+            prob=float(r.prob_malignant), predicted=str(r.predicted),
+            dx_pred=r.dx_pred if isinstance(getattr(r, "dx_pred", None), str) else None))
+    return cards, timings
+
+
+def _saliency(artifact: ModelArtifact | None, cfg: SkinrayConfig) -> tuple[Any, str]:
+    if cfg.score.explain_top_k <= 0:
+        return None, "Saliency is off (score.explain_top_k = 0)."
+    if artifact is None or MODEL_FILE not in artifact.meta.files:
+        return None, "No saliency: the model's Keras file is not available."
+    from skinray.saliency import GradCam
+
+    return GradCam(artifact.load_keras()), ("Right of each image: Grad-CAM on MobileNetV2's last block — where the "
+                                            "malignancy logit was most sensitive (bright = more).")
+
+
+def _trend(out: str, run: dict[str, Any], cfg: SkinrayConfig) -> list[dict[str, Any]]:
+    """Recent committed runs (from the table's history) and this one, oldest first."""
+    rows: list[dict[str, Any]] = []
+    try:
+        history = scores_table.snapshot(out, cfg.storage).runs
+    except SkinrayError:
+        history = pd.DataFrame()
+    for rec in history.tail(TREND_RUNS).to_dict("records"):
+        if rec.get("run_id") == run["run_id"]:
+            continue
+        rows.append(_trend_point(rec))
+    rows.append(_trend_point(run))
+    return rows[-TREND_RUNS:]
+
+
+def _trend_point(rec: dict[str, Any]) -> dict[str, Any]:
+    def num(key: str) -> float | None:
+        try:
+            value = float(rec.get(key))
+            return value if np.isfinite(value) else None
+        except (TypeError, ValueError):
+            return None
+
+    scored, rows = num("scored"), num("rows")
+    return {"run_id": rec.get("run_id"), "scored_date": rec.get("scored_date"),
+            "flag_rate": (num("flagged") / scored) if scored and num("flagged") is not None else None,
+            "failure_rate": (num("failed") / rows) if rows and num("failed") is not None else None,
+            "mean_prob": num("mean_prob"),
+            "drifted": str(rec.get("drifted", (rec.get("drift") or {}).get("drifted"))).lower() == "true"}
+
+
+def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
+              run: dict[str, Any], pngs: dict[str, bytes]) -> tuple[review_page.RunPage, float | None]:
+    scored = df[df["error"].isna()]
+    flagged_rows = top_suspicious(scored[scored["predicted"] == "malignant"], cfg.score.top_k)
+    near = borderline(scored, float(run["threshold"]), BORDERLINE, flagged_rows.index)
+    cam, note = _saliency(artifact, cfg)
+    k = cfg.score.explain_top_k
+    flagged, t1 = _cards(flagged_rows.head(k) if cam else flagged_rows, artifact, cfg, cam)
+    near_cards, t2 = _cards(near.head(k) if cam else near, artifact, cfg, cam)
+    timings = t1 + t2
+    failures = {str(reason): group["isic_id"].astype(str).tolist() for reason, group in
+                df[df["error"].notna()].assign(_r=lambda d: d["error"].str.split(":").str[0]).groupby("_r")}
+    threshold_text = describe(artifact.meta.threshold) if artifact is not None else str(
+        (run.get("threshold_policy") or {}).get("policy", ""))
+    page = review_page.RunPage(
+        run=run, flagged_count=int((scored["predicted"] == "malignant").sum()), flagged=flagged,
+        borderline=near_cards, failures=failures, drift=run.get("drift") or {"reference": False},
+        trend=_trend(out, run, cfg), threshold_text=threshold_text,
+        plots={k_: v for k_, v in pngs.items() if k_ in ("roc.png", "confusion.png", "calibration.png")},
+        saliency_note=note)
+    return page, (round(float(np.mean(timings)), 4) if timings else None)
+
+
+def _contact_sheet(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig, path: str) -> str | None:
+    arrays, captions, flags = [], [], []
+    for r, arr in zip(rows.itertuples(), _decoded(rows, artifact, cfg)):
+        if arr is None:
+            continue
         dx = f" {r.dx_pred}" if isinstance(getattr(r, "dx_pred", None), str) else ""
+        arrays.append(arr)
         captions.append(f"{r.isic_id}\n{r.prob_malignant:.3f} {r.predicted}{dx}")
         flags.append(r.predicted == "malignant")
     return plots.contact_sheet(arrays, captions, path, highlight=flags) if arrays else None
+
+
+def regenerate(out: str, cfg: SkinrayConfig, run_id: str | None = None, date: str | None = None) -> str:
+    """Write a finished run's review page again (the latest committed run of ``date`` without ``run_id``)."""
+    if run_id is None:
+        if date is None:
+            raise SkinrayError("report needs --run-id or --date")
+        history = scores_table.snapshot(out, cfg.storage).runs
+        match = history[(history["scored_date"] == date) & history["latest"]]
+        if match.empty:
+            raise SkinrayError(f"no committed run for {date} under {out}")
+        run_id = str(match["run_id"].iloc[0])
+    record = runs.read(out, run_id, cfg.storage)
+    if record is None:
+        raise SkinrayError(f"no run {run_id} under {out}")
+    if record.get("status") == "succeeded":
+        df = scores_table.run_rows(out, run_id, cfg.storage)
+    elif storage.exists(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage):
+        df = storage.read_parquet(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage).to_pandas()
+    else:
+        raise SkinrayError(f"run {run_id} is {record.get('status')}: no rows to show yet")
+    if record.get("input_kind") == "images":
+        df["image_root"] = record.get("input")
+    try:
+        artifact: ModelArtifact | None = ModelArtifact.open(record["model"], cfg.storage)
+    except SkinrayError as exc:
+        log.warning("no images or saliency on the page: %s", exc)
+        artifact = None
+    write(out, run_id, df, artifact, cfg, record)
+    return storage.join(run_dir(out, run_id), PAGE)

@@ -163,6 +163,11 @@ def _draw_hairs(rng: np.random.Generator, lesion: Lesion, w: int, h: int) -> np.
 
 def render(lesion: Lesion, rng: np.random.Generator, size: int) -> Image.Image:
     """One photograph of ``lesion``: pose, zoom, light, field of view, hairs and noise come from ``rng``."""
+    return render_with_mask(lesion, rng, size)[0]
+
+
+def render_with_mask(lesion: Lesion, rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
+    """:func:`render`, and where the lesion is (a boolean mask): what saliency tests compare maps with."""
     w, h = size, max(1, int(round(size * ASPECT)))
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
 
@@ -228,7 +233,7 @@ def render(lesion: Lesion, rng: np.random.Generator, size: int) -> Image.Image:
     inside = _smoothstep((1 - fd) * fr / (w * rng.uniform(0.015, 0.05)))
     img = img * (light * inside)[..., None] * gain + (1 - inside)[..., None] * FOV_COLOUR
     img += 2.5 * rng.standard_normal(img.shape, dtype=np.float32)
-    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))  # HxWx3 uint8 -> RGB
+    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8)), alpha > 0.5  # HxWx3 uint8 -> RGB
 
 
 def render_lesion(rng: np.random.Generator, malignant: bool, size: int) -> Image.Image:

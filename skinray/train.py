@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, artifact, operating_point, storage
-from skinray.artifact import MODEL_FILE, ONNX_FILE, ModelMeta, Outputs, Preprocessing
+from skinray import SkinrayError, artifact, drift, images, operating_point, storage
+from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
 from skinray.prepare import load_prepared
@@ -168,6 +168,21 @@ def _weights_for_workers(weights: str, local: str | None, storage_path: str, nam
     return uri
 
 
+def _validation_profile(va: pd.DataFrame, prob: np.ndarray, cfg: SkinrayConfig, pool: ThreadPoolExecutor
+                        ) -> dict[str, Any]:
+    """What scoring runs are compared with for drift: the validation split's calibrated scores, metadata and
+    images (stored size, mean colour of the decoded pixels)."""
+    def stats(uri: str) -> tuple[int, int, float, float, float]:
+        arr, (w, h) = images.load_sized(uri, cfg.storage, cfg.image)
+        r, g, b = arr.reshape(-1, 3).mean(axis=0)
+        return w, h, float(r), float(g), float(b)
+
+    measured = list(pool.map(stats, va["image_uri"]))
+    frame = va.reset_index(drop=True).assign(prob_malignant=prob)
+    frame[["image_width", "image_height", "mean_red", "mean_green", "mean_blue"]] = pd.DataFrame(measured)
+    return drift.profile(frame)
+
+
 def train(cfg: SkinrayConfig) -> ModelMeta:
     """prepared/ → model directory (model.keras, model.onnx, config.yaml, skinray.json); returns its description."""
     t = cfg.train
@@ -208,6 +223,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             logits_val = np.asarray(state["best_val"]["logit"], float)
         op, val_report = operating_point.fit(y_val, logits_val, t.calibration, t.threshold_policy,
                                              t.target_sensitivity, t.threshold_confidence)
+        storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
+                           _validation_profile(va, op.apply(logits_val).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
         meta = ModelMeta(

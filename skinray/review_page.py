@@ -1,0 +1,276 @@
+"""Pages a person opens: one self-contained HTML file per scoring run (and per evaluation), no CDN, no internet.
+
+Images are embedded as small JPEG/PNG data URIs, charts are inline SVG, and a few lines of script only check the
+page itself (every image decoded, no script error) and write the result into ``<body data-...>`` attributes, so a
+headless browser test — or a person's dev tools — can see at once that nothing is broken. This module only
+renders; :mod:`skinray.score_report` and :mod:`skinray.evaluate` gather what goes in.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+STYLE = """
+body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:20px}
+header .sub{color:#b9c0cc;font-size:13px}main{padding:18px 28px;max-width:1280px}
+section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;margin:0 0 18px;padding:14px 18px}
+h2{font-size:16px;margin:0 0 10px}.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #e1e4ea;border-radius:6px;padding:10px 14px;min-width:120px}
+.card b{display:block;font-size:22px}.ok{color:#17803d}.bad{color:#c0262d}.warn{color:#b86e00}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.badge.ok{background:#e3f4e8}.badge.bad{background:#fbe4e5}.badge.warn{background:#fdf0dc}
+table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #edf0f4;padding:4px 10px;text-align:left}
+th{background:#f3f5f8}.grid{display:flex;flex-wrap:wrap;gap:12px}
+.lesion{border:1px solid #e1e4ea;border-radius:6px;padding:6px;width:268px;font-size:12px}
+.lesion img{width:128px;height:128px;border-radius:4px}.lesion .cap{margin-top:4px}
+.lesion.malignant{border-color:#c0262d}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
+.plots img{max-width:400px;margin:0 12px 12px 0}.muted{color:#6a7383}
+"""
+CHECK_SCRIPT = """
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e.type)); }, true);
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+  document.body.setAttribute('data-errors', String(window.__errors.length));
+  document.body.setAttribute('data-checked', 'yes');
+});
+"""
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def jpeg(image: np.ndarray, size: int = 128, quality: int = 82) -> str:
+    """A thumbnail of a uint8 RGB array as a JPEG data URI."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return data_uri(buf.getvalue(), "image/jpeg")
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return esc(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">(none)</p>'
+    columns = list(columns or rows[0].keys())
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def badge(text: str, kind: str) -> str:
+    return f'<span class="badge {kind}">{esc(text)}</span>'
+
+
+def card(label: str, value: Any, kind: str = "", element_id: str | None = None) -> str:
+    ident = f' id="{element_id}"' if element_id else ""
+    return f'<div class="card">{esc(label)}<b class="{kind}"{ident}>{fmt(value)}</b></div>'
+
+
+def sparkline(values: Sequence[float | None], labels: Sequence[str], title: str, percent: bool = False,
+              marks: Sequence[bool] | None = None) -> str:
+    """A small inline SVG line chart (no library, no script); ``marks`` draws red dots (e.g. drift flags)."""
+    w, h, pad = 360, 110, 28
+    pts = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if not pts:
+        return f'<div><b>{esc(title)}</b><p class="muted">no data</p></div>'
+    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+    hi = hi if hi > lo else lo + (abs(lo) * 0.1 or 1.0)
+    n = max(len(values) - 1, 1)
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return pad + (w - 2 * pad) * i / n, h - pad - (h - 2 * pad) * (v - lo) / (hi - lo)
+
+    path = " ".join(f"{'M' if k == 0 else 'L'}{xy(i, v)[0]:.1f},{xy(i, v)[1]:.1f}" for k, (i, v) in enumerate(pts))
+    show = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3f}")
+    dots = "".join(f'<circle cx="{xy(i, v)[0]:.1f}" cy="{xy(i, v)[1]:.1f}" r="3" fill="'
+                   f'{"#c0262d" if marks and marks[i] else "#2f6fd6"}"><title>{esc(labels[i])}: {show(v)}</title>'
+                   f"</circle>" for i, v in pts)
+    return (f'<div><b>{esc(title)}</b><br><svg width="{w}" height="{h}" role="img" aria-label="{esc(title)}">'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccd"/>'
+            f'<path d="{path}" fill="none" stroke="#2f6fd6" stroke-width="2"/>{dots}'
+            f'<text x="{pad}" y="{h - 8}" font-size="10" fill="#6a7383">{esc(labels[0])}</text>'
+            f'<text x="{w - pad}" y="{h - 8}" font-size="10" fill="#6a7383" text-anchor="end">{esc(labels[-1])}</text>'
+            f'<text x="2" y="{pad}" font-size="10" fill="#6a7383">{show(hi)}</text>'
+            f'<text x="2" y="{h - pad}" font-size="10" fill="#6a7383">{show(lo)}</text></svg></div>')
+
+
+@dataclass
+class Lesion:
+    """One image card: the picture, its saliency overlay (when computed) and what the model said."""
+
+    isic_id: str
+    image: str  # data URI
+    overlay: str | None
+    prob: float
+    predicted: str
+    dx_pred: str | None = None
+    note: str = ""
+
+
+@dataclass
+class RunPage:
+    run: dict[str, Any]
+    flagged_count: int
+    flagged: list[Lesion]
+    borderline: list[Lesion]
+    failures: dict[str, list[str]]
+    drift: dict[str, Any]
+    trend: list[dict[str, Any]]
+    threshold_text: str
+    plots: dict[str, bytes] = field(default_factory=dict)  # name → PNG
+    saliency_note: str = ""
+
+
+def _lesions(items: list[Lesion]) -> str:
+    if not items:
+        return '<p class="muted">(none)</p>'
+    cards = []
+    for it in items:
+        overlay = f'<img src="{it.overlay}" alt="saliency of {esc(it.isic_id)}">' if it.overlay else ""
+        dx = f" · {esc(it.dx_pred)}" if it.dx_pred else ""
+        cards.append(f'<div class="lesion {esc(it.predicted)}"><img src="{it.image}" alt="{esc(it.isic_id)}">'
+                     f'{overlay}<div class="cap"><b class="mono">{esc(it.isic_id)}</b><br>P(malignant) '
+                     f'{it.prob:.3f} · {esc(it.predicted)}{dx}{(" · " + esc(it.note)) if it.note else ""}</div></div>')
+    return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+def _page(title: str, subtitle: str, sections: list[str]) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style>'
+            f"<script>{CHECK_SCRIPT}</script></head><body><header><h1>{esc(title)}</h1>"
+            f'<div class="sub">{subtitle}</div></header><main>{"".join(sections)}</main></body></html>\n')
+
+
+def _drift_section(drift: dict[str, Any]) -> str:
+    if not drift.get("reference"):
+        return ('<section id="drift"><h2>Drift</h2><p class="muted" data-drift="unknown">The model directory has '
+                "no validation reference (models trained before it was recorded): no drift check.</p></section>")
+    state = "drifted" if drift["drifted"] else "stable"
+    banner = (badge("drift: " + ", ".join(drift["flagged"]), "bad") if drift["drifted"]
+              else badge("no drift against the validation reference", "ok"))
+    rows = [{"column": r["column"], "n": r["n"], "PSI": r["psi"], "KS D": r.get("ks_statistic"),
+             "KS p": None if r.get("ks_pvalue") is None else f"{r['ks_pvalue']:.1e}",
+             "mean": r.get("mean"), "reference mean": r.get("reference_mean"),
+             "flag": "DRIFT" if r["flag"] else "", "why": r.get("reason", "")} for r in drift["columns"]]
+    t = drift["thresholds"]
+    return (f'<section id="drift" data-drift="{state}"><h2>Drift against the validation reference</h2>{banner}'
+            f'<p class="muted">Flag: PSI ≥ {t["psi"]} or KS p &lt; {t["ks_alpha"]} with D ≥ {t["ks_min_statistic"]}'
+            f' (at least {t["min_rows"]} rows).</p>{table(rows)}</section>')
+
+
+def _trend_section(trend: list[dict[str, Any]]) -> str:
+    if not trend:
+        return '<section id="trend"><h2>Trend</h2><p class="muted">No earlier runs.</p></section>'
+    labels = [f"{r['scored_date']} {r['run_id']}" for r in trend]
+    marks = [bool(r.get("drifted")) for r in trend]
+    charts = [sparkline([r.get("flag_rate") for r in trend], labels, "flagged malignant (share of scored)", True,
+                        marks),
+              sparkline([r.get("failure_rate") for r in trend], labels, "failed images (share)", True, marks),
+              sparkline([r.get("mean_prob") for r in trend], labels, "mean P(malignant)", False, marks)]
+    return (f'<section id="trend"><h2>Trend of the last {len(trend)} runs</h2><div class="grid">{"".join(charts)}'
+            '</div><p class="muted">Red dots: runs with drift.</p></section>')
+
+
+def run_page(page: RunPage) -> str:
+    """The review page of one scoring run."""
+    r = page.run
+    status = r.get("status", "?")
+    kind = {"succeeded": "ok", "failed": "bad"}.get(status, "warn")
+    drifted = page.drift.get("drifted")
+    cards = "".join([
+        card("inputs", r.get("rows")), card("scored", r.get("scored")),
+        card("failed", r.get("failed"), "bad" if r.get("failed") else ""),
+        card("flagged malignant", page.flagged_count, "bad" if page.flagged_count else "", "flagged-count"),
+        card("drift", "yes" if drifted else ("no" if page.drift.get("reference") else "n/a"),
+             "bad" if drifted else "ok"),
+    ])
+    health = [
+        {"": "status", "value": f"{status}" + (f" — {r['failure_reason']}" if r.get("failure_reason") else "")},
+        {"": "run id / date", "value": f"{r.get('run_id')} / {r.get('scored_date')}"},
+        {"": "input", "value": f"{r.get('input')} ({r.get('input_kind')})"},
+        {"": "left out of the input", "value": r.get("skipped_inputs") or "nothing"},
+        {"": "resumed rows", "value": r.get("resumed_rows")},
+        {"": "engine / TTA / batch mode", "value": f"{r.get('engine')} / {r.get('tta')} / {r.get('batch_modes')}"},
+        {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
+        {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
+        {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds')} s / "
+                                                  f"{r.get('commit_seconds', 'n/a')} s"},
+        {"": "images per second (steady / overall)",
+         "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},
+        {"": "rows per node", "value": r.get("rows_by_node")},
+    ]
+    failures = "".join(f"<p><b>{esc(reason)}</b> ({len(ids)}): <span class='mono'>"
+                       f"{esc(', '.join(ids[:50]))}{' …' if len(ids) > 50 else ''}</span></p>"
+                       for reason, ids in sorted(page.failures.items()))
+    sections = [
+        f'<section id="summary"><h2>Summary {badge(status, kind)}</h2><div class="cards">{cards}</div></section>',
+        f'<section id="flagged"><h2>Flagged lesions, most suspicious first</h2><p class="muted">{esc(page.saliency_note)}'
+        f"</p>{_lesions(page.flagged)}</section>",
+        f'<section id="borderline"><h2>Borderline: closest to the threshold</h2>{_lesions(page.borderline)}</section>',
+        _drift_section(page.drift),
+        _trend_section(page.trend),
+        f'<section id="health"><h2>Run health</h2>{table(health)}<h2 style="margin-top:14px">Failures by reason'
+        f"</h2>{failures or '<p class=muted>(none)</p>'}</section>",
+    ]
+    if page.plots:
+        metrics = r.get("metrics") or {}
+        at = metrics.get("at_threshold") or {}
+        imgs = "".join(f'<img src="{data_uri(png, "image/png")}" alt="{esc(name)}">'
+                       for name, png in page.plots.items())
+        sections.append(f'<section id="metrics"><h2>With labels: ROC-AUC {fmt((metrics.get("ranking") or {}).get("roc_auc"))}'
+                        f', sensitivity {fmt(at.get("sensitivity"))}, specificity {fmt(at.get("specificity"))} at '
+                        f'the stored threshold</h2><div class="plots">{imgs}</div></section>')
+    made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _page(f"skinray run {r.get('run_id')}", f"{esc(r.get('scored_date'))} · model {esc(r.get('model_id'))}"
+                 f" · generated {made}", sections)
+
+
+def evaluation_page(report: dict[str, Any], title: str, description: str, plots: dict[str, bytes]) -> str:
+    """The evaluation report as a page: the numbers of ``report.md``, the plots embedded."""
+    r, at, a5 = report["ranking"], report["at_threshold"], report["at_0.5"]
+    ci = report.get("roc_auc_ci95") or [None, None]
+    rows = [{"metric": k, "at 0.5": a5.get(k), "at the stored threshold": at.get(k)}
+            for k in ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "npv")]
+    sections = [
+        f'<section id="summary"><h2>Summary</h2><p>{esc(description)}</p><div class="cards">'
+        f'{card("images", report["n"])}{card("malignant", report["n_pos"])}{card("ROC-AUC", r.get("roc_auc"))}'
+        f'{card("95% CI", f"{fmt(ci[0])}–{fmt(ci[1])}")}{card("ECE", r.get("ece"))}</div></section>',
+        f'<section id="threshold"><h2>At the thresholds</h2>{table(rows)}</section>',
+    ]
+    dx = report.get("diagnosis")
+    if dx and dx.get("n"):
+        dx_rows = [{"diagnosis": c, "n": dx["support"][c], "recall": dx["recall"][c]} for c in dx["classes"]]
+        sections.append(f'<section id="diagnoses"><h2>Diagnoses: balanced accuracy {fmt(dx["balanced_accuracy"])}'
+                        f"</h2>{table(dx_rows)}</section>")
+    for name, groups in report.get("groups", {}).items():
+        sections.append(f'<section><h2>By {esc(name)}</h2>{table(groups)}</section>')
+    imgs = "".join(f'<img src="{data_uri(png, "image/png")}" alt="{esc(n)}">' for n, png in plots.items())
+    sections.append(f'<section id="plots"><h2>Plots</h2><div class="plots">{imgs}</div></section>')
+    return _page(title, esc(report.get("model_id", "")), sections)

@@ -1,0 +1,145 @@
+"""The review page of a scoring run, opened in a real headless Chromium: it renders without errors, every image
+loads, its flagged count is the table's, and its drift section flags a run built to drift and only that one.
+
+Chromium comes from Debian's `chromium` package: installed here when absent, the tests skip with the reason only
+where it cannot be installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinray import artifact, drift, storage
+from skinray.config import load_config
+from skinray.inference import ImagePredictor
+from skinray.query import run_query
+from skinray.score import score
+from skinray.synth import generate
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _find_browser() -> str | None:
+    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = _find_browser()
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    why = "no apt-get"
+    if apt and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in ([apt, "install", "-y", "-q", "chromium"], [apt, "update", "-q"],
+                        [apt, "install", "-y", "-q", "chromium"]):
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+            found = _find_browser()
+            if found:
+                return found
+            why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown"]
+    elif apt:
+        why = "not root: cannot apt-get install chromium"
+    pytest.skip(f"headless Chromium is not available and could not be installed: {why}")
+
+
+def _render(browser: str, page: str, shot: str) -> tuple[str, str]:
+    """(the DOM after the page's own checks ran, Chromium's stderr), and a screenshot."""
+    base = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--hide-scrollbars", "--virtual-time-budget=8000", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*base, "--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=180)
+    pic = subprocess.run([*base, "--window-size=1280,2600", f"--screenshot={shot}", f"file://{page}"],
+                         capture_output=True, text=True, timeout=180)
+    return dom.stdout, dom.stderr + pic.stderr
+
+
+@pytest.fixture(scope="module")
+def reference_model(model_dir, tmp_path_factory):
+    """The session's model with a validation reference measured on images from the synthetic generator."""
+    root = tmp_path_factory.mktemp("ref-model")
+    images = root / "ref-images"
+    generate(str(images), 300, image_size=64, schema="isic", seed=11)
+    files = sorted(str(p) for p in (images / "images").iterdir())
+    result, _ = ImagePredictor(model_dir).score_uris(files)
+    reference = drift.profile(result[result["error"].isna()])
+    staged = root / "staged"
+    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
+    storage.write_json(str(staged / artifact.REFERENCE_FILE), reference)
+    dest = str(root / "model")
+    artifact.write(str(staged), dest, artifact.ModelArtifact.open(model_dir).meta)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def two_nights(reference_model, ray_session, tmp_path_factory):
+    """Night 1: new images from the same generator. Night 2: the same kind of images with a colour cast."""
+    root = tmp_path_factory.mktemp("nights")
+    generate(str(root / "night1"), 240, image_size=64, schema="isic", seed=12)
+    generate(str(root / "night2"), 240, image_size=64, schema="isic", seed=13)
+    for path in (root / "night2" / "images").iterdir():
+        arr = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        arr[..., 1:] *= 0.55  # a reddish camera
+        Image.fromarray(arr.astype(np.uint8)).save(path, "JPEG", quality=90)
+    out = str(root / "out")
+    runs = {}
+    for night, date in (("night1", "2026-11-24"), ("night2", "2026-11-25")):
+        runs[night] = score(load_config(overrides={
+            "score.model": reference_model, "score.input": str(root / night / "images"), "score.out": out,
+            "score.date": date, "score.explain_top_k": 6, "score.top_k": 12}))
+    return out, runs
+
+
+def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
+    page = os.path.join(out, "runs", run["run_id"], "report.html")
+    assert os.path.getsize(page) < 5_000_000  # self-contained, thumbnails only
+    text = open(page).read()
+    assert not re.search(r"""(src|href)=["']https?://""", text), "no CDN, no internet"
+    dom, log = _render(browser, page, str(tmp_path / f"{run['run_id']}.png"))
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-checked="yes"' in body, body
+    loaded, total = map(int, re.search(r'data-images="(\d+)/(\d+)"', body).groups())
+    assert total > 0 and loaded == total, body  # every image decoded
+    assert 'data-errors="0"' in body and "Uncaught" not in log, log[-2000:]
+    shown = int(re.search(r'id="flagged-count">(\d+)<', dom).group(1))
+    table = run_query(out, f"SELECT count(*) AS n FROM scores WHERE run_id = '{run['run_id']}' "
+                           "AND predicted = 'malignant'", all_runs=True)["n"][0]
+    assert shown == table == run["flagged"]
+    with Image.open(tmp_path / f"{run['run_id']}.png") as shot:
+        assert shot.size == (1280, 2600) and len(set(shot.convert("L").getdata())) > 50  # drawn, not blank
+    return dom
+
+
+def test_review_pages_render_and_flag_only_the_drifted_night(chromium, two_nights, tmp_path):
+    out, runs = two_nights
+    calm = _check_page(chromium, out, runs["night1"], tmp_path)
+    cast = _check_page(chromium, out, runs["night2"], tmp_path)
+    assert 'data-drift="stable"' in calm and not runs["night1"]["drift"]["drifted"]
+    assert 'data-drift="drifted"' in cast and runs["night2"]["drift"]["drifted"]
+    assert {"mean_green", "mean_blue"} <= set(runs["night2"]["drift"]["flagged"])
+    assert "mean_red" not in runs["night1"]["drift"]["flagged"]
+    # both nights on the second page's trend, the drifted one marked
+    assert cast.count("<circle") >= 2 and 'fill="#c0262d"' in cast
+    assert runs["night1"]["saliency_seconds_per_image"] > 0
+    assert "Grad-CAM" in calm and calm.count('alt="saliency of') >= 1
+
+
+def test_report_command_writes_the_page_again(two_nights, tmp_path):
+    out, runs = two_nights
+    page = os.path.join(out, "runs", runs["night1"]["run_id"], "report.html")
+    os.remove(page)
+    proc = run_cli("report", out, "--date", "2026-11-24")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == page and os.path.exists(page)
+    missing = run_cli("report", out, "--date", "2026-01-01")
+    assert missing.returncode == 2 and "no committed run for 2026-01-01" in missing.stderr
