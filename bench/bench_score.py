@@ -39,9 +39,11 @@ from bench.common import (  # noqa: E402
     verdict,
 )
 
-TARGET_PIPELINE_VS_ENGINE = 0.85
+TARGET_PIPELINE_VS_ENGINE = 0.90
 TARGET_PIPELINE_VS_SEED = 20.0
 TARGET_MEMORY_RATIO = 1.2
+TARGET_TTA_COST = 1.6  # flip TTA (3 views) costs at most 1.6x one view per image
+TARGET_INT8_GAIN = 1.6  # int8 engine alone at least 1.6x float32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def decode_to_npy(paths: list[str], model_dir: str, out: str) -> dict[str, Any]:
 
 
 def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads: int, npy: str,
-                 idx: list[int], batch_size: int, policy: str) -> None:
+                 idx: list[int], batch_size: int, policy: str, tta: bool | None) -> None:
     try:
         import numpy as np
 
@@ -78,7 +80,7 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
 
         artifact = ModelArtifact.open(model_dir)
         engine = inference.make_engine(artifact, engine_name, False, threads, policy)
-        tta = inference.resolve_tta(artifact)
+        tta = inference.resolve_tta(artifact, tta)
         x = np.load(npy, mmap_mode="r")
         inference.run_views(engine, np.asarray(x[idx[:1]], dtype=np.float32), tta)  # warm-up, not timed
         for j in idx:  # fault the pages in: reading pre-decoded tensors is not what (b) measures
@@ -96,7 +98,7 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
 
 
 def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: int, threads: int,
-                 batch_size: int, policy: str = "auto") -> dict[str, Any]:
+                 batch_size: int, policy: str = "auto", tta: bool | None = None) -> dict[str, Any]:
     """(b): ``processes`` engine processes (like the actor pool), each on an interleaved share of the images.
 
     Throughput = all images / (last process done - first process started), timed after a barrier so model
@@ -108,7 +110,7 @@ def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: 
     q, barrier = ctx.Queue(), ctx.Barrier(processes)
     shares = [list(range(k, n, processes)) for k in range(processes)]
     procs = [ctx.Process(target=_engine_proc, args=(q, barrier, model_dir, engine_name, threads, npy, share,
-                                                    batch_size, policy)) for share in shares]
+                                                    batch_size, policy, tta)) for share in shares]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -255,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=["onnx", "tf"], default="onnx")
     ap.add_argument("--seed-n", type=int, default=300, help="images for the seed loop (c) (default 300)")
     ap.add_argument("--mem-factor", type=int, default=10, help="memory run on factor x N images (0 = skip)")
+    ap.add_argument("--views-and-precision", action="store_true",
+                    help="also time the engine alone with one view and with flip TTA, in float32 and (if the model "
+                    "has model.int8.onnx) int8: the cost of TTA and the gain of int8")
     ap.add_argument("--sweep", action="store_true",
                     help="also time the engine alone at other predictor batch sizes, per-image vs batched ONNX")
     ap.add_argument("--sweep-n", type=int, default=512, help="images per sweep setting (default 512)")
@@ -310,6 +315,24 @@ def main(argv: list[str] | None = None) -> int:
         log("(b) engine alone, run 3")
         b3 = engine_alone(model_dir, args.engine, npy, args.n, actors, threads, args.batch_size)
         log(f"    {b3['images_per_second']} img/s")
+
+    vp_rows: list[dict[str, Any]] = []
+    if args.views_and_precision:
+        from skinray.artifact import ModelArtifact
+
+        engines = ["onnx"] + (["onnx-int8"] if ModelArtifact.open(model_dir).meta.int8 else [])
+        settings = [(e, tta) for e in engines for tta in (False, True)]
+        measured: dict[tuple[str, bool], list[dict[str, Any]]] = {k: [] for k in settings}
+        for round_order in (settings, settings[::-1]):  # forward then reversed: load drift hits every setting alike
+            for engine_name, tta in round_order:
+                log(f"views/precision: engine alone, {engine_name}, {'flip TTA' if tta else 'one view'}")
+                measured[(engine_name, tta)].append(engine_alone(model_dir, engine_name, npy, args.n, actors, threads,
+                                                                 args.batch_size, tta=tta))
+        for (engine_name, tta), (r1, r2) in measured.items():
+            vp_rows.append({"engine": engine_name, "views": 3 if tta else 1, "images": r1["images"],
+                            "img/s round 1": r1["images_per_second"], "img/s round 2": r2["images_per_second"],
+                            "img/s mean": round((r1["images_per_second"] + r2["images_per_second"]) / 2, 2),
+                            "CPU-s/img": round((r1["cpu_s_per_image"] + r2["cpu_s_per_image"]) / 2, 4)})
 
     sweep_rows: list[dict[str, Any]] = []
     if args.sweep:
@@ -423,6 +446,20 @@ def main(argv: list[str] | None = None) -> int:
         {"process": k, "CPU s": v, "CPU ms/img": round(1000 * v / where["images"], 2), "share": round(v / total_cpu, 3)}
         for k, v in where["cpu_s_by_process"].items() if v >= 0.01 * total_cpu
     ] + [{"process": "engine alone, for comparison", "CPU ms/img": round(1000 * mean_cpu(*b_runs), 2)}]
+    if vp_rows:
+        rate = {(r["engine"], r["views"]): r["img/s mean"] for r in vp_rows}
+        tables[f"Views and precision, engine alone ({actors} process(es) x {threads} thread(s), batch "
+               f"{args.batch_size}, 2 rounds)"] = vp_rows
+        vp_ratios = [row("TTA cost: one view / flip TTA (float32), time per image", ratio(rate[("onnx", 1)],
+                                                                                         rate[("onnx", 3)]),
+                         TARGET_TTA_COST, lower=True)]
+        if ("onnx-int8", 1) in rate:
+            vp_ratios += [row("int8 / float32, one view", ratio(rate[("onnx-int8", 1)], rate[("onnx", 1)]),
+                              TARGET_INT8_GAIN),
+                          row("int8 / float32, flip TTA", ratio(rate[("onnx-int8", 3)], rate[("onnx", 3)]),
+                              TARGET_INT8_GAIN)]
+        tables["Ratios: views and precision"] = vp_ratios
+        payload["views_and_precision"] = vp_rows
     if sweep_rows:
         tables[f"Engine-alone sweep ({actors} process(es) x {threads} thread(s), {sweep_rows[0]['images']} images, "
                "2 rounds)"] = sweep_rows

@@ -34,6 +34,7 @@ from skinray.storage import StorageConfig
 
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # optional: written by `skinray export --int8` (skinray.quantize)
 META_FILE = "skinray.json"
 CONFIG_FILE = "config.yaml"
 REFERENCE_FILE = "reference.json"  # the validation split's profile, for drift checks (skinray.drift)
@@ -109,6 +110,7 @@ class ModelMeta(BaseModel):
     threshold: ThresholdChoice
     tta: bool = False
     onnx: OnnxCheck | None = None
+    int8: dict[str, Any] | None = None  # model.int8.onnx: how it was calibrated and what it changes (skinray.quantize)
     files: dict[str, str] = Field(default_factory=dict)  # file name → SHA-256 (hex)
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

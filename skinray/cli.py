@@ -188,9 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD: the latest committed run of that date (default: none)")
 
     p = add("export", "re-export a model directory into the current format (logit outputs, verified files)", """
-        skinray export --model out/old-model --out out/model-v2""")
+        skinray export --model out/old-model --out out/model-v2
+        skinray export --model out/model --out out/model-int8 --int8 out/prepared""")
     p.add_argument("--model", required=True, help="model directory to read (required)")
     p.add_argument("--out", required=True, help="new model directory to write (required)")
+    p.add_argument("--int8", metavar="PREPARED", help="also write model.int8.onnx, calibrated on this prepared "
+                   "dataset's training split and checked on its validation split (default: none)")
+    p.add_argument("--calibration-images", type=int, default=300, help="training images for the int8 calibration")
 
     p = add("doctor", "check Ray, ONNX Runtime, TensorFlow, S3 and a model before running jobs", """
         skinray doctor
@@ -340,7 +344,12 @@ def _cmd_report(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.export import export
 
-    model_id, _ = export(args.model, args.out, cfg.storage)
+    model_id, meta = export(args.model, args.out, cfg.storage, args.int8, args.calibration_images)
+    if meta.int8:
+        v = meta.int8["validation"]
+        print(f"int8 on {v['images']} validation images: ROC-AUC {v['roc_auc_float']} → {v['roc_auc_int8']}, largest "
+              f"probability change {v['max_abs_prob_change']:.4f}, sensitivity at the threshold "
+              f"{v['sensitivity_float']} → {v['sensitivity_int8']}")
     print(f"model {model_id} written to {args.out}")
 
 

@@ -48,7 +48,7 @@ class ManifestConfig(_Section):
 class InferenceConfig(_Section):
     """How a model scores, shared by evaluate, score and predict."""
 
-    engine: Literal["onnx", "tf"] = "onnx"
+    engine: Literal["onnx", "onnx-int8", "tf"] = "onnx"  # onnx-int8: the model's int8 graph (skinray export --int8)
     tta: bool | None = None  # None = as the model was calibrated (skinray.json "tta")
     # auto: each scoring actor times one image per call against whole batches on its first batches and keeps the
     # faster (recorded in run.json); per_image / batch force one

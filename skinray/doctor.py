@@ -71,29 +71,36 @@ def check_onnxruntime(report: Report) -> None:
 
 
 def check_tensorflow(report: Report) -> None:
-    try:
+    def probe() -> str:
         from skinray.runtime import import_tensorflow
 
         tf = import_tensorflow()
-    except ImportError as exc:
-        report.add("tensorflow", False, f"cannot import TensorFlow: {exc}")
-        return
-    gpus = tf.config.list_physical_devices("GPU")
-    report.add("tensorflow", True, f"{tf.__version__}, {len(gpus)} GPU(s) visible here")
+        return f"{tf.__version__}, {len(tf.config.list_physical_devices('GPU'))} GPU(s) visible here"
+
+    _attempt(report, "tensorflow", probe)
 
 
 def check_ray(report: Report) -> None:
-    from skinray.runtime import ensure_ray
+    def probe() -> str:
+        from skinray.runtime import ensure_ray
 
-    try:
         ray = ensure_ray()
+        resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return (f"{ray.__version__} at {os.environ.get('RAY_ADDRESS') or 'a local instance'}: {len(nodes)} node(s), "
+                f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+
+    _attempt(report, "ray", probe)
+
+
+def _attempt(report: Report, name: str, probe: Any) -> None:
+    """One check: ``probe()`` says what it found, an exception is the failure."""
+    try:
+        detail = probe()
     except Exception as exc:
-        report.add("ray", False, f"cannot connect: {str(exc).splitlines()[0]}")
+        report.add(name, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return
-    resources = ray.cluster_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    report.add("ray", True, f"{ray.__version__} at {os.environ.get('RAY_ADDRESS') or 'a local instance'}: "
-               f"{len(nodes)} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+    report.add(name, True, detail)
 
 
 def check_uri(report: Report, uri: str, cfg: SkinrayConfig, must_exist: bool = True) -> None:

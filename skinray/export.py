@@ -16,7 +16,10 @@ import time
 from typing import Any
 
 from skinray import SkinrayError, artifact, storage
-from skinray.artifact import CONFIG_FILE, META_FILE, MODEL_FILE, ONNX_FILE, ModelMeta, Outputs, Preprocessing
+from skinray import quantize
+from skinray.artifact import (CONFIG_FILE, INT8_FILE, META_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
+                              Outputs, Preprocessing)
+from skinray.config import ImageConfig
 from skinray.model import DX_LOGITS, LOGIT, export_onnx
 from skinray.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
 from skinray.runtime import import_tensorflow, versions
@@ -42,8 +45,40 @@ def _v1_to_meta(old: dict[str, Any], created: str) -> dict[str, Any]:
     }
 
 
-def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = None) -> tuple[str, ModelMeta]:
-    """Re-export ``model_uri`` into ``out_uri`` (a new directory); returns (model id, description)."""
+def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared: str, n: int, seed: int,
+          storage_cfg: StorageConfig | None) -> dict[str, Any]:
+    """``model.int8.onnx`` beside ``model.onnx``, and what it changes on the validation split."""
+    from skinray.inference import OnnxEngine
+    from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
+    from skinray.prepare import load_prepared
+
+    rows = load_prepared(prepared, storage_cfg)
+    pre = fields["preprocessing"]
+    image_cfg = ImageConfig(size=pre["size"] if isinstance(pre, dict) else pre.size,
+                            resize=pre["resize"] if isinstance(pre, dict) else pre.resize)
+    sample = quantize.calibration_rows(rows[rows["split"] == "train"], n, seed)
+    log.info("int8: calibrating on %d training images, checking on the validation split", len(sample))
+    quantize.quantize(os.path.join(out_dir, ONNX_FILE), os.path.join(out_dir, INT8_FILE), sample,
+                      storage_cfg or StorageConfig(), image_cfg)
+    outputs = {k: v for k, v in names.items()}
+    op = OperatingPoint(Calibration.model_validate(fields["calibration"]),
+                        ThresholdChoice.model_validate(fields["threshold"]))
+    checked = quantize.check(OnnxEngine(os.path.join(out_dir, ONNX_FILE), outputs, policy="batch"),
+                             OnnxEngine(os.path.join(out_dir, INT8_FILE), outputs, policy="batch"),
+                             rows[rows["split"] == "val"], op, bool(fields.get("tta")),
+                             storage_cfg or StorageConfig(), image_cfg)
+    return {"file": INT8_FILE, "format": "QDQ, weights int8 per channel, activations uint8 (MinMax)",
+            "calibration": {"source": prepared, "split": "train", "images": int(len(sample)), "seed": seed},
+            "validation": checked}
+
+
+def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = None,
+           int8_from: str | None = None, calibration_images: int = 300, seed: int = 0) -> tuple[str, ModelMeta]:
+    """Re-export ``model_uri`` into ``out_uri`` (a new directory); returns (model id, description).
+
+    With ``int8_from`` (a prepared dataset) an int8 graph is added, calibrated on ``calibration_images`` training
+    images and checked on the validation split (:mod:`skinray.quantize`).
+    """
     import_tensorflow()
     import keras
 
@@ -59,7 +94,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
     with tempfile.TemporaryDirectory() as work:
         if old.get("format_version") == artifact.FORMAT_VERSION:
             opened = artifact.ModelArtifact.open(src, storage_cfg)  # verified: hashes and schema
-            fields = opened.meta.model_dump(exclude={"files", "onnx", "outputs", "versions", "created_at"})
+            fields = opened.meta.model_dump(exclude={"files", "onnx", "outputs", "versions", "created_at", "int8"})
             keras_path, diagnoses = opened.path(MODEL_FILE), opened.diagnoses
         elif old.get("format_version") == 1:
             fields = _v1_to_meta(old, created)
@@ -81,9 +116,12 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
         size = fields["preprocessing"].size if hasattr(fields["preprocessing"], "size") \
             else fields["preprocessing"]["size"]
         names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), int(size))
-        if storage.exists(storage.join(src, CONFIG_FILE), storage_cfg):
-            with open(os.path.join(out_dir, CONFIG_FILE), "wb") as f:
-                f.write(storage.read_bytes(storage.join(src, CONFIG_FILE), storage_cfg))
+        for name in (CONFIG_FILE, REFERENCE_FILE):  # carried over as they are
+            if storage.exists(storage.join(src, name), storage_cfg):
+                with open(os.path.join(out_dir, name), "wb") as f:
+                    f.write(storage.read_bytes(storage.join(src, name), storage_cfg))
+        if int8_from:
+            fields["int8"] = _int8(out_dir, names, fields, int8_from, calibration_images, seed, storage_cfg)
         meta = ModelMeta(**{**fields, "created_at": created,
                             "outputs": Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS),
                                                diagnoses=diagnoses if DX_LOGITS in names else []),
@@ -91,6 +129,8 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
         if parity > artifact.ONNX_PARITY_LIMIT:
             raise SkinrayError(f"the exported ONNX graph differs from Keras by {parity:.2e}: not written")
         model_id, meta = artifact.write(out_dir, out_uri, meta, storage_cfg)
-    log.info("exported %s to %s (model %s, ONNX parity %.1e)", src, out_uri, model_id, parity)
+    log.info("exported %s to %s (model %s, ONNX parity %.1e%s)", src, out_uri, model_id, parity,
+             "" if meta.int8 is None else ", int8: validation ROC-AUC change {}, largest probability change {:.4f}"
+             .format(meta.int8["validation"]["roc_auc_change"], meta.int8["validation"]["max_abs_prob_change"] or 0))
     return model_id, meta
 

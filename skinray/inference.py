@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from skinray import SkinrayError, images, storage
-from skinray.artifact import MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
+from skinray.artifact import INT8_FILE, MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
 from skinray.model import DX_LOGITS, LOGIT, forward
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, import_tensorflow, wait_for_gpus
@@ -124,8 +124,12 @@ def check_engine(artifact: ModelArtifact, engine: str) -> None:
     if engine == "tf":
         artifact.path(MODEL_FILE)  # a clear error when the directory has no Keras model
         return
+    if engine == "onnx-int8":
+        if artifact.meta.int8 is None or INT8_FILE not in artifact.meta.files:
+            raise SkinrayError(f"{artifact.uri} has no int8 graph: add one with `skinray export --int8`")
+        return
     if engine != "onnx":
-        raise SkinrayError(f"unknown engine {engine!r}: use onnx or tf")
+        raise SkinrayError(f"unknown engine {engine!r}: use onnx, onnx-int8 or tf")
     check = artifact.meta.onnx
     if ONNX_FILE not in artifact.meta.files or check is None:
         raise SkinrayError(f"{artifact.uri} has no checked {ONNX_FILE}: use --engine tf or `skinray export` it")
@@ -142,7 +146,8 @@ def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = F
     outputs = {LOGIT: artifact.meta.outputs.logit}
     if artifact.meta.outputs.dx_logits:
         outputs[DX_LOGITS] = artifact.meta.outputs.dx_logits
-    return OnnxEngine(artifact.path(ONNX_FILE), outputs, use_gpu=use_gpu, threads=threads, policy=policy)
+    path = artifact.path(INT8_FILE if engine == "onnx-int8" else ONNX_FILE)
+    return OnnxEngine(path, outputs, use_gpu=use_gpu, threads=threads, policy=policy)
 
 
 def resolve_tta(artifact: ModelArtifact, override: bool | None = None) -> bool:

@@ -57,16 +57,22 @@ ArrayLike = Any  # list, numpy array or pandas Series
 # --- validation and conversion ---------------------------------------------------------------------------------
 
 
+def _vector(values: ArrayLike, name: str, expected: str, shape_hint: str = "") -> np.ndarray:
+    """A non-empty 1-D float64 array, or ValueError naming ``name`` and what it should hold."""
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be {expected}: {e}") from None
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D{shape_hint}, got shape {v.shape}")
+    if v.size == 0:
+        raise ValueError(f"{name} is empty")
+    return v
+
+
 def as_prob(prob: ArrayLike, name: str = "prob") -> np.ndarray:
     """1-D float64 probabilities; raise on NaN/inf, out-of-range values or a non-1-D shape."""
-    try:
-        p = np.asarray(prob, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numeric probabilities: {e}") from None
-    if p.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one P(malignant) per case), got shape {p.shape}")
-    if p.size == 0:
-        raise ValueError(f"{name} is empty")
+    p = _vector(prob, name, "numeric probabilities", " (one P(malignant) per case)")
     bad = ~np.isfinite(p)
     if bad.any():
         raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {int(np.argmax(bad))}")
@@ -77,14 +83,7 @@ def as_prob(prob: ArrayLike, name: str = "prob") -> np.ndarray:
 
 def as_labels(y_true: ArrayLike) -> np.ndarray:
     """1-D int64 labels in {0, 1}; raise on anything else (NaN, 2, 'malignant', ...)."""
-    try:
-        y = np.asarray(y_true, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"y_true must be 0/1 labels: {e}") from None
-    if y.ndim != 1:
-        raise ValueError(f"y_true must be 1-D, got shape {y.shape}")
-    if y.size == 0:
-        raise ValueError("y_true is empty")
+    y = _vector(y_true, "y_true", "0/1 labels")
     bad = ~np.isin(y, (0.0, 1.0))
     if bad.any():
         raise ValueError(

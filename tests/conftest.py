@@ -121,3 +121,21 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     """The installed command line in a fresh process (as a user or a Ray job would run it)."""
     return subprocess.run([sys.executable, "-m", "skinray", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def noisy_scores(n: int = 500, seed: int = 0, shift: float = 0.2):
+    """Labels and overlapping probabilities: a classifier that is better than chance, not perfect."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.clip(rng.normal(0.4 + shift * y, 0.2), 0.0, 1.0)
+    return y, p
+
+
+def assert_png(path: str) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width > 100 and im.height > 100

@@ -54,3 +54,14 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
         if g["n_pos"]:
             assert g["sensitivity"] == pytest.approx(recall_score(rows.label, rows.prob_malignant >= thr))
     assert "## By dx" in open(os.path.join(out, "report.md")).read()
+    # the seven-class view: balanced multiclass accuracy over the model's diagnoses, as sklearn computes it
+    from sklearn.metrics import balanced_accuracy_score
+
+    dx = report["diagnosis"]
+    known = ok[ok.dx.str.lower().isin(dx["classes"])]
+    assert dx["n"] == len(known) and set(known.dx_pred) <= set(dx["classes"])
+    assert dx["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(known.dx.str.lower(), known.dx_pred))
+    assert (ok.dx_probs.notna()).all() and "Diagnoses" in open(os.path.join(out, "report.md")).read()
+    Image.open(os.path.join(out, "diagnosis_confusion.png")).verify()
+    page = open(os.path.join(out, "report.html")).read()
+    assert page.startswith("<!DOCTYPE html>") and "ROC-AUC" in page and "data:image/png;base64," in page

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
@@ -25,18 +24,7 @@ from sklearn.metrics import (
 
 from skinray import metrics as M
 
-
-def _data(n: int = 500, seed: int = 0, shift: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    p = np.clip(rng.normal(0.4 + shift * y, 0.2), 0.0, 1.0)
-    return y, p
-
-
-def _is_png(path: str) -> None:
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        assert im.width > 100 and im.height > 100
+from conftest import noisy_scores
 
 
 # --- threshold metrics -----------------------------------------------------------------------------------------
@@ -44,7 +32,7 @@ def _is_png(path: str) -> None:
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.62])
 def test_threshold_metrics_match_sklearn(threshold: float) -> None:
-    y, p = _data()
+    y, p = noisy_scores()
     pred = (p >= threshold).astype(int)
     m = M.threshold_metrics(list(y), pd.Series(p), threshold)  # list and Series inputs accepted
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
@@ -70,7 +58,7 @@ def test_threshold_metrics_undefined_is_none() -> None:
 
 
 def test_ranking_metrics_match_sklearn() -> None:
-    y, p = _data(seed=1)
+    y, p = noisy_scores(seed=1)
     r = M.ranking_metrics(y, p)
     assert r["roc_auc"] == pytest.approx(roc_auc_score(y, p))
     assert r["pr_auc"] == pytest.approx(average_precision_score(y, p))
@@ -93,7 +81,7 @@ def test_ece_hand_case() -> None:
 
 
 def test_ece_bins_agree_with_calibration_curve() -> None:
-    y, p = _data(seed=2)
+    y, p = noisy_scores(seed=2)
     p = np.concatenate([p, [0.1, 0.2, 0.9]])  # points exactly on bin edges
     y = np.concatenate([y, [1, 0, 1]])
     prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
@@ -119,7 +107,7 @@ def test_sens_spec_at_90_known_case() -> None:
 
 
 def test_vectorised_resample_auc_equals_sklearn() -> None:
-    y, p = _data(n=300, seed=3)
+    y, p = noisy_scores(n=300, seed=3)
     p = np.round(p, 2)  # plenty of ties
     uniq, rank = np.unique(p, return_inverse=True)
     idx = np.random.default_rng(0).integers(0, len(y), size=(25, len(y)))
@@ -129,8 +117,8 @@ def test_vectorised_resample_auc_equals_sklearn() -> None:
 
 
 def test_bootstrap_ci_contains_auc_and_narrows() -> None:
-    y_small, p_small = _data(n=200, seed=4)
-    y_big, p_big = _data(n=2000, seed=4)
+    y_small, p_small = noisy_scores(n=200, seed=4)
+    y_big, p_big = noisy_scores(n=2000, seed=4)
     lo_s, hi_s = M.bootstrap_auc_ci(y_small, p_small, n_boot=500, seed=0)
     t0 = time.perf_counter()
     lo_b, hi_b = M.bootstrap_auc_ci(y_big, p_big, n_boot=1000, seed=0)
@@ -152,7 +140,7 @@ def test_bootstrap_skips_single_class_resamples() -> None:
 
 
 def test_full_report_structure_and_json() -> None:
-    y, p = _data(seed=5)
+    y, p = noisy_scores(seed=5)
     r = M.full_report(y, p, threshold=0.45, n_boot=200)
     assert set(r) >= {"n", "n_pos", "ranking", "roc_auc_ci95", "at_0.5", "at_threshold", "warnings"}
     assert r["at_0.5"]["threshold"] == 0.5 and r["at_threshold"]["threshold"] == 0.45
@@ -176,7 +164,7 @@ def test_single_class_does_not_raise(label: int) -> None:
 
 
 def test_grouped_report() -> None:
-    y, p = _data(n=400, seed=6)
+    y, p = noisy_scores(n=400, seed=6)
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"label": y, "prob_malignant": p, "site": rng.choice(["back", "face", "leg"], len(y))})
     df.loc[:9, "site"] = "palm"  # tiny group -> no AUC
@@ -242,7 +230,6 @@ def test_grouped_report_treats_pandas_na_as_missing() -> None:
                        "prob_malignant": [0.9, 0.2, 0.1, 0.7]})
     rows = {g["group"]: g for g in M.grouped_report(df, "dx", 0.5)}
     assert set(rows) == {"mel", "nv", None} and rows[None]["n"] == 2 and rows[None]["n_pos"] == 1
-
 
 
 def test_multiclass_report_matches_sklearn() -> None:

@@ -11,12 +11,7 @@ from skinray import metrics as M
 from skinray import operating_point as O
 from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
 
-
-def _data(n: int = 500, seed: int = 0, shift: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    p = np.clip(rng.normal(0.4 + shift * y, 0.2), 0.0, 1.0)
-    return y, p
+from conftest import noisy_scores
 
 
 # --- thresholds and temperature --------------------------------------------------------------------------------
@@ -32,7 +27,7 @@ def test_choose_threshold_youden_separable() -> None:
 
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
 def test_choose_threshold_sensitivity_policy(target: float) -> None:
-    y, p = _data(seed=8)
+    y, p = noisy_scores(seed=8)
     c = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
     assert c["sensitivity"] >= target and 0.0 < c["threshold"] < 1.0
     assert c["sensitivity"] == pytest.approx(recall_score(y, p >= c["threshold"]))
@@ -46,7 +41,7 @@ def test_choose_threshold_sensitivity_policy(target: float) -> None:
 def test_choose_threshold_with_confidence_bound(target: float, confidence: float) -> None:
     from scipy.stats import binomtest
 
-    y, p = _data(seed=10)
+    y, p = noisy_scores(seed=10)
     plain = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target)
     c = O.choose_threshold(y, p, "sensitivity", target_sensitivity=target, confidence=confidence)
     n_pos = int(y.sum())
@@ -69,7 +64,7 @@ def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
 
 
 def test_choose_threshold_fixed_and_errors() -> None:
-    y, p = _data(seed=9)
+    y, p = noisy_scores(seed=9)
     assert O.choose_threshold(y, p, "fixed")["threshold"] == 0.5
     with pytest.raises(ValueError):
         O.choose_threshold(y, p, "sensitivity")

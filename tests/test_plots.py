@@ -9,25 +9,14 @@ from PIL import Image
 from skinray import metrics as M
 from skinray import plots as P
 
-
-def _data(n: int = 500, seed: int = 0, shift: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    p = np.clip(rng.normal(0.4 + shift * y, 0.2), 0.0, 1.0)
-    return y, p
-
-
-def _is_png(path: str) -> None:
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        assert im.width > 100 and im.height > 100
+from conftest import assert_png, noisy_scores
 
 
 # --- plots -----------------------------------------------------------------------------------------------------
 
 
 def test_plots_write_pngs(tmp_path) -> None:  # noqa: ANN001
-    y, p = _data(seed=11)
+    y, p = noisy_scores(seed=11)
     paths = [
         P.plot_roc(y, p, tmp_path / "roc.png", threshold=0.5),
         P.plot_pr(y, p, tmp_path / "pr.png"),
@@ -38,16 +27,16 @@ def test_plots_write_pngs(tmp_path) -> None:  # noqa: ANN001
     ]
     for path in paths:
         assert isinstance(path, str)
-        _is_png(path)
+        assert_png(path)
 
 
 def test_plots_single_class_and_no_pyplot_leak(tmp_path) -> None:  # noqa: ANN001
     import sys
 
     y, p = np.zeros(10, int), np.linspace(0, 1, 10)
-    _is_png(P.plot_roc(y, p, tmp_path / "roc1.png", threshold=0.5))
-    _is_png(P.plot_pr(y, p, tmp_path / "pr1.png"))
-    _is_png(P.plot_confusion(y, p, 0.5, tmp_path / "cm1.png"))
+    assert_png(P.plot_roc(y, p, tmp_path / "roc1.png", threshold=0.5))
+    assert_png(P.plot_pr(y, p, tmp_path / "pr1.png"))
+    assert_png(P.plot_confusion(y, p, 0.5, tmp_path / "cm1.png"))
     if "matplotlib.pyplot" in sys.modules:  # something else imported pyplot: make sure we left no figures
         import matplotlib.pyplot as plt
 
@@ -96,8 +85,7 @@ def test_contact_sheet_mismatch() -> None:
         P.contact_sheet(_images(2), ["a", "b"], "unused.png", highlight=[True])
 
 
-
 def test_diagnosis_confusion_plot(tmp_path) -> None:  # noqa: ANN001
     classes = ["bkl", "mel", "nv"]
     report = M.multiclass_report(["mel", "nv", "bkl", "nv"], ["mel", "nv", "nv", "nv"], classes)
-    _is_png(P.plot_diagnosis_confusion(report, tmp_path / "dx.png"))
+    assert_png(P.plot_diagnosis_confusion(report, tmp_path / "dx.png"))
