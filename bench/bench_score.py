@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--actors", type=int, default=0, help="score.actors (0 = one per CPU)")
     ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=32, help="rows per predictor call (score.batch_size)")
-    ap.add_argument("--engine", choices=["onnx", "tf"], default="onnx")
+    ap.add_argument("--engine", choices=["onnx", "onnx-int8", "tf"], default="onnx")
     ap.add_argument("--seed-n", type=int, default=300, help="images for the seed loop (c) (default 300)")
     ap.add_argument("--mem-factor", type=int, default=10, help="memory run on factor x N images (0 = skip)")
     ap.add_argument("--views-and-precision", action="store_true",

@@ -248,6 +248,9 @@ class ModelArtifact:
             return json.load(f)
 
     def load_keras(self) -> Any:
+        from skinray.runtime import import_tensorflow
+
+        import_tensorflow()  # quietly, before Keras pulls it in
         import keras
 
         return keras.saving.load_model(self.path(MODEL_FILE), safe_mode=True, compile=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, get_args
 
 from skinray import SkinrayError, __version__, console
-from skinray.config import SkinrayConfig, load_config
+from skinray.config import InferenceConfig, SkinrayConfig, load_config
 
 DEFAULTS = SkinrayConfig()
 
@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     def tta(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--engine", choices=["onnx", "tf"], help="inference engine " + _default("inference.engine"))
+        p.add_argument("--engine", choices=list(get_args(InferenceConfig.model_fields["engine"].annotation)),
+                       help="inference engine: onnx-int8 needs the model's int8 graph (skinray export --int8) "
+                       + _default("inference.engine"))
         p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="average over flips " + _default("inference.tta"))
 

@@ -12,6 +12,7 @@ import os
 import posixpath
 import string
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import pyarrow.fs as pafs
 
@@ -33,10 +34,11 @@ def unsafe_id(value: str) -> bool:
     )
 
 
-def template_fields(template: str) -> list[str]:
+@lru_cache(maxsize=32)
+def template_fields(template: str) -> tuple[str, ...]:
     """The column names a template such as ``{images}/{lesion_id}/{isic_id}.jpg`` reads."""
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name is not None)
     except ValueError as exc:
         raise SkinrayError(f"image template {template!r} is not a valid template: {exc}") from exc
 

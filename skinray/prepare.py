@@ -6,8 +6,8 @@ reason``), ``report.json`` (written last: its presence means the directory is co
 
 from __future__ import annotations
 
-import time
 import logging
+import time
 from typing import Any
 
 import numpy as np

@@ -28,7 +28,7 @@ from skinray.storage import StorageConfig
 from skinray.train_data import decode_rows
 
 log = logging.getLogger("skinray.quantize")
-CALIBRATION_BATCH = 16
+CALIBRATION_BATCH = 1  # one image per call: histogram calibrators need every batch to have the same shape
 
 
 class _Batches:

@@ -116,7 +116,8 @@ def sparkline(values: Sequence[float | None], labels: Sequence[str], title: str,
             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccd"/>'
             f'<path d="{path}" fill="none" stroke="#2f6fd6" stroke-width="2"/>{dots}'
             f'<text x="{pad}" y="{h - 8}" font-size="10" fill="#6a7383">{esc(labels[0])}</text>'
-            f'<text x="{w - pad}" y="{h - 8}" font-size="10" fill="#6a7383" text-anchor="end">{esc(labels[-1])}</text>'
+            + (f'<text x="{w - pad}" y="{h - 8}" font-size="10" fill="#6a7383" text-anchor="end">{esc(labels[-1])}'
+               "</text>" if len(labels) > 1 else "") +
             f'<text x="2" y="{pad}" font-size="10" fill="#6a7383">{show(hi)}</text>'
             f'<text x="2" y="{h - pad}" font-size="10" fill="#6a7383">{show(lo)}</text></svg></div>')
 
@@ -157,7 +158,7 @@ def _lesions(items: list[Lesion]) -> str:
         dx = f" · {esc(it.dx_pred)}" if it.dx_pred else ""
         cards.append(f'<div class="lesion {esc(it.predicted)}"><img src="{it.image}" alt="{esc(it.isic_id)}">'
                      f'{overlay}<div class="cap"><b class="mono">{esc(it.isic_id)}</b><br>P(malignant) '
-                     f'{it.prob:.3f} · {esc(it.predicted)}{dx}{(" · " + esc(it.note)) if it.note else ""}</div></div>')
+                     f'{it.prob:.4f} · {esc(it.predicted)}{dx}{(" · " + esc(it.note)) if it.note else ""}</div></div>')
     return '<div class="grid">' + "".join(cards) + "</div>"
 
 
@@ -220,7 +221,8 @@ def run_page(page: RunPage) -> str:
         {"": "engine / TTA / batch mode", "value": f"{r.get('engine')} / {r.get('tta')} / {r.get('batch_modes')}"},
         {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
         {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
-        {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds')} s / "
+        {"": "table version", "value": r.get("table_version", "not committed")},
+        {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds', 0)} s / "
                                                   f"{r.get('commit_seconds', 'n/a')} s"},
         {"": "images per second (steady / overall)",
          "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},

@@ -30,7 +30,7 @@ log = logging.getLogger("skinray")
 def quiet_env(verbose: bool = False) -> dict[str, str]:
     """Environment for every skinray process (driver, Train workers, Data actors): libraries' chatter off."""
     if verbose:
-        return {"TF_CPP_MIN_LOG_LEVEL": "1"}
+        return {"TF_CPP_MIN_LOG_LEVEL": "1", "SKINRAY_VERBOSE": "1"}
     return {"TF_CPP_MIN_LOG_LEVEL": "3", "ABSL_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR",
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"), "SKINRAY_QUIET": "1"}
 

@@ -190,11 +190,11 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
         if summary["drift"]["drifted"]:
             log.warning("run %s drifted from the model's validation reference: %s", run_id,
                         ", ".join(summary["drift"]["flagged"]))
-        summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
         summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        wall_seconds=round(time.time() - started, 2))
         if summary["status"] == "failed":
             storage.write_parquet(staged.rows, storage.join(runs.run_dir(out, run_id), "rows.parquet"), st)
+            summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
             runs.write(out, summary, st)
             staging.clear(out, run_id, st)
             raise SkinrayError(summary["failure_reason"] + f"; the rows are in {runs.run_dir(out, run_id)}"
@@ -210,6 +210,8 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
         summary["commit_seconds"] = round(time.time() - commit_started, 3)
         if s.fail_at == "after_commit":
             os._exit(137)  # fault injection (tests): killed after the commit, before run.json says so
+        # the pictures and the review page after the commit: they show the table version and every timing
+        summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
         runs.write(out, summary, st)
         staging.clear(out, run_id, st)
     return summary

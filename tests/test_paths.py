@@ -29,7 +29,7 @@ def test_image_uri_resolution():
 
 def test_template_columns_are_checked_like_ids():
     t = "{images}/{lesion_id}/{isic_id}.jpg"
-    assert paths.template_fields(t) == ["images", "lesion_id", "isic_id"]
+    assert paths.template_fields(t) == ("images", "lesion_id", "isic_id")
     assert not paths.unsafe_columns(t, {"lesion_id": "HAM_1"})
     assert paths.unsafe_columns(t, {"lesion_id": "../data/images"})
     assert paths.unsafe_columns(t, {"lesion_id": ".."})

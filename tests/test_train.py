@@ -34,7 +34,10 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     assert meta.architecture["input_scaling"].startswith("[-1, 1]")
     assert len(meta.data["fingerprint"]) == 64
     assert meta.versions["ray"] and meta.weights_source.startswith("none")
-    assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml"} and len(art.model_id) == 16
+    assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json"}
+    assert len(art.model_id) == 16
+    # the validation profile that scoring runs are checked for drift against
+    assert art.reference()["rows"] == meta.data["val_rows"]
     # both workers ran (and said where): the placement is part of the model's provenance
     assert [w["rank"] for w in meta.training["workers"]] == [0, 1]
     # the diagnosis output is part of the exported model: one logit per training-split diagnosis
