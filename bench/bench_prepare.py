@@ -135,12 +135,12 @@ def run_prepare(manifest: str, out: str) -> dict[str, Any]:
         "split, impute, write": t1 - at.get("check_end", t0),
     }
     return {
-        "rows": report["rows_in"],
-        "kept": report["kept"],
-        "rejected": report["rejected"],
-        "rejected_by_reason": report["rejected_by_reason"],
+        "rows": report.rows_in,
+        "kept": report.kept,
+        "rejected": report.rejected,
+        "rejected_by_reason": report.rejected_by_reason,
         "seconds": round(t.seconds, 2),
-        "rows_per_second": round(report["rows_in"] / t.seconds, 1),
+        "rows_per_second": round(report.rows_in / t.seconds, 1),
         "phases": {k: round(v, 2) for k, v in phases.items()},
         "peak_mb": round(mem.peak_mb, 1),
         "start_mb": round(mem.start_mb, 1),

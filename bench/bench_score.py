@@ -218,25 +218,25 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
             summary = score_mod.score(cfg)
     finally:
         inference.predict_dataset = original
-    if summary["failed"]:
-        log(f"WARNING: {summary['failed']} images failed: {summary['failed_by_reason']}")
+    if summary.failed:
+        log(f"WARNING: {summary.failed} images failed: {summary.failed_by_reason}")
     return {
         "label": label,
-        "images": summary["rows"],
-        "failed": summary["failed"],
-        "actors": summary["actors"],
+        "images": summary.rows,
+        "failed": summary.failed,
+        "actors": summary.record["actors"],
         "wall_total": round(t.seconds, 2),  # score() call including reports and the commit
-        "commit_seconds": summary["commit_seconds"],  # writing the table's data files + the one Delta commit
-        "wall_summary": summary["wall_seconds"],  # run.json: start .. last part written
-        "startup": summary["startup_seconds"],
-        "steady_summary": summary["images_per_second_steady"],
-        "overall_summary": summary["images_per_second_overall"],
-        **_steady_from_trace(trace, summary["actors"]),
+        "commit_seconds": summary.record["commit_seconds"],  # writing the table's data files + the one Delta commit
+        "wall_summary": summary.wall_seconds,  # run.json: start .. last part written
+        "startup": summary.record["startup_seconds"],
+        "steady_summary": summary.images_per_second_steady,
+        "overall_summary": summary.images_per_second_overall,
+        **_steady_from_trace(trace, summary.record["actors"]),
         "peak_mb": round(mem.peak_mb, 1),
         "start_mb": round(mem.start_mb, 1),
         "processes_at_peak": mem.peak_processes,
         "mem_samples": mem.samples,
-        "cpu_s_per_image": round(mem.cpu_seconds / max(summary["rows"], 1), 4),
+        "cpu_s_per_image": round(mem.cpu_seconds / max(summary.rows, 1), 4),
         "cpu_s_by_process": {k: round(v, 2) for k, v in mem.cpu_by_process().items()},
         "arrivals": [[round(t - t_pipeline[0], 2), r] for t, r in trace],  # (s after the plan was built, rows)
     }

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skinray import SkinrayError, storage
 from skinray.config import ImageConfig
+from skinray.metrics import CLASS_NAMES
 from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
 from skinray.storage import StorageConfig
 
@@ -41,7 +42,6 @@ REFERENCE_FILE = "reference.json"  # the validation split's profile, for drift c
 FORMAT_VERSION = 2
 ONNX_PARITY_LIMIT = 1e-4
 MAX_META_BYTES = 32 * 1024 * 1024
-CLASS_NAMES = ("benign", "malignant")
 PREPROCESSING_VERSION = 1
 
 
@@ -135,14 +135,23 @@ def _schema_error(uri: str, exc: ValidationError) -> SkinrayError:
     return SkinrayError(f"{uri}: {META_FILE} is not a valid skinray model description ({where}: {first['msg']})")
 
 
-def parse_meta(raw: bytes, uri: str) -> ModelMeta:
-    """Bytes of ``skinray.json`` → :class:`ModelMeta`, or one line that says what is wrong."""
+def read_meta_json(uri: str, storage_cfg: StorageConfig | None = None, raw: bytes | None = None) -> dict[str, Any]:
+    """``skinray.json`` of any format version as a JSON object (bounded in size), or one line that says why not;
+    :func:`parse_meta` then holds it to the current schema, ``skinray export`` upgrades older ones."""
+    if raw is None:
+        raw = storage.read_bytes(storage.join(uri, META_FILE), storage_cfg, max_bytes=MAX_META_BYTES)
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=lambda c: float(c))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SkinrayError(f"{uri}: {META_FILE} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise SkinrayError(f"{uri}: {META_FILE} must hold a JSON object")
+    return data
+
+
+def parse_meta(raw: bytes, uri: str) -> ModelMeta:
+    """Bytes of ``skinray.json`` → :class:`ModelMeta`, or one line that says what is wrong."""
+    data = read_meta_json(uri, raw=raw)
     version = data.get("format_version")
     if version == 1:
         raise SkinrayError(f"{uri}: model format 1 (sigmoid output, no file hashes) is no longer scored; "

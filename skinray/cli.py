@@ -262,17 +262,20 @@ def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     summary = generate(args.out, args.n, image_size=args.image_size, schema=args.schema,
                        malignant_fraction=args.malignant_fraction, seed=args.seed, corrupt=args.corrupt,
                        missing=args.missing, storage=cfg.storage)
-    print(f"wrote {summary['n']} rows ({summary['malignant']} malignant) to {args.out}")
+    console.say(f"wrote {summary['n']} rows ({summary['malignant']} malignant) to {args.out}",
+                rows=summary["n"], malignant=summary["malignant"], out=args.out)
 
 
 def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.prepare import prepare
 
     r = prepare(cfg)
-    print(f"kept {r['kept']:,} of {r['rows_in']:,} rows; rejected {r['rejected']:,} {r['rejected_by_reason']}")
-    for name, s in r["splits"].items():
-        print(f"  {name:5s} {s['rows']:>7,} rows ({s['share']:.1%}), malignant {s['malignant_fraction']}")
-    print(f"lesions shared between splits: {r['lesions_in_two_splits']}; wrote {cfg.prepare.out}")
+    lines = [f"kept {r.kept:,} of {r.rows_in:,} rows; rejected {r.rejected:,} {r.rejected_by_reason}"]
+    lines += [f"  {name:5s} {s['rows']:>7,} rows ({s['share']:.1%}), malignant {s['malignant_fraction']}"
+              for name, s in r.splits.items()]
+    lines.append(f"lesions shared between splits: {r.lesions_in_two_splits}; wrote {cfg.prepare.out}")
+    console.say("\n".join(lines), rows_in=r.rows_in, kept=r.kept, rejected=r.rejected,
+                rejected_by_reason=r.rejected_by_reason, splits=r.splits, out=cfg.prepare.out)
 
 
 def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -281,34 +284,37 @@ def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
     meta = train(cfg)
     auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
-    print(f"model: {cfg.train.out}  best epoch {meta.training['best_epoch']}, val ROC-AUC "
-          f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
-          f"({describe(meta.threshold)})")
+    console.say(f"model: {cfg.train.out}  best epoch {meta.training['best_epoch']}, val ROC-AUC "
+                f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
+                f"({describe(meta.threshold)})", out=cfg.train.out, best_epoch=meta.training["best_epoch"],
+                val_roc_auc=auc, threshold=meta.threshold.threshold)
 
 
 def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.evaluate import evaluate
 
     r = evaluate(cfg)
-    at, ci = r["at_threshold"], r.get("roc_auc_ci95") or [None, None]
-    auc = r["ranking"]["roc_auc"]
-    print(f"{r['split']}: n={r['n']} ROC-AUC {auc if auc is None else round(auc, 3)} CI "
-          f"{[None if c is None else round(c, 3) for c in ci]}, sensitivity {at['sensitivity']}, "
-          f"specificity {at['specificity']} at threshold {at['threshold']:.3f}")
-    print(f"report: {cfg.evaluate.out}/report.md")
+    auc = r.roc_auc
+    console.say(f"{r.split}: n={r.n} ROC-AUC {auc if auc is None else round(auc, 3)} CI "
+                f"{[None if c is None else round(c, 3) for c in r.roc_auc_ci95]}, sensitivity {r.sensitivity}, "
+                f"specificity {r.specificity} at threshold {r.threshold:.3f}\nreport: {cfg.evaluate.out}/report.md",
+                split=r.split, n=r.n, roc_auc=auc, roc_auc_ci95=r.roc_auc_ci95, sensitivity=r.sensitivity,
+                specificity=r.specificity, threshold=r.threshold, out=cfg.evaluate.out)
 
 
 def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.score import score
 
     s = score(cfg)
-    if s.get("already_complete"):
-        print(f"run {s['run_id']} already complete: {s['rows']:,} rows in {s['table']} (version "
-              f"{s.get('table_version')})")
+    if s.already_complete:
+        console.say(f"run {s.run_id} already complete: {s.rows:,} rows in {s.table} (version {s.table_version})",
+                    run_id=s.run_id, status="already_complete", rows=s.rows, table_version=s.table_version)
         return
-    print(f"run {s['run_id']}: scored {s['scored']:,}, failed {s['failed']:,} {s['failed_by_reason']} in "
-          f"{s['wall_seconds']} s ({s.get('images_per_second_steady')} img/s steady); committed to {s['table']} "
-          f"as version {s['table_version']}")
+    console.say(f"run {s.run_id}: scored {s.scored:,}, failed {s.failed:,} {s.failed_by_reason} in "
+                f"{s.wall_seconds} s ({s.images_per_second_steady} img/s steady); committed to {s.table} "
+                f"as version {s.table_version}", run_id=s.run_id, status=s.status, rows=s.rows, scored=s.scored,
+                failed=s.failed, failed_by_reason=s.failed_by_reason, flagged=s.flagged,
+                table_version=s.table_version, images_per_second_steady=s.images_per_second_steady)
 
 
 def _cmd_predict(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -340,7 +346,8 @@ def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 def _cmd_report(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.score_report import regenerate
 
-    print(regenerate(args.out_uri, cfg, args.run_id, args.date))
+    page = regenerate(args.out_uri, cfg, args.run_id, args.date)
+    console.say(page, page=page)
 
 
 def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -349,10 +356,10 @@ def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     model_id, meta = export(args.model, args.out, cfg.storage, args.int8, args.calibration_images)
     if meta.int8:
         v = meta.int8["validation"]
-        print(f"int8 on {v['images']} validation images: ROC-AUC {v['roc_auc_float']} → {v['roc_auc_int8']}, largest "
-              f"probability change {v['max_abs_prob_change']:.4f}, sensitivity at the threshold "
-              f"{v['sensitivity_float']} → {v['sensitivity_int8']}")
-    print(f"model {model_id} written to {args.out}")
+        console.say(f"int8 on {v['images']} validation images: ROC-AUC {v['roc_auc_float']} → {v['roc_auc_int8']}, "
+                    f"largest probability change {v['max_abs_prob_change']:.4f}, sensitivity at the threshold "
+                    f"{v['sensitivity_float']} → {v['sensitivity_int8']}", int8_validation=v)
+    console.say(f"model {model_id} written to {args.out}", model_id=model_id, out=args.out)
 
 
 def _cmd_doctor(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -362,7 +369,7 @@ def _cmd_doctor(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     if report.failed:
         raise SkinrayError(f"doctor: {len(report.failed)} of {len(report.checks)} checks failed: "
                            + ", ".join(c.name for c in report.failed))
-    print(f"doctor: all {len(report.checks)} checks passed")
+    console.say(f"doctor: all {len(report.checks)} checks passed", checks=len(report.checks))
 
 
 def _cmd_demo(args: argparse.Namespace, cfg: SkinrayConfig) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 
 log = logging.getLogger("skinray")
+_format = "text"  # set by setup(): how say() and error() write
 
 
 class TextFormatter(logging.Formatter):
@@ -32,9 +33,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        parts = record.name.split(".")
+        if parts[0] == "skinray" and len(parts) > 1:
+            event["stage"] = parts[1]  # skinray.score → score; an event's own "stage" wins
         extra = getattr(record, "event", None)
         if isinstance(extra, dict):
-            event.update({k: v for k, v in extra.items() if k not in event})
+            event.update({k: v for k, v in extra.items() if k not in event or k == "stage"})
         return json.dumps(event, default=str)
 
 
@@ -42,6 +46,8 @@ def setup(verbose: bool = False, fmt: str = "text") -> None:
     """Route skinray's logs to stderr in ``fmt``; quiet other libraries unless ``verbose``."""
     from skinray.runtime import quiet_env
 
+    global _format
+    _format = fmt
     os.environ["SKINRAY_VERBOSE"] = "1" if verbose else "0"
     os.environ["SKINRAY_LOG_FORMAT"] = fmt
     for key, value in quiet_env(verbose).items():
@@ -55,6 +61,14 @@ def setup(verbose: bool = False, fmt: str = "text") -> None:
     if not verbose:
         for name in ("ray", "tensorflow", "absl", "tf2onnx", "matplotlib", "PIL", "botocore", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def say(message: str, **fields: Any) -> None:
+    """A command's result on stdout: the text for people, or one JSON object with ``fields`` for schedulers."""
+    if _format == "json":
+        print(json.dumps({"level": "info", "logger": "skinray.cli", "message": message, **fields}, default=str))
+    else:
+        print(message)
 
 
 def error(message: str, fmt: str = "text") -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from skinray import storage
 from skinray.config import SkinrayConfig, with_values
+from skinray.results import EvaluationReport, PrepareReport, RunRecord
 
 log = logging.getLogger("skinray.demo")
 
@@ -29,9 +30,9 @@ REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3, "train.fine_tu
 @dataclass
 class DemoResult:
     text: str
-    prepare: dict[str, Any]
-    evaluate: dict[str, Any]
-    score: dict[str, Any]
+    prepare: PrepareReport
+    evaluate: EvaluationReport
+    score: RunRecord
 
 
 def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str | None = None,
@@ -85,34 +86,30 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     top = run_query(cfg.score.out, preset_sql("top_suspicious", 5, today), cfg.storage)
     counts = run_query(cfg.score.out, preset_sql("daily_counts"), cfg.storage)
 
-    at, rk = ev["at_threshold"], ev["ranking"]
-    ci = ev.get("roc_auc_ci95") or [None, None]
-
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    dx = ev.get("diagnosis") or {}
+    ci, dx = ev.roc_auc_ci95, ev.diagnosis_balanced_accuracy
     lines = [
         "skinray demo finished in %.0f s" % (time.time() - t0),
-        f"  data      {prep['rows_in']} rows → kept {prep['kept']}, rejected {prep['rejected']} "
-        f"{prep['rejected_by_reason']}",
-        "  splits    " + ", ".join(f"{k} {v['rows']}" for k, v in prep["splits"].items()),
+        f"  data      {prep.rows_in} rows → kept {prep.kept}, rejected {prep.rejected} {prep.rejected_by_reason}",
+        "  splits    " + ", ".join(f"{k} {v['rows']}" for k, v in prep.splits.items()),
         f"  model     {cfg.train.out} (best epoch {meta.training['best_epoch']}/{meta.training['epochs_run']}, "
         f"threshold {meta.threshold.threshold:.3f}: {describe(meta.threshold)}, "
         f"ONNX parity {meta.onnx.parity_max_abs_diff if meta.onnx else float('nan'):.1e})",
-        f"  test      ROC-AUC {f(rk['roc_auc'])} [{f(ci[0])}, {f(ci[1])}], sensitivity {f(at['sensitivity'])}, "
-        f"specificity {f(at['specificity'])}, ECE {f(rk['ece'])}"
-        + (f", diagnosis balanced accuracy {f(dx.get('balanced_accuracy'))}" if dx else ""),
-        f"  scored    {run['scored']} images, {run['failed']} failed {run['failed_by_reason']} "
-        f"({run.get('images_per_second_overall')} img/s)",
+        f"  test      ROC-AUC {f(ev.roc_auc)} [{f(ci[0])}, {f(ci[1])}], sensitivity {f(ev.sensitivity)}, "
+        f"specificity {f(ev.specificity)}, ECE {f(ev.ece)}"
+        + (f", diagnosis balanced accuracy {f(dx)}" if dx is not None else ""),
+        f"  scored    {run.scored} images, {run.failed} failed {run.failed_by_reason} "
+        f"({run.images_per_second_overall} img/s)",
         "",
         "files written:",
         f"  {cfg.prepare.out}/manifest.parquet, rejects.parquet, report.json",
         f"  {cfg.train.out}/model.keras, model.onnx, skinray.json",
         f"  {cfg.evaluate.out}/report.md, metrics.json, predictions.parquet, " + ", ".join(
             p for p in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")),
-        f"  {cfg.score.out}/scores/ (a Delta table, version {run['table_version']}), "
-        f"runs/{run['run_id']}/run.json, " + ", ".join(run.get("pngs", [])),
+        f"  {cfg.score.out}/scores/ (a Delta table, version {run.table_version}), "
+        f"runs/{run.run_id}/run.json, report.html, " + ", ".join(run.pngs),
         "",
         "top suspicious images today:",
         top.to_string(index=False),

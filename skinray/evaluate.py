@@ -20,6 +20,7 @@ from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
 from skinray.prepare import load_prepared
+from skinray.results import EvaluationReport
 
 log = logging.getLogger("skinray.evaluate")
 PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_malignant", "predicted", "confidence",
@@ -85,7 +86,8 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
     return "\n".join(lines) + "\n"
 
 
-def evaluate(cfg: SkinrayConfig) -> dict[str, Any]:
+def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
+    """Metrics, plots and pages of one split; returns the metrics (also written to ``metrics.json``)."""
     e, st = cfg.evaluate, cfg.storage
     if not e.model or not e.prepared or not e.out:
         raise SkinrayError("evaluate needs --model, --prepared and --out")
@@ -139,4 +141,11 @@ def evaluate(cfg: SkinrayConfig) -> dict[str, Any]:
         report, f"Evaluation on the {e.split} split", markdown.split("\n\n")[1], pictures), st)
     storage.write_text(storage.join(e.out, "config.yaml"), cfg.to_yaml(), st)
     storage.write_json(storage.join(e.out, "metrics.json"), report, st)
-    return report
+    result = EvaluationReport.from_record(report)
+    log.info("%s split: ROC-AUC %s, sensitivity %s, specificity %s at threshold %.3f; wrote %s", e.split,
+             *(("n/a" if v is None else f"{v:.3f}") for v in (result.roc_auc, result.sensitivity, result.specificity)),
+             result.threshold, e.out,
+             extra={"event": {"split": e.split, "n": result.n, "failed": result.failed, "roc_auc": result.roc_auc,
+                              "sensitivity": result.sensitivity, "specificity": result.specificity,
+                              "threshold": result.threshold, "model_id": art.model_id}})
+    return result

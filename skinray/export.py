@@ -8,7 +8,6 @@ A format-2 model is re-exported as it is (e.g. after an ONNX Runtime upgrade).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any
 
 from skinray import SkinrayError, artifact, storage
 from skinray import quantize
-from skinray.artifact import (CONFIG_FILE, INT8_FILE, META_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
+from skinray.artifact import (CONFIG_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
                               Outputs, Preprocessing)
 from skinray.config import ImageConfig
 from skinray.model import DX_LOGITS, LOGIT, export_onnx
@@ -85,11 +84,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
     src = storage.normalize(model_uri)
     if storage.normalize(out_uri) == src:
         raise SkinrayError("export writes a new model directory: --out must differ from --model")
-    raw = storage.read_bytes(storage.join(src, META_FILE), storage_cfg, max_bytes=artifact.MAX_META_BYTES)
-    try:
-        old = json.loads(raw)
-    except ValueError as exc:
-        raise SkinrayError(f"{src}: {META_FILE} is not valid JSON ({exc})") from exc
+    old = artifact.read_meta_json(src, storage_cfg)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory() as work:
         if old.get("format_version") == artifact.FORMAT_VERSION:

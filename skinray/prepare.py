@@ -17,6 +17,7 @@ import pyarrow as pa
 from skinray import SkinrayError, images, paths, schema, split, storage
 from skinray.config import ImageConfig, SkinrayConfig
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, versions
+from skinray.results import PrepareReport
 from skinray.storage import StorageConfig
 
 REJECT_REASONS = {
@@ -109,7 +110,7 @@ def _report_counts(n_in: int, kept: pd.DataFrame, rejects: pd.DataFrame) -> dict
     }
 
 
-def prepare(cfg: SkinrayConfig) -> dict[str, Any]:
+def prepare(cfg: SkinrayConfig) -> PrepareReport:
     """Run the whole stage; returns the report (also written to ``report.json``)."""
     p = cfg.prepare
     if not p.manifest:
@@ -199,7 +200,10 @@ def prepare(cfg: SkinrayConfig) -> dict[str, Any]:
         storage.join(out, "rejects.parquet"), cfg.storage)
     storage.write_text(storage.join(out, "config.yaml"), cfg.to_yaml(), cfg.storage)
     storage.write_json(storage.join(out, "report.json"), report, cfg.storage)
-    return report
+    log.info("kept %s of %s rows, rejected %s; wrote %s", f"{len(kept):,}", f"{len(canon):,}", f"{len(rejects):,}",
+             out, extra={"event": {k: report[k] for k in ("rows_in", "kept", "rejected", "rejected_by_reason",
+                                                          "lesions_in_two_splits", "seconds")}})
+    return PrepareReport.from_record(report)
 
 
 def load_prepared(uri: str, storage_cfg: StorageConfig | None = None) -> pd.DataFrame:

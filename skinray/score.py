@@ -29,6 +29,7 @@ from skinray import (SkinrayError, drift, inference, runs, score_inputs, score_r
                      storage)
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
+from skinray.results import RunRecord
 from skinray.runtime import versions
 
 log = logging.getLogger("skinray.score")
@@ -96,8 +97,10 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
             done += len(batch)
             if buffered >= s.part_rows:
                 flush()
-                log.info("scored %s/%s images (%.0f img/s)", f"{done:,}", f"{len(todo):,}",
-                         done / max(time.time() - started, 1e-9))
+                rate = done / max(time.time() - started, 1e-9)
+                log.info("scored %s/%s images (%.0f img/s)", f"{done:,}", f"{len(todo):,}", rate,
+                         extra={"event": {"run_id": run_id, "done": done, "total": int(len(todo)),
+                                          "images_per_second": round(rate, 1)}})
         flush()
     except SkinrayError:
         raise
@@ -129,7 +132,7 @@ def _outcome(result: pd.DataFrame, cfg: SkinrayConfig) -> dict[str, Any]:
     return outcome
 
 
-def score(cfg: SkinrayConfig) -> dict[str, Any]:
+def score(cfg: SkinrayConfig) -> RunRecord:
     """Score every input row exactly once into one committed run; returns the run's record (``run.json``)."""
     s, st = cfg.score, cfg.storage
     for name in ("model", "input", "out"):
@@ -147,8 +150,10 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
     fingerprint = input_fingerprint(rows, artifact.model_id)
     record = runs.claim(out, run_id, date, input_uri, fingerprint, st)
     if record and record.get("status") == "succeeded" and scores_table.is_committed(out, run_id, st):
-        log.info("run %s is already complete (table version %s): nothing to do", run_id, record.get("table_version"))
-        return {**record, "already_complete": True}
+        log.info("run %s is already complete (table version %s): nothing to do", run_id, record.get("table_version"),
+                 extra={"event": {"run_id": run_id, "status": "already_complete",
+                                  "table_version": record.get("table_version")}})
+        return RunRecord.from_record(record, already_complete=True)
 
     with runs.lease(out, run_id, s.lease_seconds, st) as lease:
         summary: dict[str, Any] = {
@@ -214,4 +219,10 @@ def score(cfg: SkinrayConfig) -> dict[str, Any]:
         summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
         runs.write(out, summary, st)
         staging.clear(out, run_id, st)
-    return summary
+    log.info("run %s committed as table version %s: %s scored, %s failed, %s flagged", run_id,
+             summary["table_version"], f"{summary['scored']:,}", f"{summary['failed']:,}", summary["flagged"],
+             extra={"event": {k: summary.get(k) for k in (
+                 "run_id", "scored_date", "status", "rows", "scored", "failed", "failed_by_reason", "flagged",
+                 "table_version", "wall_seconds", "images_per_second_steady", "images_per_second_overall")}
+                 | {"drifted": summary["drift"]["drifted"]}})
+    return RunRecord.from_record(summary)

@@ -30,7 +30,7 @@ from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, e
 from skinray.prepare import load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
 from skinray.train_data import COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index
-from skinray.train_loop import BEST_WEIGHTS, STATE_FILE, RunSpec, train_loop_per_worker
+from skinray.train_loop import CheckpointSaver, RunSpec, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
 VAL_BATCH = 64
@@ -205,10 +205,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                    class_weights=class_weights(tr["label"], t.class_weight),
                    steps_per_epoch=math.ceil(len(tr) // t.workers / t.batch_size), dx_classes=dx_classes)
     result, workers = _fit(cfg, tr, va, spec)
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, STATE_FILE)) as f:
-            state = json.load(f)
-        model.load_weights(os.path.join(d, BEST_WEIGHTS))
+    state = CheckpointSaver.load_best(result.checkpoint, model)
     train_seconds = time.time() - started
 
     with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
@@ -220,7 +217,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             log.info("scoring %s validation images with flip TTA for calibration and threshold", f"{len(va):,}")
             logits_val = _validation_logits(os.path.join(out_dir, ONNX_FILE), names, va, cfg, pool)
         else:
-            logits_val = np.asarray(state["best_val"]["logit"], float)
+            logits_val = np.asarray(state.best_val["logit"], float)
         op, val_report = operating_point.fit(y_val, logits_val, t.calibration, t.threshold_policy,
                                              t.target_sensitivity, t.threshold_confidence)
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
@@ -248,15 +245,15 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             training={"config": json.loads(cfg.model_dump_json(by_alias=True)), "run_name": name,
                       "storage_path": storage_path, "batch_size_per_worker": t.batch_size,
                       "global_batch_size": t.batch_size * t.workers, "seconds": round(train_seconds, 1),
-                      "best_epoch": state["best_epoch"], "epochs_run": len(state["history"]),
+                      "best_epoch": state.best_epoch, "epochs_run": len(state.history),
                       "workers": [workers[r] for r in sorted(workers)]},
             data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(tr)),
                   "val_rows": int(len(va)), "train_malignant": int(tr["label"].sum())},
-            history=state["history"],
+            history=state.history,
             validation=val_report,
             versions=versions(),
         )
         model_id, meta = artifact.write(out_dir, t.out, meta, cfg.storage)
     log.info("model %s written to %s (best epoch %s, threshold %.3f, ONNX parity %.1e)", model_id, t.out,
-             state["best_epoch"], op.threshold.threshold, parity)
+             state.best_epoch, op.threshold.threshold, parity)
     return meta

@@ -16,10 +16,10 @@ import pandas as pd
 
 from skinray import SkinrayError, images
 from skinray.config import ImageConfig, SkinrayConfig
+from skinray.metrics import CLASS_NAMES
 from skinray.storage import StorageConfig
 
 COLUMNS = ["isic_id", "image_uri", "label", "dx_index"]
-CLASS_NAMES = ("benign", "malignant")
 
 
 def augment(img: np.ndarray, rng: np.random.Generator, vertical_flip: bool = False) -> np.ndarray:

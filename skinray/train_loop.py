@@ -125,15 +125,28 @@ class CheckpointSaver:
         if checkpoint is None:
             return TrainState(), None, None, None
         with checkpoint.as_directory() as d:
-            with open(os.path.join(d, STATE_FILE)) as f:
-                saved = json.load(f)
+            state, phase = self._read_state(d)
             model.load_weights(os.path.join(d, BEST_WEIGHTS))
             best = model.get_weights()
             model.load_weights(os.path.join(d, LAST_WEIGHTS))
             with np.load(os.path.join(d, OPTIMIZER_FILE)) as opt:
                 optimizer = {k: opt[k] for k in opt.files}
+        return state, best, optimizer, phase
+
+    @staticmethod
+    def load_best(checkpoint: Any, model: Any) -> TrainState:
+        """The driver's side, after the run: the best weights into ``model`` and the run's state."""
+        with checkpoint.as_directory() as d:
+            state, _ = CheckpointSaver._read_state(d)
+            model.load_weights(os.path.join(d, BEST_WEIGHTS))
+        return state
+
+    @staticmethod
+    def _read_state(d: str) -> tuple[TrainState, int | None]:
+        with open(os.path.join(d, STATE_FILE)) as f:
+            saved = json.load(f)
         phase = saved.pop("optimizer_phase", None)
-        return TrainState(**saved), best, optimizer, phase
+        return TrainState(**saved), phase
 
     def save(self, model: Any, optimizer: Any, state: TrainState, phase: Phase, improved: bool,
              record: dict[str, Any]) -> None:

@@ -25,12 +25,13 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     assert len(pred) == len(test_rows) and set(pred.isic_id) == set(test_rows.isic_id)
     ok = pred[pred.error.isna()]
     y, p = ok.label.to_numpy(), ok.prob_malignant.to_numpy()
-    thr = report["at_threshold"]["threshold"]
+    thr = report.threshold
     yhat = (p >= thr).astype(int)
-    at = report["at_threshold"]
-    assert report["ranking"]["roc_auc"] == pytest.approx(roc_auc_score(y, p))
-    assert report["ranking"]["pr_auc"] == pytest.approx(average_precision_score(y, p))
-    assert report["ranking"]["brier"] == pytest.approx(brier_score_loss(y, p))
+    at = report.record["at_threshold"]
+    assert (report.sensitivity, report.specificity) == (at["sensitivity"], at["specificity"])
+    assert report.roc_auc == pytest.approx(roc_auc_score(y, p))
+    assert report.record["ranking"]["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    assert report.record["ranking"]["brier"] == pytest.approx(brier_score_loss(y, p))
     assert at["accuracy"] == pytest.approx(accuracy_score(y, yhat))
     assert at["sensitivity"] == pytest.approx(recall_score(y, yhat))
     assert at["specificity"] == pytest.approx(recall_score(1 - y, 1 - yhat))
@@ -38,15 +39,15 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
         assert at["precision"] == pytest.approx(precision_score(y, yhat))
         assert at["f1"] == pytest.approx(f1_score(y, yhat))
     assert (ok.predicted == pd.Series(yhat, index=ok.index).map({0: "benign", 1: "malignant"})).all()
-    lo, hi = report["roc_auc_ci95"]
-    assert lo <= report["ranking"]["roc_auc"] <= hi
+    lo, hi = report.roc_auc_ci95
+    assert lo <= report.roc_auc <= hi
     assert json.load(open(os.path.join(out, "metrics.json")))["n"] == len(ok)
     assert "ROC-AUC" in open(os.path.join(out, "report.md")).read()
     for png in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png"):
         Image.open(os.path.join(out, png)).verify()
-    assert {g["group"] for g in report["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",
+    assert {g["group"] for g in report.record["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",
                                                                    "unknown"}
-    by_dx = {g["group"]: g for g in report["groups"]["dx"]}  # per diagnosis: which ones are missed
+    by_dx = {g["group"]: g for g in report.record["groups"]["dx"]}  # per diagnosis: which ones are missed
     assert set(by_dx) == set(ok.dx.dropna()) | ({None} if ok.dx.isna().any() else set())
     for dx, g in by_dx.items():
         rows = ok[ok.dx.isna()] if dx is None else ok[ok.dx == dx]
@@ -57,7 +58,8 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     # the seven-class view: balanced multiclass accuracy over the model's diagnoses, as sklearn computes it
     from sklearn.metrics import balanced_accuracy_score
 
-    dx = report["diagnosis"]
+    dx = report.record["diagnosis"]
+    assert report.diagnosis_balanced_accuracy == dx["balanced_accuracy"]
     known = ok[ok.dx.str.lower().isin(dx["classes"])]
     assert dx["n"] == len(known) and set(known.dx_pred) <= set(dx["classes"])
     assert dx["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(known.dx.str.lower(), known.dx_pred))

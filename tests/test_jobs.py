@@ -59,7 +59,12 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-    assert any("run_id" in e.get("message", "") or e.get("logger") == "skinray.score" for e in events), logs[-2000:]
+    # skinray's lines are JSON objects; the stage's event and the command's result carry the counts as fields
+    assert "[skinray]" not in logs and "skinray: error" not in logs, logs[-2000:]
+    done = [e for e in events if e.get("stage") == "score" and e.get("status") == "succeeded"]
+    result = [e for e in events if e.get("logger") == "skinray.cli" and "run_id" in e]
+    assert len(done) == 1 and done[0]["rows"] == 12 and done[0]["table_version"] == 1, logs[-2000:]
+    assert len(result) == 1 and result[0]["run_id"] == done[0]["run_id"] and result[0]["scored"] <= 12
     df = scores_dataset(str(out)).to_table().to_pandas()
     assert len(df) == 12 and str(df["scored_date"].iloc[0]) == "2026-11-25"
     # planted corrupt files among the 12 are rows with an error, not a failed job

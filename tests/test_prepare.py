@@ -26,15 +26,15 @@ def test_planted_faults_are_rejected_by_reason(where, sample, ray_session, tmp_p
     s = sample["summary"]
     rejects = storage.read_parquet(storage.join(out, "rejects.parquet")).to_pandas()
     kept = load_prepared(out)
-    assert report["rows_in"] == s["n"] == len(kept) + len(rejects)
+    assert report.rows_in == s["n"] == len(kept) + len(rejects)
     assert set(rejects.loc[rejects.reason == "missing", "isic_id"]) == set(s["missing_ids"])
     assert set(rejects.loc[rejects.reason != "missing", "isic_id"]) == set(s["corrupt_ids"])
-    assert sum(report["rejected_by_reason"].values()) == s["corrupt"] + s["missing"]
-    assert report["lesions_in_two_splits"] == 0
+    assert sum(report.rejected_by_reason.values()) == s["corrupt"] + s["missing"]
+    assert report.lesions_in_two_splits == 0
     assert kept["age_approx"].notna().all() and kept["anatom_site_general"].notna().all()
     assert set(kept.columns) >= {"isic_id", "image_uri", "label", "benign_malignant", "split", "lesion_id"}
     saved = storage.read_text(storage.join(out, "config.yaml"))
-    assert "manifest:" in saved and json.dumps(report["splits"])  # config saved next to the output
+    assert "manifest:" in saved and json.dumps(report.splits)  # config saved next to the output
 
 
 def test_manifest_level_rejects_and_imputation(tmp_path, sample, ray_session):
@@ -53,11 +53,11 @@ def test_manifest_level_rejects_and_imputation(tmp_path, sample, ray_session):
     manifest = tmp_path / "m.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     report = _prepare(str(manifest), images, str(tmp_path / "out"))
-    assert report["rejected_by_reason"] == {"duplicate_id": 1, "empty_id": 1, "unsafe_id": 1, "unknown_label": 1}
-    assert report["kept"] + report["rejected"] == len(rows)
+    assert report.rejected_by_reason == {"duplicate_id": 1, "empty_id": 1, "unsafe_id": 1, "unknown_label": 1}
+    assert report.kept + report.rejected == len(rows)
     kept = load_prepared(str(tmp_path / "out"))
     assert kept.loc[kept.isic_id == good[0], "anatom_site_general"].item() == "unknown"
-    train_median = report["imputed"]["age_approx"]["value"]
+    train_median = report.record["imputed"]["age_approx"]["value"]
     assert kept.loc[kept.isic_id == good[1], "age_approx"].item() == pytest.approx(train_median)
 
 
@@ -66,8 +66,53 @@ def test_ham10000_schema_with_image_template(tmp_path, ray_session):
 
     s = generate(str(tmp_path / "ham"), 30, image_size=48, schema="ham10000", seed=1)
     report = _prepare(f"{tmp_path}/ham/metadata.csv", f"{tmp_path}/ham/images", str(tmp_path / "out"))
-    assert report["schema"] == "ham10000" and report["kept"] == s["n"]
-    assert report["lesion_grouped"]
+    assert report.schema == "ham10000" and report.kept == s["n"]
+    assert report.record["lesion_grouped"]
+
+
+def test_template_columns_are_checked_like_ids(tmp_path, sample, ray_session):
+    """A column the image template reads may not lead out of --images (``../`` or an absolute path)."""
+    import shutil
+
+    src = f"{sample['local']}/images"
+    good = sorted(set(pd.read_csv(f"{sample['local']}/metadata.csv")["isic_id"])
+                  - set(sample["summary"]["missing_ids"]) - set(sample["summary"]["corrupt_ids"]))[:24]
+    images, outside = tmp_path / "images", tmp_path / "outside"
+    (images / "batch1").mkdir(parents=True)
+    outside.mkdir()
+    for g in good:
+        shutil.copy(f"{src}/{g}.jpg", images / "batch1" / f"{g}.jpg")
+        shutil.copy(f"{src}/{g}.jpg", outside / f"{g}.jpg")  # readable, but outside the root
+    folders = ["batch1"] * 20 + ["../outside", str(outside), "batch1/../../outside", ".."]
+    rows = [{"isic_id": g, "benign_malignant": "malignant" if i % 3 == 0 else "benign", "folder": f}
+            for i, (g, f) in enumerate(zip(good, folders))]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    report = _prepare(str(tmp_path / "m.csv"), str(images), str(tmp_path / "out"),
+                      **{"manifest.image_template": "{images}/{folder}/{isic_id}.jpg"})
+    assert report.kept == 20 and report.rejected_by_reason == {"unsafe_id": 4}
+    rejects = storage.read_parquet(str(tmp_path / "out" / "rejects.parquet")).to_pandas()
+    assert set(rejects["isic_id"]) == set(good[20:])
+
+
+def test_the_stage_logs_one_structured_event(tmp_path, sample, ray_session):
+    """``--log-format json`` pipelines get the counts as fields, not only as text."""
+    import logging
+
+    events = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            events.append(getattr(record, "event", None))
+
+    logger = logging.getLogger("skinray.prepare")
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        report = _prepare(f"{sample['local']}/metadata.csv", f"{sample['local']}/images", str(tmp_path / "out"))
+    finally:
+        logger.removeHandler(handler)
+    done = [e for e in events if e and "kept" in e]
+    assert len(done) == 1 and done[0]["kept"] == report.kept and done[0]["rejected"] == report.rejected
 
 
 @pytest.mark.parametrize("args, message", [

@@ -101,21 +101,21 @@ def two_nights(reference_model, ray_session, tmp_path_factory):
 
 
 def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
-    page = os.path.join(out, "runs", run["run_id"], "report.html")
+    page = os.path.join(out, "runs", run.run_id, "report.html")
     assert os.path.getsize(page) < 5_000_000  # self-contained, thumbnails only
     text = open(page).read()
     assert not re.search(r"""(src|href)=["']https?://""", text), "no CDN, no internet"
-    dom, log = _render(browser, page, str(tmp_path / f"{run['run_id']}.png"))
+    dom, log = _render(browser, page, str(tmp_path / f"{run.run_id}.png"))
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert 'data-checked="yes"' in body, body
     loaded, total = map(int, re.search(r'data-images="(\d+)/(\d+)"', body).groups())
     assert total > 0 and loaded == total, body  # every image decoded
     assert 'data-errors="0"' in body and "Uncaught" not in log, log[-2000:]
     shown = int(re.search(r'id="flagged-count">(\d+)<', dom).group(1))
-    table = run_query(out, f"SELECT count(*) AS n FROM scores WHERE run_id = '{run['run_id']}' "
+    table = run_query(out, f"SELECT count(*) AS n FROM scores WHERE run_id = '{run.run_id}' "
                            "AND predicted = 'malignant'", all_runs=True)["n"][0]
-    assert shown == table == run["flagged"]
-    with Image.open(tmp_path / f"{run['run_id']}.png") as shot:
+    assert shown == table == run.flagged
+    with Image.open(tmp_path / f"{run.run_id}.png") as shot:
         assert shot.size == (1280, 2600) and len(set(shot.convert("L").getdata())) > 50  # drawn, not blank
     return dom
 

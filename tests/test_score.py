@@ -81,7 +81,7 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     out = str(tmp_path / "scores") if where == "local" else f"s3://{BUCKET}/scores-{os.urandom(3).hex()}"
     summary = score(_cfg(model_dir, image_folder[where], out))
     df = _rows(out)
-    assert len(df) == image_folder["n"] == summary["rows"]
+    assert len(df) == image_folder["n"] == summary.rows
     assert df["image_uri"].is_unique and df["input_row"].is_unique
     by_name = df.set_index(df["image_uri"].str.rsplit("/", n=1).str[-1])
     for name, reason in BAD.items():
@@ -92,20 +92,21 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     ok = df[df.error.isna()]
     assert ((ok.prob_malignant >= ok.threshold) == (ok.predicted == "malignant")).all()
     assert ok["dx_pred"].notna().all() and all(abs(sum(p for _, p in m) - 1) < 1e-4 for m in ok["dx_probs"])
-    assert summary["failed"] == len(BAD) and summary["failed_by_reason"] == {r: 1 for r in BAD.values()}
-    assert str(df["run_id"].iloc[0]) == summary["run_id"] and len(df.model_id.iloc[0]) == 16
+    assert summary.failed == len(BAD) and summary.failed_by_reason == {r: 1 for r in BAD.values()}
+    assert str(df["run_id"].iloc[0]) == summary.run_id and len(df.model_id.iloc[0]) == 16
     # the folder's own clutter is left out and counted, an old Parquet output included: never read as a manifest
-    assert summary["input_kind"] == "images"
-    assert summary["skipped_inputs"] == {"hidden": 2, "not_image_suffix": 1}
+    assert summary.record["input_kind"] == "images"
+    assert summary.record["skipped_inputs"] == {"hidden": 2, "not_image_suffix": 1}
     # the operating point travels with every run: how the threshold was chosen and how scores were calibrated
-    assert summary["threshold_policy"]["policy"] == "youden" and {"temperature", "bias"} <= set(summary["calibration"])
-    assert summary["tta"] is True and summary["status"] == "succeeded" and summary["table_version"] == 1
-    assert sum(summary["rows_by_node"].values()) == summary["rows"]
-    run_dir = runs.run_dir(out, summary["run_id"])
+    assert summary.record["threshold_policy"]["policy"] == "youden"
+    assert {"temperature", "bias"} <= set(summary.record["calibration"])
+    assert summary.record["tta"] is True and summary.status == "succeeded" and summary.table_version == 1
+    assert sum(summary.record["rows_by_node"].values()) == summary.rows
+    run_dir = runs.run_dir(out, summary.run_id)
     for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv"):
         assert storage.exists(storage.join(run_dir, name)), name
     assert not storage.exists(storage.join(run_dir, "lease.json"))
-    assert not storage.exists(storage.join(out, "_staging", summary["run_id"]))
+    assert not storage.exists(storage.join(out, "_staging", summary.run_id))
     assert storage.read_json(storage.join(run_dir, "run.json"))["status"] == "succeeded"
     if where == "s3":  # nothing an `aws s3 cp --recursive` would trip over
         prefix = out[len(f"s3://{BUCKET}/"):]
@@ -128,22 +129,22 @@ def test_links_out_of_the_folder_are_refused_per_row_and_loops_end(image_folder,
     assert len(df) == image_folder["n"] + 1 and df["image_uri"].is_unique
     escape = df[df.image_uri.str.endswith("/escape.jpg")]
     assert escape["error"].iloc[0].startswith("unsafe_path") and pd.isna(escape["prob_malignant"].iloc[0])
-    assert summary["skipped_inputs"]["duplicate_link"] == 1
+    assert summary.record["skipped_inputs"]["duplicate_link"] == 1
 
 
 def test_rerun_is_a_noop_and_a_rescore_replaces_the_date_in_presets(image_folder, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores")
     first = score(_cfg(model_dir, image_folder["local"], out))
     again = score(_cfg(model_dir, image_folder["local"], out))
-    assert again["already_complete"] and again["run_id"] == first["run_id"]
+    assert again.already_complete and again.run_id == first.run_id
     other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "inference.tta": False}))
-    assert first["tta"] is True and other["tta"] is False  # the model's TTA setting unless overridden
+    assert first.record["tta"] is True and other.record["tta"] is False  # the model's TTA setting unless overridden
     n = image_folder["n"]
     assert run_query(out, preset_sql("daily_counts"))["images"].tolist() == [n]  # each image once per date
     counts = run_query(out, "SELECT run_id, count(*) AS n FROM scores GROUP BY run_id ORDER BY run_id", all_runs=True)
-    assert sorted(counts["run_id"]) == sorted([first["run_id"], other["run_id"]]) and counts["n"].tolist() == [n, n]
+    assert sorted(counts["run_id"]) == sorted([first.run_id, other.run_id]) and counts["n"].tolist() == [n, n]
     assert set(_rows(out)["run_id"]) == {"manual-2"}  # the latest committed run of the date
-    assert set(_rows(out, as_of=first["table_version"])["run_id"]) == {first["run_id"]}  # what was reported before
+    assert set(_rows(out, as_of=first.table_version)["run_id"]) == {first.run_id}  # what was reported before
     # a run id belongs to one date and one input
     with pytest.raises(SkinrayError, match="was used for 2026-11-25, not 2026-11-26"):
         score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "score.date": "2026-11-26"}))
@@ -169,7 +170,7 @@ def test_killed_run_resumes_without_gaps_or_duplicates(image_folder, model_dir, 
     assert parts_before >= 2, "the run was not caught midway"
     assert (out / "runs" / "crash" / "lease.json").exists()  # the dead owner's lease: taken over, not waited for
     summary = score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "crash"}))
-    assert summary["resumed_rows"] >= 6 and summary["scored_this_attempt"] < image_folder["n"]
+    assert summary.record["resumed_rows"] >= 6 and summary.record["scored_this_attempt"] < image_folder["n"]
     df = _rows(str(out))
     assert len(df) == image_folder["n"] and df["input_row"].is_unique
     assert sorted(df["input_row"]) == list(range(image_folder["n"]))
@@ -199,7 +200,7 @@ def test_a_second_process_on_a_running_run_fails_at_once(image_folder, model_dir
 def test_onnx_and_tensorflow_engines_agree(image_folder, model_dir, ray_session, tmp_path):
     a = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "onnx")))
     b = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "tf"), **{"inference.engine": "tf"}))
-    assert a["engine"] == "onnx" and b["engine"] == "tf"
+    assert a.record["engine"] == "onnx" and b.record["engine"] == "tf"
     pa_ = _rows(str(tmp_path / "onnx")).set_index("image_uri").sort_index()
     pb = _rows(str(tmp_path / "tf")).set_index("image_uri").sort_index()
     assert (pa_.logit_malignant - pb.logit_malignant).abs().max() < 1e-4
@@ -220,12 +221,12 @@ def test_manifest_input_carries_labels_checks_template_columns_and_writes_metric
     summary = score(_cfg(model_dir, str(tmp_path / "m.csv"), out, **{
         "score.images": str(tmp_path / "images"), "manifest.image_template": "{images}/{clinic}/{isic_id}.jpg"}))
     df = _rows(out).sort_values("input_row")
-    assert len(df) == sample["summary"]["n"] and summary["input_kind"] == "manifest"
+    assert len(df) == sample["summary"]["n"] and summary.record["input_kind"] == "manifest"
     assert df["error"].iloc[0].startswith("unsafe_id") and df["error"].iloc[1].startswith("unsafe_id")
     failed = set(df.loc[df.error.notna(), "isic_id"]) - set(df["isic_id"].iloc[:2])
     assert failed == set(sample["summary"]["missing_ids"]) | set(sample["summary"]["corrupt_ids"])
-    assert df["label"].notna().all() and summary["metrics"]["n"] == summary["scored"]
-    assert storage.exists(storage.join(runs.run_dir(out, summary["run_id"]), "roc.png"))
+    assert df["label"].notna().all() and summary.record["metrics"]["n"] == summary.scored
+    assert storage.exists(storage.join(runs.run_dir(out, summary.run_id), "roc.png"))
 
 
 def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_dir, ray_session, tmp_path):
@@ -242,7 +243,7 @@ def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_di
         score(_cfg(model_dir, image_folder["local"], out, **{"score.max_failure_fraction": 0.01}))
     assert time.time() - started < 15  # the recorded outcome, not a re-score
     ok = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "retry"}))
-    assert ok["status"] == "succeeded" and set(_rows(out)["run_id"]) == {"retry"}
+    assert ok.status == "succeeded" and set(_rows(out)["run_id"]) == {"retry"}
 
 
 def test_input_and_output_may_not_overlap(image_folder, model_dir, tmp_path):
@@ -291,7 +292,7 @@ def test_readers_see_none_or_all_of_a_run_killed_mid_commit(fail_at, image_folde
         stop.set()
         reader.join(timeout=30)
     n = image_folder["n"]
-    assert summary["status"] == "succeeded" and runs.read(str(out), "mid")["status"] == "succeeded"
+    assert summary.status == "succeeded" and runs.read(str(out), "mid")["status"] == "succeeded"
     assert seen and set(seen) <= {0, n}, sorted(set(seen))  # never part of the run, never twice
     assert seen[-1] == n and len(_rows(str(out))) == n
     versions = scores_table.snapshot(str(out)).runs
