@@ -199,7 +199,7 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(overrides={
         "score.model": model_dir, "score.input": manifest, "score.out": out, "inference.engine": args.engine,
-        "score.batch_size": args.batch_size, "score.actors": args.actors, "score.cpus_per_actor": args.cpus_per_actor,
+        "score.batch_size": args.batch_size, "inference.actors": args.actors, "inference.cpus_per_actor": args.cpus_per_actor,
         "score.run_id": f"bench-{label}", "score.top_k": 8,
     })
     trace: list[tuple[float, int]] = []
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="images for (a) and (b) (default 2000)")
     ap.add_argument("--model", help="a model directory (default: build an untrained one with --weights)")
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="MobileNetV2 ImageNet no-top .h5 for the built model")
-    ap.add_argument("--actors", type=int, default=0, help="score.actors (0 = one per CPU)")
+    ap.add_argument("--actors", type=int, default=0, help="inference.actors (0 = one per CPU)")
     ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=32, help="rows per predictor call (score.batch_size)")
     ap.add_argument("--engine", choices=["onnx", "onnx-int8", "tf"], default="onnx")

@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
+    def pool(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--actors", type=int, help="a fixed pool of this many actors; 0 autoscales between "
+                       "--min-actors and --max-actors " + _default("inference.actors"))
+        p.add_argument("--min-actors", type=int, help="autoscaling pool floor " + _default("inference.min_actors"))
+        p.add_argument("--max-actors", type=int, help="autoscaling pool ceiling " + _default("inference.max_actors"))
+        p.add_argument("--gpu", action="store_true", default=None,
+                       help="one GPU per actor (onnxruntime-gpu) " + _default("inference.use_gpu"))
+        p.add_argument("--gpu-wait", type=float, help="seconds to wait for a GPU node to join " +
+                       _default("inference.gpu_wait_seconds"))
+
     def tta(p: argparse.ArgumentParser) -> None:
         p.add_argument("--engine", choices=list(get_args(InferenceConfig.model_fields["engine"].annotation)),
                        help="inference engine: onnx-int8 needs the model's int8 graph (skinray export --int8) "
@@ -130,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder to write (required)")
     p.add_argument("--split", choices=["train", "val", "test"], help="which split " + _default("evaluate.split"))
     tta(p)
+    pool(p)
 
     p = add("score", "score an image set (manifest or folder) into the scores table (Delta Lake)", """
         skinray score --model out/model --input data/sample/images --out out/nightly
@@ -148,14 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD partition (default: today, UTC)")
     tta(p)
     p.add_argument("--batch-size", type=int, help="images per actor call " + _default("score.batch_size"))
-    p.add_argument("--actors", type=int, help="a fixed pool of this many actors; 0 autoscales between "
-                   "--min-actors and --max-actors " + _default("score.actors"))
-    p.add_argument("--min-actors", type=int, help="autoscaling pool floor " + _default("score.min_actors"))
-    p.add_argument("--max-actors", type=int, help="autoscaling pool ceiling " + _default("score.max_actors"))
-    p.add_argument("--gpu", action="store_true", default=None,
-                   help="one GPU per actor (onnxruntime-gpu) " + _default("score.use_gpu"))
-    p.add_argument("--gpu-wait", type=float, help="seconds to wait for a GPU node to join " +
-                   _default("score.gpu_wait_seconds"))
+    pool(p)
 
     p = add("predict", "predict a few images now (no Ray) and optionally draw a contact sheet", """
         skinray predict --model out/model img1.jpg img2.jpg --sheet sheet.png""")
@@ -205,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("uris", nargs="*", help="URIs that must be reachable (local or s3://) (default: none)")
     p.add_argument("--model", help="a model directory to verify (schema, file hashes, engine) (default: none)")
     p.add_argument("--gpu", action="store_true", help="probe a GPU node: ONNX Runtime's CUDA provider and "
-                   "TensorFlow's GPU (waits score.gpu_wait_seconds for one to join)")
+                   "TensorFlow's GPU (waits inference.gpu_wait_seconds for one to join)")
 
     p = add("demo", "synth → prepare → train → evaluate → score → query on a local Ray, with a summary", """
         skinray demo --out demo-out
@@ -221,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     return root
 
 
+POOL_FLAGS = {"actors": "inference.actors", "min_actors": "inference.min_actors", "max_actors": "inference.max_actors",
+              "gpu": "inference.use_gpu", "gpu_wait": "inference.gpu_wait_seconds"}
 FLAG_TO_KEY: dict[str, dict[str, str]] = {
     "prepare": {"manifest": "prepare.manifest", "images": "prepare.images", "out": "prepare.out",
                 "schema": "manifest.schema", "image_template": "manifest.image_template", "seed": "prepare.seed"},
@@ -229,12 +235,11 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
               "batch_size": "train.batch_size", "image_size": "image.size", "weights": "train.weights",
               "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
-                 "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta"},
+                 "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS},
     "score": {"model": "score.model", "input": "score.input", "input_kind": "score.input_kind", "out": "score.out",
               "images": "score.images", "run_id": "score.run_id", "date": "score.date",
               "engine": "inference.engine", "tta": "inference.tta", "batch_size": "score.batch_size",
-              "actors": "score.actors", "min_actors": "score.min_actors", "max_actors": "score.max_actors",
-              "gpu": "score.use_gpu", "gpu_wait": "score.gpu_wait_seconds"},
+              **POOL_FLAGS},
     "predict": {"engine": "inference.engine", "tta": "inference.tta"},
 }
 

@@ -53,6 +53,20 @@ class InferenceConfig(_Section):
     # auto: each scoring actor times one image per call against whole batches on its first batches and keeps the
     # faster (recorded in run.json); per_image / batch force one
     batch_policy: Literal["auto", "per_image", "batch"] = "auto"
+    # the Ray Data actor pool that evaluate and score run the predictor in: sized from here, not from the nodes
+    # alive at start (a cluster that scales from zero has none)
+    actors: int = Field(0, ge=0)  # > 0: a fixed pool of this many; 0: autoscale between min_actors and max_actors
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(16, ge=1)  # the pool grows to this as the cluster (autoscaler) offers CPUs/GPUs
+    cpus_per_actor: float = Field(1.0, gt=0)
+    use_gpu: bool = False  # one GPU per actor (ONNX Runtime's CUDA provider, or TensorFlow's GPU)
+    gpu_wait_seconds: float = Field(600.0, ge=0)  # --gpu: wait this long for the autoscaler to add a GPU node
+
+    @model_validator(mode="after")
+    def _pool(self) -> InferenceConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) is above max_actors ({self.max_actors})")
+        return self
 
 
 class MetricsConfig(_Section):
@@ -73,6 +87,7 @@ class TrainConfig(_Section):
     out: str | None = None
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
+    gpu_wait_seconds: float = Field(600.0, ge=0)  # --gpu: how long the preflight waits for a GPU node to join
     cpus_per_worker: float = Field(1.0, gt=0)
     epochs: int = Field(4, ge=1)  # the head phase (frozen base); fine-tuning follows
     batch_size: int = Field(16, ge=1)  # per worker; the global batch is batch_size * workers (2 x 16 = 32)
@@ -164,12 +179,6 @@ class ScoreConfig(_Section):
     run_id: str | None = None  # letters, digits, . _ - (at most 64); default: derived from input, model and date
     date: str | None = None  # scored_date partition, YYYY-MM-DD; default: today (UTC)
     batch_size: int = Field(32, ge=1)
-    actors: int = Field(0, ge=0)  # > 0: a fixed pool of this many; 0: autoscale between min_actors and max_actors
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(16, ge=1)  # the pool grows to this as the cluster (autoscaler) offers CPUs/GPUs
-    use_gpu: bool = False
-    gpu_wait_seconds: float = Field(600.0, ge=0)  # --gpu: wait this long for the autoscaler to add a GPU node
-    cpus_per_actor: float = Field(1.0, gt=0)
     part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
     top_k: int = Field(24, ge=0)  # most suspicious images on the contact sheet and the review page
@@ -191,12 +200,6 @@ class ScoreConfig(_Section):
         if v is not None and (not RUN_ID.match(v) or set(v) <= {"."}):
             raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-' (and not only dots), got {v!r}")
         return v
-
-    @model_validator(mode="after")
-    def _pool(self) -> ScoreConfig:
-        if self.min_actors > self.max_actors:
-            raise ValueError(f"min_actors ({self.min_actors}) is above max_actors ({self.max_actors})")
-        return self
 
 
 class SkinrayConfig(_Section):
@@ -223,6 +226,8 @@ MOVED_KEYS = {
     "score.engine": "inference.engine",
     "score.tta": "inference.tta",
     "evaluate.bootstrap": "metrics.bootstrap",
+    **{f"score.{key}": f"inference.{key}" for key in (
+        "actors", "min_actors", "max_actors", "cpus_per_actor", "use_gpu", "gpu_wait_seconds")},
 }
 
 

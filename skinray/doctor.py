@@ -202,7 +202,7 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
         if cfg.train.out:
             check_uri(report, cfg.train.out, cfg, must_exist=False)
         if cfg.train.use_gpu:
-            check_gpu(report, cfg, cfg.score.gpu_wait_seconds, need_tf=True, need_ort=False)
+            check_gpu(report, cfg, cfg.train.gpu_wait_seconds, need_tf=True, need_ort=False)
     elif command == "evaluate":
         if cfg.evaluate.model:
             check_model(report, cfg.evaluate.model, cfg)
@@ -216,9 +216,9 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
             check_uri(report, s.input, cfg)
         if s.out:
             check_uri(report, s.out, cfg, must_exist=False)
-        if s.use_gpu:
-            check_gpu(report, cfg, s.gpu_wait_seconds, need_ort=cfg.inference.engine == "onnx",
-                      need_tf=cfg.inference.engine == "tf")
+    if command in ("evaluate", "score") and cfg.inference.use_gpu:  # the actor pool's GPUs
+        check_gpu(report, cfg, cfg.inference.gpu_wait_seconds, need_ort=cfg.inference.engine.startswith("onnx"),
+                  need_tf=cfg.inference.engine == "tf")
     if report.failed:
         raise SkinrayError("; ".join(f"{c.name}: {c.detail}" for c in report.failed))
     return report
@@ -235,5 +235,5 @@ def doctor(cfg: SkinrayConfig, uris: list[str], model: str | None = None, gpu: b
     if model:
         check_model(report, model, cfg)
     if gpu:
-        check_gpu(report, cfg, cfg.score.gpu_wait_seconds, need_tf=True)
+        check_gpu(report, cfg, cfg.inference.gpu_wait_seconds, need_tf=True)
     return report

@@ -278,13 +278,13 @@ def _node_id() -> str:
 def actor_pool(cfg: SkinrayConfig) -> tuple[Any, int, int]:
     """(``ActorPoolStrategy``, initial size, max size) from the config, not from the nodes alive right now.
 
-    A fixed ``score.actors`` gives a fixed pool; otherwise the pool starts with what the cluster offers now (at
+    A fixed ``inference.actors`` gives a fixed pool; otherwise the pool starts with what the cluster offers now (at
     least ``min_actors``) and grows to ``max_actors`` as the autoscaler adds nodes. With ``--gpu`` it first waits
-    up to ``score.gpu_wait_seconds`` for a GPU (a GPU worker group that scales from zero has none at start).
+    up to ``inference.gpu_wait_seconds`` for a GPU (a GPU worker group that scales from zero has none at start).
     """
     import ray
 
-    s = cfg.score
+    s = cfg.inference
     if s.use_gpu:
         available = wait_for_gpus(s.gpu_wait_seconds)
         per_actor = 1.0
@@ -305,7 +305,7 @@ def predict_dataset(rows: pd.DataFrame, model_uri: str, cfg: SkinrayConfig, batc
     Returns (dataset, initial pool size).
     """
     ensure_ray()
-    s = cfg.score
+    s = cfg.inference
     strategy, initial, _ = actor_pool(cfg)
     # Small blocks: rows reach the driver a block at a time, so a block of a few batches keeps memory flat and
     # progress smooth; per-block overhead is small next to decode + inference.

@@ -172,7 +172,7 @@ def wait_for_gpus(seconds: float) -> int:
             request_resources(bundles=[])  # the scoring pool makes its own requests from here on
         except Exception:
             pass
-    raise SkinrayError(f"--gpu: no GPU joined the Ray cluster within {seconds:.0f} s (score.gpu_wait_seconds); "
+    raise SkinrayError(f"--gpu: no GPU joined the Ray cluster within {seconds:.0f} s (gpu_wait_seconds, --gpu-wait); "
                        "check the GPU worker group of the cluster")
 
 

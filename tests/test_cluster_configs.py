@@ -567,7 +567,7 @@ def test_aws_node_types(aws):
     assert gpu, "a GPU worker group is needed for training and GPU scoring"
     assert cpu, "a CPU worker group is needed for decode"
     assert all(workers[n]["node_config"]["InstanceType"].startswith(("g", "p")) for n in gpu)
-    # GPU nodes scale from 0 (the scoring job waits for them: score.gpu_wait_seconds)
+    # GPU nodes scale from 0 (the scoring job waits for them: inference.gpu_wait_seconds)
     assert all(workers[n]["min_workers"] == 0 for n in gpu)
 
 

@@ -77,10 +77,26 @@ def test_recipes_are_a_layer_under_file_and_flags(tmp_path):
 def test_moved_keys_of_older_config_files_still_work(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text(yaml.safe_dump({"prepare": {"image_template": "{images}/{lesion_id}.jpg", "schema": "isic"},
-                                    "score": {"engine": "tf", "tta": False}, "evaluate": {"bootstrap": 10}}))
+                                    "score": {"engine": "tf", "tta": False, "actors": 3, "use_gpu": True,
+                                              "gpu_wait_seconds": 5},
+                                    "evaluate": {"bootstrap": 10}}))
     cfg = load_config(str(path))
     assert (cfg.manifest.image_template, cfg.manifest.schema_name) == ("{images}/{lesion_id}.jpg", "isic")
     assert (cfg.inference.engine, cfg.inference.tta, cfg.metrics.bootstrap) == ("tf", False, 10)
+    # the actor pool is shared by evaluate and score: it moved to the inference section
+    assert (cfg.inference.actors, cfg.inference.use_gpu, cfg.inference.gpu_wait_seconds) == (3, True, 5)
+    assert load_config(sets=["score.max_actors=4"]).inference.max_actors == 4
+    with pytest.raises(SkinrayError, match="min_actors"):
+        load_config(overrides={"inference.min_actors": 5, "inference.max_actors": 2})
+
+
+def test_evaluate_and_score_take_the_same_pool_flags():
+    from skinray.cli import _parser, build_config
+
+    for command in (["evaluate", "--model", "m", "--prepared", "p", "--out", "o"],
+                    ["score", "--model", "m", "--input", "i", "--out", "o"]):
+        cfg = build_config(_parser().parse_args([*command, "--actors", "2", "--gpu", "--gpu-wait", "7"]))
+        assert (cfg.inference.actors, cfg.inference.use_gpu, cfg.inference.gpu_wait_seconds) == (2, True, 7)
 
 
 @pytest.mark.parametrize("date", ["20260202", "2026-W05-1", "2026-02-30", "26-02-02", "2026-2-2", "yesterday"])

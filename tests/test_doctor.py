@@ -85,3 +85,12 @@ def test_job_preflight_names_every_failure_in_one_line(model_dir, s3_endpoint, t
     assert job.returncode == 2 and "FAIL" in job.stderr and "Traceback" not in job.stderr
     assert job.stderr.strip().splitlines()[-1].startswith("skinray: error: model ")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("engine, ort, tf", [("onnx", True, False), ("onnx-int8", True, False), ("tf", False, True)])
+def test_gpu_preflight_checks_the_engine_the_job_runs(engine, ort, tf, monkeypatch):
+    asked = {}
+    monkeypatch.setattr(doctor, "check_gpu", lambda report, cfg, wait, need_ort=True, need_tf=False:
+                        asked.update(ort=need_ort, tf=need_tf))
+    doctor.preflight("score", load_config(overrides={"inference.use_gpu": True, "inference.engine": engine}))
+    assert asked == {"ort": ort, "tf": tf}

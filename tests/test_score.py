@@ -257,7 +257,7 @@ def _reader(table_uri: str, run_id: str, seen: list, stop: threading.Event) -> N
     """DuckDB over deltalake's pyarrow dataset (outside skinray's query code), and pyarrow alone, in a loop."""
     while not stop.is_set():
         try:
-            dt = DeltaTable(table_uri)
+            dt = DeltaTable(table_uri, storage_options=storage.delta_storage_options(table_uri))
         except Exception:  # no table yet
             time.sleep(0.05)
             continue
@@ -269,33 +269,35 @@ def _reader(table_uri: str, run_id: str, seen: list, stop: threading.Event) -> N
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("fail_at", ["after_data_files", "after_commit"])
-def test_readers_see_none_or_all_of_a_run_killed_mid_commit(fail_at, image_folder, model_dir, ray_session,
-                                                           tmp_path):
-    out = tmp_path / "scores"
-    base = ["--model", model_dir, "--input", image_folder["local"], "--out", str(out), "--date", DATE,
+@pytest.mark.parametrize("where, fail_at", [("local", "after_data_files"), ("local", "after_commit"),
+                                            ("s3", "after_data_files")])
+def test_readers_see_none_or_all_of_a_run_killed_mid_commit(where, fail_at, image_folder, model_dir, ray_session,
+                                                           tmp_path, s3_endpoint):
+    out = str(tmp_path / "scores") if where == "local" else f"s3://{BUCKET}/mid-commit-{os.urandom(4).hex()}"
+    base = ["--model", model_dir, "--input", image_folder["local"], "--out", out, "--date", DATE,
             "--run-id", "mid", "--set", "score.max_failure_fraction=0.5", "--set", "image.max_pixels=20000000"]
     seen: list = []
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(str(out / "scores"), "mid", seen, stop), daemon=True)
+    reader = threading.Thread(target=_reader, args=(scores_table.table_uri(out), "mid", seen, stop), daemon=True)
     reader.start()
     try:
         killed = subprocess.run([sys.executable, "-m", "skinray", "score", *base, "--set", f"score.fail_at={fail_at}"],
                                 cwd=REPO, capture_output=True, text=True, timeout=420)
         assert killed.returncode == 137, killed.stderr[-2000:]
-        data_files = list((out / "scores").glob("scored_date=*/part-mid-*.parquet"))
+        data_files = [f for f in storage.list_files(scores_table.table_uri(out), suffixes=[".parquet"])
+                      if "/part-mid-" in f]
         assert data_files, "the data files were written before the kill"
-        assert runs.read(str(out), "mid")["status"] == "running"
-        summary = score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "mid"}))
+        assert runs.read(out, "mid")["status"] == "running"
+        summary = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "mid"}))
         time.sleep(0.5)
     finally:
         stop.set()
         reader.join(timeout=30)
     n = image_folder["n"]
-    assert summary.status == "succeeded" and runs.read(str(out), "mid")["status"] == "succeeded"
+    assert summary.status == "succeeded" and runs.read(out, "mid")["status"] == "succeeded"
     assert seen and set(seen) <= {0, n}, sorted(set(seen))  # never part of the run, never twice
-    assert seen[-1] == n and len(_rows(str(out))) == n
-    versions = scores_table.snapshot(str(out)).runs
+    assert seen[-1] == n and len(_rows(out)) == n
+    versions = scores_table.snapshot(out).runs
     assert versions["run_id"].tolist() == ["mid"]  # one commit, even when the first attempt had committed
 
 
