@@ -38,6 +38,11 @@ th{background:#f3f5f8}.grid{display:flex;flex-wrap:wrap;gap:12px}
 CHECK_SCRIPT = """
 window.__errors = [];
 window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e.type)); }, true);
+window.addEventListener('unhandledrejection', function (e) { window.__errors.push(String(e.reason)); });
+(function (original) {  // console.error counts as an error of the page too
+  console.error = function () { window.__errors.push(Array.prototype.join.call(arguments, " "));
+    return original.apply(console, arguments); };
+})(console.error);
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;

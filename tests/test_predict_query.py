@@ -33,6 +33,19 @@ def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
     assert np.allclose(batch["prob_malignant"], df["prob_malignant"].iloc[:5])
 
 
+def test_predict_explain_puts_a_saliency_overlay_beside_each_image(sample, model_dir, tmp_path):
+    paths = [f"{sample['local']}/images/{p}" for p in sorted(os.listdir(f"{sample['local']}/images"))[:3]]
+    plain, explained = str(tmp_path / "plain.png"), str(tmp_path / "explained.png")
+    predict(model_dir, paths, sheet=plain)
+    proc = run_cli("predict", "--model", model_dir, *paths, "--sheet", explained, "--explain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(plain) as a, Image.open(explained) as b:
+        assert b.size[0] * b.size[1] > 1.5 * a.size[0] * a.size[1]  # twice the tiles: image, then its overlay
+        assert len(set(b.convert("RGB").getdata())) > len(set(a.convert("RGB").getdata()))  # the heat colours
+    alone = run_cli("predict", "--model", model_dir, *paths, "--explain")
+    assert alone.returncode == 2 and "give --sheet" in alone.stderr and "Traceback" not in alone.stderr
+
+
 def test_query_presets_and_sql(sample, model_dir, ray_session, tmp_path):
     out = str(tmp_path / "scores")
     for date in ("2026-11-24", "2026-11-25"):

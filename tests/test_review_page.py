@@ -115,28 +115,44 @@ def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
     table = run_query(out, f"SELECT count(*) AS n FROM scores WHERE run_id = '{run.run_id}' "
                            "AND predicted = 'malignant'", all_runs=True)["n"][0]
     assert shown == table == run.flagged
+    assert '<section id="borderline">' in dom and '<section id="health">' in dom
+    for reason, n in run.failed_by_reason.items():  # every failing image is named under its reason
+        assert f"<b>{reason}</b> ({n})" in dom
     with Image.open(tmp_path / f"{run.run_id}.png") as shot:
         assert shot.size == (1280, 2600) and len(set(shot.convert("L").getdata())) > 50  # drawn, not blank
     return dom
+
+
+def test_the_page_check_counts_script_errors_and_broken_images(chromium, tmp_path):
+    """The check the other tests rely on can fail: an error, a console.error and a broken image are all seen."""
+    from skinray.review_page import CHECK_SCRIPT
+
+    page = tmp_path / "broken.html"
+    page.write_text(f"<!doctype html><html><head><script>{CHECK_SCRIPT}</script></head><body>"
+                    '<img src="data:image/png;base64,AAAA" alt="broken"><script>console.error("boom");'
+                    "undefined_function();</script></body></html>")
+    dom, _ = _render(chromium, str(page), str(tmp_path / "broken.png"))
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-checked="yes"' in body and 'data-images="0/1"' in body and 'data-errors="3"' in body, body  # the image's error event counts too
 
 
 def test_review_pages_render_and_flag_only_the_drifted_night(chromium, two_nights, tmp_path):
     out, runs = two_nights
     calm = _check_page(chromium, out, runs["night1"], tmp_path)
     cast = _check_page(chromium, out, runs["night2"], tmp_path)
-    assert 'data-drift="stable"' in calm and not runs["night1"]["drift"]["drifted"]
-    assert 'data-drift="drifted"' in cast and runs["night2"]["drift"]["drifted"]
-    assert {"mean_green", "mean_blue"} <= set(runs["night2"]["drift"]["flagged"])
-    assert "mean_red" not in runs["night1"]["drift"]["flagged"]
+    assert 'data-drift="stable"' in calm and not runs["night1"].record["drift"]["drifted"]
+    assert 'data-drift="drifted"' in cast and runs["night2"].record["drift"]["drifted"]
+    assert {"mean_green", "mean_blue"} <= set(runs["night2"].record["drift"]["flagged"])
+    assert "mean_red" not in runs["night1"].record["drift"]["flagged"]
     # both nights on the second page's trend, the drifted one marked
     assert cast.count("<circle") >= 2 and 'fill="#c0262d"' in cast
-    assert runs["night1"]["saliency_seconds_per_image"] > 0
+    assert runs["night1"].record["saliency_seconds_per_image"] > 0
     assert "Grad-CAM" in calm and calm.count('alt="saliency of') >= 1
 
 
 def test_report_command_writes_the_page_again(two_nights, tmp_path):
     out, runs = two_nights
-    page = os.path.join(out, "runs", runs["night1"]["run_id"], "report.html")
+    page = os.path.join(out, "runs", runs["night1"].run_id, "report.html")
     os.remove(page)
     proc = run_cli("report", out, "--date", "2026-11-24")
     assert proc.returncode == 0, proc.stderr
