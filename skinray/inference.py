@@ -67,6 +67,7 @@ class OnnxEngine:
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = outputs  # ours → the graph's
         self.mode = "batch" if use_gpu or policy == "batch" else ("per_image" if policy == "per_image" else None)
+        self.last_mode: str | None = None
         self._timings: dict[str, float] = {"per_image": 0.0, "batch": 0.0}
         self._probes = 0
 
@@ -80,7 +81,9 @@ class OnnxEngine:
     def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
         """Outputs for ``x``; one image per call means ``group`` rows per call (an image's TTA views)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        self.last_mode = self.mode or "batch"  # what this call did; a batch too small to time runs batched
         if self.mode is None and len(x) >= PROBE_MIN_ROWS * group:
+            self.last_mode = "probing"
             t0 = time.perf_counter()
             self._per_image(x, group)
             t1 = time.perf_counter()
@@ -260,7 +263,7 @@ class ImagePredictor:
         for col in RESULT_COLUMNS:
             out[col] = result[col]
         out["_node_id"] = self.node_id
-        out["_batch_mode"] = getattr(self.engine, "mode", None) or "probing"
+        out["_batch_mode"] = getattr(self.engine, "last_mode", None) or self.engine.mode or "batch"
         return out
 
 

@@ -102,6 +102,9 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     assert {"temperature", "bias"} <= set(summary.record["calibration"])
     assert summary.record["tta"] is True and summary.status == "succeeded" and summary.table_version == 1
     assert sum(summary.record["rows_by_node"].values()) == summary.rows
+    # the batch policy measured per actor: every row says how its call ran
+    modes = summary.record["batch_modes"]
+    assert sum(modes.values()) == summary.rows and set(modes) <= {"probing", "per_image", "batch"}, modes
     run_dir = runs.run_dir(out, summary.run_id)
     for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv"):
         assert storage.exists(storage.join(run_dir, name)), name
