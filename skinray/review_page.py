@@ -251,9 +251,12 @@ def run_page(page: RunPage) -> str:
         at = metrics.get("at_threshold") or {}
         imgs = "".join(f'<img src="{data_uri(png, "image/png")}" alt="{esc(name)}">'
                        for name, png in page.plots.items())
-        sections.append(f'<section id="metrics"><h2>With labels: ROC-AUC {fmt((metrics.get("ranking") or {}).get("roc_auc"))}'
-                        f', sensitivity {fmt(at.get("sensitivity"))}, specificity {fmt(at.get("specificity"))} at '
-                        f'the stored threshold</h2><div class="plots">{imgs}</div></section>')
+        ci = metrics.get("roc_auc_ci95") or [None, None]
+        rk = metrics.get("ranking") or {}
+        sections.append(f'<section id="metrics"><h2>With labels: ROC-AUC {fmt(rk.get("roc_auc"))} '
+                        f'[{fmt(ci[0])}, {fmt(ci[1])}], sensitivity {fmt(at.get("sensitivity"))}, specificity '
+                        f'{fmt(at.get("specificity"))} at the stored threshold, ECE {fmt(rk.get("ece"))}</h2>'
+                        f'<div class="plots">{imgs}</div></section>')
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return _page(f"skinray run {r.get('run_id')}", f"{esc(r.get('scored_date'))} · model {esc(r.get('model_id'))}"
                  f" · generated {made}", sections)

@@ -5,7 +5,7 @@
                            and with labels the metrics and plots
     score_histogram.png    the score distribution
     top_suspicious.png/csv the most suspicious images, ordered by the calibrated logit (never tied by the output)
-    metrics.json, roc.png, confusion.png, calibration.png   when the input carries labels
+    metrics.json, roc.png, pr.png, confusion.png, calibration.png   when the input carries labels (as evaluate)
 
 ``skinray report OUT --run-id R`` (or ``--date D``) writes the page again for a finished run.
 """
@@ -28,6 +28,7 @@ from skinray.runs import run_dir
 
 log = logging.getLogger("skinray.report")
 PAGE = "report.html"
+LABELLED_PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")  # with labels
 BORDERLINE = 12
 TREND_RUNS = 30
 
@@ -64,6 +65,7 @@ def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | Non
                 storage.write_json(storage.join(folder, "metrics.json"), report, st)
                 result["metrics"] = report
                 files += [plots.plot_roc(y, prob, os.path.join(tmp, "roc.png"), threshold=threshold),
+                          plots.plot_pr(y, prob, os.path.join(tmp, "pr.png")),
                           plots.plot_confusion(y, prob, threshold, os.path.join(tmp, "confusion.png")),
                           plots.plot_calibration(y, prob, os.path.join(tmp, "calibration.png"))]
             top = top_suspicious(scored, cfg.score.top_k)
@@ -178,7 +180,7 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
         run=run, flagged_count=int((scored["predicted"] == "malignant").sum()), flagged=flagged,
         borderline=near_cards, failures=failures, drift=run.get("drift") or {"reference": False},
         trend=_trend(out, run, cfg), threshold_text=threshold_text,
-        plots={k_: v for k_, v in pngs.items() if k_ in ("roc.png", "confusion.png", "calibration.png")},
+        plots={k_: v for k_, v in pngs.items() if k_ in LABELLED_PLOTS} if run.get("metrics") else {},
         saliency_note=note)
     return page, (round(float(np.mean(timings)), 4) if timings else None)
 

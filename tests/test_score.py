@@ -229,7 +229,10 @@ def test_manifest_input_carries_labels_checks_template_columns_and_writes_metric
     failed = set(df.loc[df.error.notna(), "isic_id"]) - set(df["isic_id"].iloc[:2])
     assert failed == set(sample["summary"]["missing_ids"]) | set(sample["summary"]["corrupt_ids"])
     assert df["label"].notna().all() and summary.record["metrics"]["n"] == summary.scored
-    assert storage.exists(storage.join(runs.run_dir(out, summary.run_id), "roc.png"))
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "metrics.json"):  # as evaluate writes
+        assert storage.exists(storage.join(runs.run_dir(out, summary.run_id), name)), name
+    page = storage.read_text(storage.join(runs.run_dir(out, summary.run_id), "report.html"))
+    assert '<section id="metrics">' in page and page.count('alt="pr.png"') == 1
 
 
 def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_dir, ray_session, tmp_path):
