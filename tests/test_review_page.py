@@ -141,6 +141,7 @@ def test_review_pages_render_and_flag_only_the_drifted_night(chromium, two_night
     calm = _check_page(chromium, out, runs["night1"], tmp_path)
     cast = _check_page(chromium, out, runs["night2"], tmp_path)
     assert 'data-drift="stable"' in calm and not runs["night1"].record["drift"]["drifted"]
+    assert '<section id="metrics">' not in calm  # a folder of images has no labels: no metrics to show
     assert 'data-drift="drifted"' in cast and runs["night2"].record["drift"]["drifted"]
     assert {"mean_green", "mean_blue"} <= set(runs["night2"].record["drift"]["flagged"])
     assert "mean_red" not in runs["night1"].record["drift"]["flagged"]
