@@ -80,6 +80,14 @@ def fmt(value: Any, digits: int = 3) -> str:
     return esc(value)
 
 
+def counts(value: dict[str, Any] | None, key_chars: int = 16) -> str:
+    """``{"per_image": 9951, "probing": 64}`` → ``per_image 9,951 · probing 64`` (long keys such as node ids cut)."""
+    if not value:
+        return "n/a"
+    return " · ".join(f"{k if len(str(k)) <= key_chars else str(k)[:12] + '…'} {v:,}"
+                      for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return '<p class="muted">(none)</p>'
@@ -223,7 +231,8 @@ def run_page(page: RunPage) -> str:
         {"": "input", "value": f"{r.get('input')} ({r.get('input_kind')})"},
         {"": "left out of the input", "value": r.get("skipped_inputs") or "nothing"},
         {"": "resumed rows", "value": r.get("resumed_rows")},
-        {"": "engine / TTA / batch mode", "value": f"{r.get('engine')} / {r.get('tta')} / {r.get('batch_modes')}"},
+        {"": "engine / TTA / batch mode", "value": f"{r.get('engine')} / {r.get('tta')} / "
+                                                   f"{counts(r.get('batch_modes'))}"},
         {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
         {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
         {"": "table version", "value": r.get("table_version", "not committed")},
@@ -231,7 +240,7 @@ def run_page(page: RunPage) -> str:
                                                   f"{r.get('commit_seconds', 'n/a')} s"},
         {"": "images per second (steady / overall)",
          "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},
-        {"": "rows per node", "value": r.get("rows_by_node")},
+        {"": "rows per node", "value": counts(r.get("rows_by_node"))},
     ]
     failures = "".join(f"<p><b>{esc(reason)}</b> ({len(ids)}): <span class='mono'>"
                        f"{esc(', '.join(ids[:50]))}{' …' if len(ids) > 50 else ''}</span></p>"

@@ -160,3 +160,11 @@ def test_report_command_writes_the_page_again(two_nights, tmp_path):
     assert proc.stdout.strip() == page and os.path.exists(page)
     missing = run_cli("report", out, "--date", "2026-01-01")
     assert missing.returncode == 2 and "no committed run for 2026-01-01" in missing.stderr
+
+
+def test_counts_read_as_words_not_dicts():
+    from skinray.review_page import counts
+
+    assert counts({"probing": 64, "per_image": 9951}) == "per_image 9,951 · probing 64"
+    assert counts({"6f47627983c833db287b0d387cce2b4d": 10015}) == "6f47627983c8… 10,015"
+    assert counts({}) == counts(None) == "n/a"
