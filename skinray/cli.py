@@ -361,9 +361,12 @@ def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     model_id, meta = export(args.model, args.out, cfg.storage, args.int8, args.calibration_images)
     if meta.int8:
         v = meta.int8["validation"]
-        console.say(f"int8 on {v['images']} validation images: ROC-AUC {v['roc_auc_float']} → {v['roc_auc_int8']}, "
-                    f"largest probability change {v['max_abs_prob_change']:.4f}, sensitivity at the threshold "
-                    f"{v['sensitivity_float']} → {v['sensitivity_int8']}", int8_validation=v)
+        def f(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.4f}"
+
+        console.say(f"int8 on {v['images']} validation images: ROC-AUC {f(v['roc_auc_float'])} → "
+                    f"{f(v['roc_auc_int8'])}, largest probability change {f(v['max_abs_prob_change'])}, sensitivity "
+                    f"at the threshold {f(v['sensitivity_float'])} → {f(v['sensitivity_int8'])}", int8_validation=v)
     console.say(f"model {model_id} written to {args.out}", model_id=model_id, out=args.out)
 
 

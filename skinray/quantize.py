@@ -28,7 +28,7 @@ from skinray.storage import StorageConfig
 from skinray.train_data import decode_rows
 
 log = logging.getLogger("skinray.quantize")
-CALIBRATION_BATCH = 1  # one image per call: histogram calibrators need every batch to have the same shape
+CALIBRATION_BATCH = 1  # one image per calibration call: every batch the calibrator sees has the same shape
 
 
 class _Batches:
@@ -73,7 +73,17 @@ def quantize(float_path: str, int8_path: str, rows: pd.DataFrame, storage_cfg: S
         quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
         quantize_static(prepared, int8_path, _Batches(input_name, rows, storage_cfg, image_cfg, pool),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=first_convolution(prepared))
+
+
+def first_convolution(path: str) -> list[str]:
+    """The stem convolution, kept in float: it sees raw pixels, and quantizing it cost the most (bench/RESULTS.md:
+    validation ROC-AUC change -0.0069 with it in float, -0.0092 without; percentile calibration -0.0088)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next(([n.name] for n in model.graph.node if n.op_type == "Conv"), [])
 
 
 def check(float_engine: Any, int8_engine: Any, val_rows: pd.DataFrame, op: OperatingPoint, tta: bool,
