@@ -208,8 +208,9 @@ def _trend_section(trend: list[dict[str, Any]]) -> str:
                         marks),
               sparkline([r.get("failure_rate") for r in trend], labels, "failed images (share)", True, marks),
               sparkline([r.get("mean_prob") for r in trend], labels, "mean P(malignant)", False, marks)]
-    return (f'<section id="trend"><h2>Trend of the last {len(trend)} runs</h2><div class="grid">{"".join(charts)}'
-            '</div><p class="muted">Red dots: runs with drift.</p></section>')
+    runs_word = "run" if len(trend) == 1 else "runs"
+    return (f'<section id="trend"><h2>Trend of the last {len(trend)} {runs_word}</h2><div class="grid">'
+            f'{"".join(charts)}</div><p class="muted">Red dots: runs with drift.</p></section>')
 
 
 def run_page(page: RunPage) -> str:
