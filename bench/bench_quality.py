@@ -9,7 +9,7 @@ the validation split and is reported on the lesion-grouped test split of a prepa
     .venv/bin/python bench/bench_quality.py --prepared /work/runs/ham-prepared
 
 The feature cache (``--workdir``) makes re-runs take seconds. The head is the production head (Dense 64 → Dropout
-0.3 → sigmoid, Adam 1e-3, batch 32) unless a row says otherwise; calibration is Platt scaling on the logit as in
+0.3 → Dense(1): the logit, Adam 1e-3, batch 32) unless a row says otherwise; calibration is Platt scaling on the logit as in
 ``skinray train`` (the ECE of a temperature alone is printed beside it). What this cannot measure: fine-tuning the base
 (that changes the features); those runs go through ``skinray train`` / ``skinray evaluate`` (see RESULTS.md).
 """
@@ -30,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
-from skinray import images, metrics  # noqa: E402
+from skinray import images, metrics, operating_point  # noqa: E402
 from skinray.config import ImageConfig  # noqa: E402
 
 VIEWS = ("plain", "hflip", "vflip", "hvflip")
@@ -103,15 +103,21 @@ def metadata(rows: pd.DataFrame, train_median_age: float) -> np.ndarray:
 
 
 def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, units: int, epochs: int,
-               class_weight: dict[int, float] | None, seed: int, patience: int = 0) -> Any:
+               class_weight: dict[int, float] | None, seed: int, patience: int = 0, n_dx: int = 0) -> Any:
+    """The production head on cached features; its last layer gives logits (one, or one per diagnosis)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((x.shape[1],))
     h = keras.layers.Dense(units, activation="relu")(inputs)
     h = keras.layers.Dropout(0.3)(h)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
-    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    model = keras.Model(inputs, keras.layers.Dense(n_dx or 1)(h))
+    if n_dx:  # the diagnosis as the target, plain cross-entropy, no class weights (the SIIM-ISIC 2020 winners')
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=32, epochs=epochs, validation_data=(xv, yv), verbose=0)
+        return model
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.AUC(name="auc", from_logits=True)])
     callbacks = []
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_auc", mode="max", patience=patience,
@@ -121,38 +127,69 @@ def train_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, uni
     return model
 
 
+def malignant_logit(dx_logits: np.ndarray, malignant: np.ndarray) -> np.ndarray:
+    """The binary readout of a diagnosis softmax: log P(malignant) - log P(benign), P summed over diagnoses."""
+    z = dx_logits - dx_logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    pm = np.clip(p[:, malignant].sum(axis=1), 1e-12, 1 - 1e-12)
+    return np.log(pm) - np.log1p(-pm)
+
+
+def paired_auc_gain(y: np.ndarray, z_new: np.ndarray, z_ref: np.ndarray, n_boot: int = 1000, seed: int = 0
+                    ) -> tuple[float, float, float]:
+    """Validation ROC-AUC of ``z_new`` minus ``z_ref`` on the same images, with a paired bootstrap 95% interval."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if len(set(y[i].tolist())) == 2:
+            gains.append(roc_auc_score(y[i], z_new[i]) - roc_auc_score(y[i], z_ref[i]))
+    lo, hi = np.percentile(gains, [2.5, 97.5])
+    return float(roc_auc_score(y, z_new) - roc_auc_score(y, z_ref)), float(lo), float(hi)
+
+
 def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, train_views: tuple[str, ...],
                 tta: bool, class_weight: bool, meta: bool, units: int = 64, epochs: int = 10, patience: int = 0,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, dx_target: bool = False) -> dict[str, Any]:
     split = rows["split"].to_numpy()
     y = rows["label"].to_numpy(np.float32)
     tr, va, te = split == "train", split == "val", split == "test"
     m = metadata(rows, float(pd.to_numeric(rows.loc[tr, "age_approx"], errors="coerce").median()))
+    dx = rows["dx"].astype("string").str.lower().fillna("unknown").to_numpy(object)
+    classes = sorted(set(dx[tr]))
+    malignant = np.array([bool(y[tr][dx[tr] == c].mean() > 0.5) for c in classes])
+    target = np.array([classes.index(d) if d in classes else 0 for d in dx]) if dx_target else y
 
     def inputs(view: str, mask: np.ndarray) -> np.ndarray:
         f = feats[view][mask]
         return np.concatenate([f, m[mask] * 4.0], axis=1) if meta else f
 
     x = np.concatenate([inputs(v, tr) for v in train_views])
-    yt = np.concatenate([y[tr]] * len(train_views))
+    yt = np.concatenate([target[tr]] * len(train_views))
     cw = None
-    if class_weight:
+    if class_weight and not dx_target:
         pos = yt.mean()
         cw = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
     t0 = time.time()
-    model = train_head(x, yt, inputs("plain", va), y[va], units, epochs, cw, seed, patience)
+    model = train_head(x, yt, inputs("plain", va), target[va], units, epochs, cw, seed, patience,
+                       n_dx=len(classes) if dx_target else 0)
     seconds = time.time() - t0
 
-    def predict(mask: np.ndarray) -> np.ndarray:
+    def logits(mask: np.ndarray) -> np.ndarray:  # TTA averages logits, as skinray.inference.run_views does
         views = TTA_VIEWS if tta else ("plain",)
-        return np.mean([model.predict(inputs(v, mask), verbose=0, batch_size=512)[:, 0] for v in views], axis=0)
+        out = [model.predict(inputs(v, mask), verbose=0, batch_size=512) for v in views]
+        return np.mean([malignant_logit(o, malignant) if dx_target else o[:, 0] for o in out], axis=0)
 
-    pv, pt = predict(va), predict(te)
-    temp = metrics.fit_temperature(y[va], pv)
-    ece_temperature = metrics.ranking_metrics(y[te], metrics.apply_temperature(pt, temp))["ece"]
-    temp, bias = metrics.fit_platt(y[va], pv)  # what skinray train does (train.calibration: platt)
-    pv, pt = metrics.apply_temperature(pv, temp, bias), metrics.apply_temperature(pt, temp, bias)
-    thr = metrics.choose_threshold(y[va], pv, "youden")["threshold"]
+    zv, zt = logits(va), logits(te)
+    temperature_only = operating_point.fit_calibration(y[va], zv, "temperature")
+    ece_temperature = metrics.ranking_metrics(
+        y[te], operating_point.OperatingPoint(temperature_only, operating_point.ThresholdChoice(
+            threshold=0.5, policy="fixed")).apply(zt).prob)["ece"]
+    op, _ = operating_point.fit(y[va], zv, "platt", "youden", None, None)  # as skinray train does
+    pv, pt = op.apply(zv).prob, op.apply(zt).prob
+    thr = op.threshold.threshold
     rank = metrics.ranking_metrics(y[te], pt)
     lo, hi = metrics.bootstrap_auc_ci(y[te], pt, n_boot=1000, seed=0)
     at = metrics.threshold_metrics(y[te], pt, thr)
@@ -161,7 +198,8 @@ def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, 
             "threshold": round(thr, 3), "sens@thr": round(at["sensitivity"], 3),
             "spec@thr": round(at["specificity"], 3), "bal_acc@thr": round(at["balanced_accuracy"], 3),
             "ece": round(rank["ece"], 4), "ece_temperature_only": round(ece_temperature, 4),
-            "temperature": round(temp, 3), "bias": round(bias, 3), "head_train_s": round(seconds, 1)}
+            "temperature": round(op.calibration.temperature, 3), "bias": round(op.calibration.bias, 3),
+            "head_train_s": round(seconds, 1), "_val_logits": zv}
 
 
 def main() -> None:
@@ -171,6 +209,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workdir", default=os.path.join(DEFAULT_WORKDIR, "quality"))
     ap.add_argument("--seeds", type=int, default=2, help="head seeds per variant (mean reported)")
+    ap.add_argument("--only", help="comma-separated variant letters to run, e.g. H,I,J (default: all)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     rows = pd.read_parquet(os.path.join(args.prepared, "manifest.parquet"))
@@ -193,14 +232,29 @@ def main() -> None:
                                                                        class_weight=True, meta=True)),
         ("G E with head 256, 40 epochs, early stop on val AUC", "squash",
          dict(train_views=flips, tta=True, class_weight=True, meta=True, units=256, epochs=40, patience=6)),
+        ("H F, no metadata (the shape of the default recipe's head)", "center_crop",
+         dict(train_views=flips, tta=True, class_weight=True, meta=False)),
+        ("I H with the diagnosis softmax as the target, P(malignant) summed over malignant diagnoses",
+         "center_crop", dict(train_views=flips, tta=True, class_weight=False, meta=False, dx_target=True)),
+        ("J I + metadata fusion", "center_crop",
+         dict(train_views=flips, tta=True, class_weight=False, meta=True, dx_target=True)),
     ]
-    table = []
+    only = set(args.only.split(",")) if args.only else None
+    table, val_logits = [], {}
+    y_val = rows.loc[rows["split"] == "val", "label"].to_numpy(int)
     for name, resize, kw in variants:
+        if only and name.split()[0] not in only:
+            continue
         runs = [run_variant(name, feats[resize], rows, seed=s, **kw) for s in range(args.seeds)]
-        row = dict(runs[0])
+        row = {k: v for k, v in runs[0].items() if not k.startswith("_")}
         for key in ("val_auc", "test_auc", "sens@thr", "spec@thr", "bal_acc@thr", "ece", "ece_temperature_only",
                     "head_train_s"):
             row[key] = round(float(np.mean([r[key] for r in runs])), 4)
+        val_logits[name.split()[0]] = np.mean([r["_val_logits"] for r in runs], axis=0)
+        ref = {"I": "H", "J": "I"}.get(name.split()[0])
+        if ref in val_logits:  # the lever against the row it changes, on the same validation images
+            gain, lo, hi = paired_auc_gain(y_val, val_logits[name.split()[0]], val_logits[ref])
+            row[f"val_auc_gain_vs_{ref}"] = f"{gain:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         table.append(row)
         log(f"{name}: val {row['val_auc']} test {row['test_auc']} {row['auc_95ci']}")
     print_results("Quality levers on cached frozen MobileNetV2 features (HAM10000, lesion-grouped test split)",
