@@ -75,13 +75,9 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     })
     cfg = with_values(cfg, settings)
 
-    log.info("prepare")
     prep = prepare(cfg)
-    log.info("train")
     meta = train(cfg)
-    log.info("evaluate")
     ev = evaluate(cfg)
-    log.info("score")
     run = score(cfg)
     top = run_query(cfg.score.out, preset_sql("top_suspicious", 5, today), cfg.storage)
     counts = run_query(cfg.score.out, preset_sql("daily_counts"), cfg.storage)
