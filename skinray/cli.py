@@ -361,6 +361,7 @@ def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     model_id, meta = export(args.model, args.out, cfg.storage, args.int8, args.calibration_images)
     if meta.int8:
         v = meta.int8["validation"]
+
         def f(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.4f}"
 
