@@ -91,7 +91,8 @@ def bucket_of(uri: str) -> str:
 
 
 @lru_cache(maxsize=16)
-def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+def s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for one endpoint and region (cached: one per bucket region, not per call)."""
     kwargs: dict[str, Any] = {"region": region}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -100,90 +101,15 @@ def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-class _SinglePutS3(pafs.FileSystemHandler):
-    """pyarrow's S3 filesystem, except that files are written with one PUT and folders are not objects.
-
-    For what other libraries write through a pyarrow filesystem (Ray Train's checkpoints): pyarrow uploads every
-    file, even an empty one, as a multipart upload and creates a zero-byte marker object for each "directory".
-    A single PUT is atomic, accepted by every S3-compatible server, and leaves no markers. Picklable: the
-    filesystem travels to Ray Train's controller and workers.
-    """
-
-    def __init__(self, endpoint: str | None, region: str) -> None:
-        self.endpoint, self.region = endpoint, region
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _SinglePutS3, (self.endpoint, self.region)
-
-    @property
-    def fs(self) -> pafs.S3FileSystem:
-        return _s3(self.endpoint, self.region)
-
-    def get_type_name(self) -> str:
-        return "skinray-s3"
-
-    def normalize_path(self, path: str) -> str:
-        return self.fs.normalize_path(path)
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        pass  # S3 has no folders: a key's prefix exists as soon as the key does
-
-    def delete_dir(self, path: str) -> None:
-        delete("s3://" + path, StorageConfig(endpoint_url=self.endpoint, region=self.region))
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.delete_dir(path)
-
-    def delete_root_dir_contents(self) -> None:
-        raise OSError("refusing to delete a whole bucket")
-
-    def delete_file(self, path: str) -> None:
-        delete("s3://" + path, StorageConfig(endpoint_url=self.endpoint, region=self.region))
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path: str) -> Any:
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> Any:
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: Any) -> Any:
-        return pa.PythonFile(_PutOnClose("s3://" + path, StorageConfig(endpoint_url=self.endpoint,
-                                                                        region=self.region)), mode="w")
-
-    def open_append_stream(self, path: str, metadata: Any) -> Any:
-        raise OSError("appending is not supported on S3")
-
-
-class _PutOnClose(io.BytesIO):
-    def __init__(self, uri: str, storage: StorageConfig) -> None:
-        super().__init__()
-        self.uri, self.storage = uri, storage
-
-    def close(self) -> None:
-        if not self.closed:
-            write_bytes(self.uri, self.getvalue(), self.storage)
-        super().close()
-
-
 def filesystem_for_libraries(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
     """:func:`filesystem` for code that is not ours (Ray Train): on S3, single PUTs and no marker objects."""
     storage = storage or StorageConfig()
     uri = normalize(uri)
     if not is_s3(uri):
         return filesystem(uri, storage)
-    handler = _SinglePutS3(storage.resolved_endpoint(), storage.region_for(bucket_of(uri)))
+    from skinray.single_put_fs import SinglePutS3
+
+    handler = SinglePutS3(storage.resolved_endpoint(), storage.region_for(bucket_of(uri)))
     return pafs.PyFileSystem(handler), uri[len("s3://"):]
 
 
@@ -192,7 +118,8 @@ def filesystem(uri: str, storage: StorageConfig | None = None) -> tuple[pafs.Fil
     storage = storage or StorageConfig()
     uri = normalize(uri)
     if is_s3(uri):
-        return _s3(storage.resolved_endpoint(), storage.region_for(bucket_of(uri))), uri[len("s3://") :]
+        fs = s3_filesystem(storage.resolved_endpoint(), storage.region_for(bucket_of(uri)))
+        return fs, uri[len("s3://") :]
     return pafs.LocalFileSystem(), uri
 
 
