@@ -115,3 +115,28 @@ def test_uri_normalisation(tmp_path):
     assert storage.normalize(f"file://{tmp_path}/x/") == f"{tmp_path}/x"
     assert storage.normalize("s3://b/p/") == "s3://b/p"
     assert storage.join("s3://b/p", "q", "r.json") == "s3://b/p/q/r.json"
+
+
+def test_the_filesystem_for_libraries_writes_single_puts_without_markers(s3_endpoint):
+    """What Ray Train writes checkpoints through: a pickled copy works, files are whole objects, no folder objects."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
+    root = f"s3://{BUCKET}/libfs-{os.urandom(4).hex()}"
+    fs, path = storage.filesystem_for_libraries(root)
+    fs = pickle.loads(pickle.dumps(fs))  # it travels to Ray Train's controller and workers
+    fs.create_dir(f"{path}/checkpoint_000001", recursive=True)
+    with fs.open_output_stream(f"{path}/checkpoint_000001/state.json") as f:
+        f.write(b'{"epoch": 1}')
+    with fs.open_output_stream(f"{path}/checkpoint_000001/empty.bin"):
+        pass
+    assert storage.read_bytes(f"{root}/checkpoint_000001/state.json") == b'{"epoch": 1}'
+    assert fs.get_file_info(f"{path}/checkpoint_000001/empty.bin").size == 0
+    bucket, _, prefix = root[len("s3://"):].partition("/")
+    keys = sorted(o["Key"] for o in storage.boto3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+    assert keys == [f"{prefix}/checkpoint_000001/empty.bin", f"{prefix}/checkpoint_000001/state.json"]
+    fs.delete_dir(f"{path}/checkpoint_000001")
+    assert fs.get_file_info(f"{path}/checkpoint_000001/state.json").type == pafs.FileType.NotFound
+    with pytest.raises(OSError):
+        fs.delete_dir_contents("/", accept_root_dir=True)  # never a whole bucket
