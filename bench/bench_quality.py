@@ -214,10 +214,6 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=True)
     rows = pd.read_parquet(os.path.join(args.prepared, "manifest.parquet"))
     onnx_path = _base_onnx(os.path.join(args.workdir, f"base{args.size}.onnx"), args.weights, args.size)
-    t0 = time.time()
-    feats = {r: extract(rows, onnx_path, r, args.size, os.path.join(args.workdir, f"feat-{r}-{args.size}.npz"))
-             for r in ("squash", "center_crop")}
-    extract_s = time.time() - t0
     flips = ("plain", "hflip", "vflip", "hvflip")
     variants = [
         ("A seed head, plain views (frozen-base baseline)", "squash", dict(train_views=("plain",), tta=False,
@@ -240,11 +236,14 @@ def main() -> None:
          dict(train_views=flips, tta=True, class_weight=False, meta=True, dx_target=True)),
     ]
     only = set(args.only.split(",")) if args.only else None
+    variants = [v for v in variants if not only or v[0].split()[0] in only]
+    t0 = time.time()
+    feats = {r: extract(rows, onnx_path, r, args.size, os.path.join(args.workdir, f"feat-{r}-{args.size}.npz"))
+             for r in sorted({resize for _, resize, _ in variants})}
+    extract_s = time.time() - t0
     table, val_logits = [], {}
     y_val = rows.loc[rows["split"] == "val", "label"].to_numpy(int)
     for name, resize, kw in variants:
-        if only and name.split()[0] not in only:
-            continue
         runs = [run_variant(name, feats[resize], rows, seed=s, **kw) for s in range(args.seeds)]
         row = {k: v for k, v in runs[0].items() if not k.startswith("_")}
         for key in ("val_auc", "test_auc", "sens@thr", "spec@thr", "bal_acc@thr", "ece", "ece_temperature_only",
