@@ -488,7 +488,7 @@ def test_runtime_install_pattern():
     for cmd in ("pip install -c c.txt skinray", "bash -c 'python -m pip install x'", "uv pip install y",
                 "sudo apt-get install -y z", "python -c 'import tensorflow'"):
         assert RUNTIME_INSTALL_RE.search(cmd), cmd
-    for cmd in ("ray stop", "ulimit -n 65536; ray start --head --port=6379", "pip show onnxruntime"):
+    for cmd in ("ray status", "ulimit -n 65536; ray start --head --port=6379", "pip show onnxruntime"):
         assert not RUNTIME_INSTALL_RE.search(cmd), cmd
 
 

@@ -1,5 +1,5 @@
 """cluster/local.sh: a fake `ray` records the arguments of start/stop/status; a real start and stop shows that
-stopping ends only the nodes local.sh started (never `ray stop`), leaving any other Ray on the machine running."""
+stopping ends only the nodes local.sh started (never the machine-wide stop), leaving any other Ray running."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_local_sh_syntax_and_mode():
     text = LOCAL_SH.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert not re.search(r'"\$\{ray\}"\s+stop|\bray stop\b(?!\')', text.replace("'ray stop'", "")), \
-        "local.sh must never run ray stop"
+        "local.sh must stop its own nodes by PID, never every Ray on the machine"
 
 
 def test_local_sh_help():
