@@ -9,9 +9,10 @@ the validation split and is reported on the lesion-grouped test split of a prepa
     .venv/bin/python bench/bench_quality.py --prepared /work/runs/ham-prepared
 
 The feature cache (``--workdir``) makes re-runs take seconds. The head is the production head (Dense 64 → Dropout
-0.3 → Dense(1): the logit, Adam 1e-3, batch 32) unless a row says otherwise; calibration is Platt scaling on the logit as in
-``skinray train`` (the ECE of a temperature alone is printed beside it). What this cannot measure: fine-tuning the base
-(that changes the features); those runs go through ``skinray train`` / ``skinray evaluate`` (see RESULTS.md).
+0.3 → Dense(1): the logit, Adam 1e-3, batch 32) unless a row says otherwise; calibration is Platt scaling on the
+logit as in ``skinray train`` (the ECE of a temperature alone is printed beside it). What this cannot measure:
+fine-tuning the base (that changes the features); those runs go through ``skinray train`` / ``skinray evaluate``
+(see RESULTS.md).
 """
 
 from __future__ import annotations

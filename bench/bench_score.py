@@ -199,7 +199,8 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(overrides={
         "score.model": model_dir, "score.input": manifest, "score.out": out, "inference.engine": args.engine,
-        "score.batch_size": args.batch_size, "inference.actors": args.actors, "inference.cpus_per_actor": args.cpus_per_actor,
+        "score.batch_size": args.batch_size, "inference.actors": args.actors,
+        "inference.cpus_per_actor": args.cpus_per_actor,
         "score.run_id": f"bench-{label}", "score.top_k": 8,
     })
     trace: list[tuple[float, int]] = []

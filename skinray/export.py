@@ -66,7 +66,8 @@ def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared:
                              OnnxEngine(os.path.join(out_dir, INT8_FILE), outputs, policy="batch"),
                              rows[rows["split"] == "val"], op, bool(fields.get("tta")),
                              storage_cfg or StorageConfig(), image_cfg)
-    return {"file": INT8_FILE, "format": "QDQ, weights int8 per channel, activations uint8 (MinMax); the stem convolution in float",
+    return {"file": INT8_FILE,
+            "format": "QDQ, weights int8 per channel, activations uint8 (MinMax); the stem convolution in float",
             "calibration": {"source": prepared, "split": "train", "images": int(len(sample)), "seed": seed},
             "validation": checked}
 
