@@ -71,9 +71,9 @@ def say(message: str, **fields: Any) -> None:
         print(message)
 
 
-def error(message: str, fmt: str = "text") -> None:
-    """A user-fixable error: one line (``skinray: error: ...``), or one JSON object."""
-    if fmt == "json":
+def error(message: str, fmt: str | None = None) -> None:
+    """A user-fixable error: one line (``skinray: error: ...``), or one JSON object (``fmt``, else as set up)."""
+    if (fmt or _format) == "json":
         print(json.dumps({"level": "error", "logger": "skinray", "message": message}), file=sys.stderr)
     else:
         print(f"skinray: error: {message}", file=sys.stderr)

@@ -80,12 +80,12 @@ def fmt(value: Any, digits: int = 3) -> str:
     return esc(value)
 
 
-def counts(value: dict[str, Any] | None, key_chars: int = 16) -> str:
+def counts(value: dict[str, Any] | None, key_chars: int = 12) -> str:
     """``{"per_image": 9951, "probing": 64}`` → ``per_image 9,951 · probing 64`` (long keys such as node ids cut)."""
     if not value:
         return "n/a"
-    return " · ".join(f"{k if len(str(k)) <= key_chars else str(k)[:12] + '…'} {v:,}"
-                      for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
+    cut = (lambda k: k if len(k) <= key_chars else k[:key_chars] + "…")
+    return " · ".join(f"{cut(str(k))} {v:,}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
