@@ -136,21 +136,6 @@ def malignant_logit(dx_logits: np.ndarray, malignant: np.ndarray) -> np.ndarray:
     return np.log(pm) - np.log1p(-pm)
 
 
-def paired_auc_gain(y: np.ndarray, z_new: np.ndarray, z_ref: np.ndarray, n_boot: int = 1000, seed: int = 0
-                    ) -> tuple[float, float, float]:
-    """Validation ROC-AUC of ``z_new`` minus ``z_ref`` on the same images, with a paired bootstrap 95% interval."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    gains = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if len(set(y[i].tolist())) == 2:
-            gains.append(roc_auc_score(y[i], z_new[i]) - roc_auc_score(y[i], z_ref[i]))
-    lo, hi = np.percentile(gains, [2.5, 97.5])
-    return float(roc_auc_score(y, z_new) - roc_auc_score(y, z_ref)), float(lo), float(hi)
-
-
 def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, train_views: tuple[str, ...],
                 tta: bool, class_weight: bool, meta: bool, units: int = 64, epochs: int = 10, patience: int = 0,
                 seed: int = 0, dx_target: bool = False) -> dict[str, Any]:
@@ -253,7 +238,7 @@ def main() -> None:
         val_logits[name.split()[0]] = np.mean([r["_val_logits"] for r in runs], axis=0)
         ref = {"I": "H", "J": "I"}.get(name.split()[0])
         if ref in val_logits:  # the lever against the row it changes, on the same validation images
-            gain, lo, hi = paired_auc_gain(y_val, val_logits[name.split()[0]], val_logits[ref])
+            gain, lo, hi = metrics.paired_auc_gain(y_val, val_logits[name.split()[0]], val_logits[ref])
             row[f"val_auc_gain_vs_{ref}"] = f"{gain:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         table.append(row)
         log(f"{name}: val {row['val_auc']} test {row['test_auc']} {row['auc_95ci']}")

@@ -127,11 +127,12 @@ def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: 
 
 def seed_loop(model_dir: str, paths: list[str], size: int = 224) -> dict[str, Any]:
     """(c): the seed's scoring loop, one image at a time through Keras ``model.predict``."""
-    import keras
     import numpy as np
     from PIL import Image
 
-    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True, compile=False)
+    from skinray.artifact import ModelArtifact
+
+    model = ModelArtifact.open(model_dir).load_keras()
     model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)  # warm-up, not timed
     t, cpu = time.perf_counter(), time.process_time()
     for p in paths:

@@ -262,6 +262,9 @@ class ModelArtifact:
         import_tensorflow()  # quietly, before Keras pulls it in
         import keras
 
+        from skinray.model import malignant_readout_layer
+
+        malignant_readout_layer()  # registered before the load that may need it
         return keras.saving.load_model(self.path(MODEL_FILE), safe_mode=True, compile=False)
 
 

@@ -114,12 +114,22 @@ class TrainConfig(_Section):
     # weighted by this; it teaches the features the benign look-alikes (bkl vs mel). The exported model is binary.
     # Rows without a dx add no auxiliary loss; a manifest without dx trains without it.
     aux_diagnosis_weight: float = Field(0.5, ge=0)
+    # binary: the logit head trained on benign/malignant (with the auxiliary diagnosis head above); diagnosis: the
+    # diagnosis softmax is the target (plain cross-entropy; class_weight applies to rows without a dx, which train
+    # the readout) and the logit is read out of it as log P(malignant diagnoses) / P(benign ones) — the SIIM-ISIC
+    # 2020 winners' recipe. A diagnosis is malignant when most of its training rows are labelled malignant.
+    target: Literal["binary", "diagnosis"] = "binary"
     # sensitivity (default): a triage threshold that misses at most 15% of malignant lesions, promised at 95%
     # confidence from the validation counts (a one-sided exact binomial bound), not merely met on validation;
     # youden: the best balance of sensitivity and specificity; fixed: 0.5
     threshold_policy: Literal["youden", "sensitivity", "fixed"] = "sensitivity"
     target_sensitivity: float | None = Field(0.85, gt=0, le=1)
     threshold_confidence: float | None = Field(0.95, gt=0, lt=1)  # null: the target met on validation only
+    # per-diagnosis floors under the threshold (youden or sensitivity policy), with the same confidence: the
+    # threshold is lowered until each named diagnosis' malignant validation images reach their own target, so a
+    # triage point that meets 0.85 overall on the carcinomas still catches melanomas. Keys are dx values, matched
+    # lower-cased (HAM10000's "mel", ISIC's "melanoma"); one absent from the validation split is recorded, not met.
+    diagnosis_sensitivity: dict[str, float] = Field(default_factory=lambda: {"mel": 0.80, "melanoma": 0.80})
     # fitted on validation: platt = temperature and bias (needed after class weights), temperature, or none
     calibration: Literal["platt", "temperature", "none"] = "platt"
     # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
@@ -135,6 +145,18 @@ class TrainConfig(_Section):
     @classmethod
     def _weights(cls, v: str) -> str:
         return v.strip() or "imagenet"
+
+    @field_validator("diagnosis_sensitivity")
+    @classmethod
+    def _diagnosis_targets(cls, v: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for name, target in v.items():
+            key = str(name).strip().lower()
+            if not key or not (0.0 < float(target) <= 1.0):
+                raise ValueError(f"diagnosis_sensitivity needs dx names with targets in (0, 1], got {name!r}: "
+                                 f"{target!r}")
+            out[key] = float(target)
+        return out
 
     @model_validator(mode="after")
     def _operating_point(self) -> TrainConfig:

@@ -75,12 +75,16 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
                   "| diagnosis | n | recall |", "| --- | --- | --- |"]
         lines += [f"| {c} | {dx['support'][c]} | {f(dx['recall'][c])} |" for c in dx["classes"]]
         lines.append("")
+    def with_ci(value: Any, ci: list[float] | None) -> str:
+        return f(value) if not ci else f"{f(value)} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
     for name, groups in report.get("groups", {}).items():
-        lines += [f"## By {name}", "", "| group | n | malignant | ROC-AUC | sensitivity | specificity |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## By {name}", "", "| group | n | malignant | ROC-AUC | sensitivity [exact 95% CI] | "
+                  "specificity [exact 95% CI] |", "| --- | --- | --- | --- | --- | --- |"]
         for g in groups:
             lines.append(f"| {g['group']} | {g['n']} | {g['n_pos']} | {f(g.get('roc_auc'))} | "
-                         f"{f(g.get('sensitivity'))} | {f(g.get('specificity'))} |")
+                         f"{with_ci(g.get('sensitivity'), g.get('sensitivity_ci95'))} | "
+                         f"{with_ci(g.get('specificity'), g.get('specificity_ci95'))} |")
         lines.append("")
     lines += [f"![{p}]({p})" for p in pngs]
     return "\n".join(lines) + "\n"

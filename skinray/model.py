@@ -47,18 +47,62 @@ def resolve_weights(weights: str, storage_cfg: StorageConfig | None = None) -> t
     return path, f"file {path} (sha256 {storage.sha256_file(path)[:16]})"
 
 
+_READOUT: Any = None
+
+
+def malignant_readout_layer() -> Any:
+    """The Keras layer that reads the binary logit out of the diagnosis logits (registered once, so that
+    ``model.keras`` files holding it load in safe mode):
+    ``logit = logsumexp(dx_logits[malignant]) - logsumexp(dx_logits[benign])`` = log P(malignant) / P(benign)
+    under the diagnosis softmax, computed without a softmax so it never saturates."""
+    global _READOUT
+    if _READOUT is not None:
+        return _READOUT
+    import_tensorflow()
+    import keras
+
+    @keras.saving.register_keras_serializable(package="skinray")
+    class MalignantReadout(keras.layers.Layer):
+        def __init__(self, malignant: list[bool], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.malignant = [bool(m) for m in malignant]
+
+        def call(self, dx_logits: Any) -> Any:
+            ops = keras.ops
+            mask = ops.convert_to_tensor(self.malignant)
+            far = ops.convert_to_tensor(-1e9, dtype=dx_logits.dtype)
+            mal = ops.logsumexp(ops.where(mask, dx_logits, far), axis=-1, keepdims=True)
+            ben = ops.logsumexp(ops.where(mask, far, dx_logits), axis=-1, keepdims=True)
+            return mal - ben
+
+        def compute_output_shape(self, input_shape: Any) -> Any:
+            return (*input_shape[:-1], 1)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "malignant": self.malignant}
+
+    _READOUT = MalignantReadout
+    return _READOUT
+
+
 def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imagenet", dense_units: int = 64,
                 dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet",
-                dx_classes: int = 0) -> Any:
+                dx_classes: int = 0, malignant_dx: list[bool] | None = None) -> Any:
     """Input 0–255 floats → MobileNetV2 scaling ([-1, 1]) → frozen base → GAP → Dense → Dropout → logit.
 
     The scaling is a layer so the exported model needs nothing but resized RGB pixels. ``freeze_base`` defaults to
     frozen with pretrained weights and trainable (BatchNorm in training mode) without: frozen random filters are
     noise, so a weight-less model (tests, the offline demo) must learn its base. ``dx_classes`` > 1 adds the
-    diagnosis output (one logit per diagnosis, from the pooled features).
+    diagnosis output (one logit per diagnosis, from the pooled features). ``malignant_dx`` (one flag per diagnosis)
+    makes the diagnosis softmax the model's target: there is no binary head, and the ``logit`` output is read out
+    of the diagnosis logits (:func:`malignant_readout_layer`).
     """
     import_tensorflow()
     import keras
+
+    if malignant_dx is not None and (len(malignant_dx) != dx_classes or all(malignant_dx) or not any(malignant_dx)):
+        raise SkinrayError(f"a diagnosis target needs benign and malignant diagnoses among its {dx_classes}, got "
+                           f"flags {malignant_dx}")
 
     if weights == "imagenet" and image_size not in IMAGENET_SIZES:
         raise SkinrayError(
@@ -95,6 +139,10 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
     pooled = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(pooled)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    if malignant_dx is not None:  # the same head, ending in the diagnoses
+        dx = keras.layers.Dense(dx_classes, name=DX_LOGITS)(x)
+        logit = malignant_readout_layer()(malignant_dx, name=LOGIT)(dx)
+        return keras.Model(inputs, [logit, dx], name="skinray_mobilenetv2")
     outputs = [keras.layers.Dense(1, name=LOGIT)(x)]
     if dx_classes > 1:
         outputs.append(keras.layers.Dense(dx_classes, name=DX_LOGITS)(pooled))

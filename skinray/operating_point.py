@@ -6,7 +6,9 @@ demo's images at the top of the ranking). On the validation split this module fi
 * a **calibration**: ``calibrated logit = logit / temperature + bias`` (Platt scaling; ``temperature`` alone, or
   none), and ``prob_malignant = sigmoid(calibrated logit)`` computed in float64;
 * a **threshold** on that probability, chosen by a policy (a sensitivity target promised with a confidence bound,
-  Youden's J, or a fixed 0.5).
+  Youden's J, or a fixed 0.5), lowered where needed so that named diagnoses (melanoma) reach their own
+  sensitivity targets too: a threshold that meets 0.85 overall can still miss a third of melanomas when
+  carcinomas, which score higher, carry the overall figure.
 
 Both are stored in the model directory (``skinray.json``: :class:`Calibration`, :class:`ThresholdChoice`), applied
 by :meth:`OperatingPoint.apply` wherever a model scores, and put into words by :func:`describe`.
@@ -58,6 +60,18 @@ class Calibration(BaseModel):
         return CALIBRATION_METHODS[self.method]
 
 
+class DiagnosisSensitivity(BaseModel):
+    """One diagnosis' target at the stored threshold and what the validation split gave."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: float = Field(gt=0, le=1)
+    n: int = Field(ge=0)  # validation images of this diagnosis
+    sensitivity: float | None = None
+    lower_bound: float | None = None  # one-sided exact bound at the threshold's confidence (None without one)
+    met: bool | None = None  # None: no image of this diagnosis in the validation split, so no promise
+
+
 class ThresholdChoice(BaseModel):
     """The decision threshold on ``prob_malignant`` and what it gave on the validation split."""
 
@@ -71,6 +85,8 @@ class ThresholdChoice(BaseModel):
     confidence: float | None = Field(None, gt=0, lt=1)
     sensitivity_lower_bound: float | None = None
     target_met: bool | None = None
+    diagnoses: dict[str, DiagnosisSensitivity] | None = None  # per-diagnosis targets, when any were asked for
+    lowered_for: list[str] | None = None  # the diagnoses whose targets lowered the policy's threshold
 
     @field_validator("threshold")
     @classmethod
@@ -181,16 +197,47 @@ def sensitivity_lower_bound(tp: ArrayLike, n_pos: int, confidence: float) -> np.
     return np.where(k > 0, np.nan_to_num(lb, nan=0.0), 0.0)
 
 
+def _threshold_catching(scores: np.ndarray, target: float, confidence: float | None) -> tuple[float, bool]:
+    """The highest threshold whose sensitivity over ``scores`` (positives only) reaches ``target``, or whose
+    one-sided lower bound does with ``confidence``; (threshold, reachable). Unreachable: catch every positive.
+
+    Catching the k highest scores needs threshold = the k-th highest score (``prob >= threshold`` decides).
+    """
+    desc = np.sort(scores)[::-1]
+    caught = np.arange(1, len(desc) + 1)
+    if confidence is None:
+        ok = caught / len(desc) >= float(target) - ROC_TOL
+    else:
+        ok = sensitivity_lower_bound(caught, len(desc), float(confidence)) >= float(target) - ROC_TOL
+    k = int(np.argmax(ok)) if ok.any() else len(desc) - 1
+    return float(desc[k]), bool(ok.any())
+
+
+def _diagnosis_sensitivity(p: np.ndarray, dx: np.ndarray, name: str, target: float, threshold: float,
+                           confidence: float | None) -> DiagnosisSensitivity:
+    scores = p[dx == name]
+    if not len(scores):
+        return DiagnosisSensitivity(target=target, n=0)
+    caught = int((scores >= threshold).sum())
+    bound = None if confidence is None else float(sensitivity_lower_bound(caught, len(scores), confidence))
+    met = (bound if bound is not None else caught / len(scores)) >= target - ROC_TOL
+    return DiagnosisSensitivity(target=target, n=len(scores), sensitivity=caught / len(scores), lower_bound=bound,
+                                met=bool(met))
+
+
 def choose_threshold(
     y_true: ArrayLike, prob: ArrayLike, policy: str = "youden", target_sensitivity: float | None = None,
-    confidence: float | None = None,
+    confidence: float | None = None, dx: ArrayLike | None = None,
+    diagnosis_targets: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Pick an operating threshold on validation data and report the sensitivity/specificity it gives there.
 
     youden: maximise TPR - FPR; sensitivity: the highest threshold with TPR >= target_sensitivity, or with
     ``confidence``, the highest whose lower confidence bound on sensitivity reaches the target (a promise about new
-    data, not about the validation split); fixed: 0.5. Thresholds are clipped into (0, 1) and measured after
-    clipping, so the numbers are honest.
+    data, not about the validation split); fixed: 0.5. ``diagnosis_targets`` (``{"mel": 0.80}``, with ``dx`` the
+    rows' diagnoses) lower a youden or sensitivity threshold until each named diagnosis' malignant images reach their
+    own target, with the same confidence; a diagnosis absent from ``dx`` is reported with n = 0 and no promise.
+    Thresholds are clipped into (0, 1) and measured after clipping, so the numbers are honest.
     """
     y, p = validate(y_true, prob)
     if policy not in THRESHOLD_POLICIES:
@@ -200,22 +247,34 @@ def choose_threshold(
             raise ValueError(f"policy 'sensitivity' needs target_sensitivity in (0, 1], got {target_sensitivity!r}")
     if confidence is not None and not (0.0 < float(confidence) < 1.0):
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    targets = dict(diagnosis_targets or {})
+    if targets and policy != "fixed":
+        if dx is None or len(dx) != len(y):
+            raise ValueError("diagnosis_targets need one diagnosis per row in dx")
+        for name, target in targets.items():
+            if not (0.0 < float(target) <= 1.0):
+                raise ValueError(f"diagnosis target for {name!r} must be in (0, 1], got {target!r}")
     n_pos = int(y.sum())
+    lowered: list[str] = []
     if policy == "fixed":
-        t = DEFAULT_THRESHOLD
+        t, targets = DEFAULT_THRESHOLD, {}
     else:
         if not two_classes(y):
             raise ValueError(f"choose_threshold(policy={policy!r}) needs both classes in y_true")
-        fpr, tpr, thr = roc_curve(y, p, pos_label=1, drop_intermediate=False)
         if policy == "youden":
-            i = int(np.argmax(tpr - fpr))  # first maximum = highest threshold among ties
-        elif confidence is None:
-            i = int(np.argmax(tpr >= float(target_sensitivity) - ROC_TOL))  # tpr is non-decreasing; last is 1
+            fpr, tpr, thr = roc_curve(y, p, pos_label=1, drop_intermediate=False)
+            t = float(thr[int(np.argmax(tpr - fpr))])  # first maximum = highest threshold among ties
         else:
-            lb = sensitivity_lower_bound(np.rint(tpr * n_pos), n_pos, float(confidence))
-            ok = lb >= float(target_sensitivity) - ROC_TOL
-            i = int(np.argmax(ok)) if ok.any() else len(thr) - 1  # unreachable target: catch every positive
-        t = float(np.clip(thr[i], *THRESHOLD_CLIP))
+            t, _ = _threshold_catching(p[y == 1], float(target_sensitivity), confidence)
+        # every target is met by any threshold below its own highest one, so the joint answer is the lowest of them
+        codes = np.asarray(dx, dtype=object) if targets else None
+        for name, target in targets.items():
+            scores = p[(codes == name) & (y == 1)]
+            if len(scores):
+                own, _ = _threshold_catching(scores, float(target), confidence)
+                if own < t:
+                    t, lowered = own, [*lowered, name]
+        t = float(np.clip(t, *THRESHOLD_CLIP))
     tm = threshold_metrics(y, p, t)
     out: dict[str, Any] = {
         "threshold": t,
@@ -228,6 +287,11 @@ def choose_threshold(
         bound = float(sensitivity_lower_bound(round(tm["sensitivity"] * n_pos), n_pos, float(confidence)))
         out.update(confidence=float(confidence), sensitivity_lower_bound=bound,
                    target_met=bool(bound >= float(target_sensitivity) - ROC_TOL))
+    if targets:
+        codes = np.asarray(dx, dtype=object)
+        out.update(diagnoses={name: _diagnosis_sensitivity(p[y == 1], codes[y == 1], name, float(target), t,
+                                                           confidence) for name, target in targets.items()},
+                   lowered_for=lowered)
     return out
 
 
@@ -235,14 +299,15 @@ def choose_threshold(
 
 
 def fit(y_val: ArrayLike, logits_val: ArrayLike, calibration: str, policy: str,
-        target_sensitivity: float | None, confidence: float | None) -> tuple[OperatingPoint, dict[str, Any] | None]:
+        target_sensitivity: float | None, confidence: float | None, dx_val: ArrayLike | None = None,
+        diagnosis_targets: dict[str, float] | None = None) -> tuple[OperatingPoint, dict[str, Any] | None]:
     """Calibration, threshold and the validation report, all from the validation split's logits."""
     y = as_labels(y_val)
     cal = fit_calibration(y, logits_val, calibration)
     prob = OperatingPoint(cal, ThresholdChoice(threshold=0.5, policy="fixed")).apply(logits_val).prob
     both = two_classes(y)
     if both and policy != "fixed":
-        choice = choose_threshold(y, prob, policy, target_sensitivity, confidence)
+        choice = choose_threshold(y, prob, policy, target_sensitivity, confidence, dx_val, diagnosis_targets)
     else:
         choice = {"threshold": DEFAULT_THRESHOLD, "policy": "fixed" if both else "fixed (val split has one class)"}
     report = full_report(y, prob, choice["threshold"], n_boot=200) if both else None
@@ -252,11 +317,26 @@ def fit(y_val: ArrayLike, logits_val: ArrayLike, calibration: str, policy: str,
 def describe(threshold: ThresholdChoice) -> str:
     """How the stored threshold was chosen, in words a report reader can check."""
     if threshold.policy != "sensitivity" or threshold.target_sensitivity is None:
-        return threshold.policy
-    text = f"sensitivity ≥ {threshold.target_sensitivity:.2f}"
-    if threshold.confidence is not None and threshold.sensitivity is not None:
+        text = threshold.policy
+    else:
+        text = f"sensitivity ≥ {threshold.target_sensitivity:.2f}"
+    if threshold.policy == "sensitivity" and threshold.confidence is not None and threshold.sensitivity is not None:
         text += (f" with {threshold.confidence:.0%} confidence: validation sensitivity "
                  f"{threshold.sensitivity:.3f}, lower bound {threshold.sensitivity_lower_bound or 0.0:.3f}")
         if threshold.target_met is False:
             text += ", target not reachable on this validation split"
+    diagnoses = threshold.diagnoses or {}
+    absent = [name for name, d in diagnoses.items() if not d.n]
+    if absent and len(absent) == len(diagnoses):  # e.g. HAM10000's "mel" and ISIC's "melanoma": say so once
+        text += f"; no {', '.join(absent)} in the validation split: no per-diagnosis promise"
+    for name, d in diagnoses.items():
+        if not d.n:
+            continue
+        text += f"; {name} ≥ {d.target:.2f}: validation sensitivity {d.sensitivity:.3f} over {d.n} images"
+        if d.lower_bound is not None:
+            text += f", lower bound {d.lower_bound:.3f}"
+        if d.met is False:
+            text += " (not reachable)"
+        elif name in (threshold.lowered_for or []):
+            text += " (lowered the threshold)"
     return text

@@ -77,6 +77,8 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+        return "[" + ", ".join(fmt(float(v), digits) for v in value) + "]"  # an interval
     return esc(value)
 
 

@@ -29,7 +29,8 @@ from skinray.config import SkinrayConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
 from skinray.prepare import load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
-from skinray.train_data import COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index
+from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
+                                malignant_diagnoses)
 from skinray.train_loop import CheckpointSaver, RunSpec, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
@@ -40,11 +41,18 @@ def data_fingerprint(uri: str, storage_cfg: Any) -> str:
     return hashlib.sha256(storage.read_bytes(storage.join(uri, "manifest.parquet"), storage_cfg)).hexdigest()
 
 
+# Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
+# left) and refits the operating point in about a minute instead of training again.
+OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_confidence", "diagnosis_sensitivity",
+                        "calibration", "tta"}
+
+
 def run_name(cfg: SkinrayConfig, fingerprint: str) -> str:
-    """Same data + same settings → same name → a re-run resumes from its checkpoints."""
+    """Same data + same training settings → same name → a re-run resumes from its checkpoints."""
     t = cfg.train
     settings = cfg.image.model_dump_json() + t.model_dump_json(
-        exclude={"out", "run_name", "storage_path", "fail_after_epoch", "max_failures", "prepared"})
+        exclude={"out", "run_name", "storage_path", "fail_after_epoch", "max_failures", "prepared",
+                 *OPERATING_POINT_KEYS})
     digest = hashlib.sha256(f"{ARCHITECTURE_VERSION}|{settings}".encode()).hexdigest()
     return t.run_name or f"train-{fingerprint[:8]}-{digest[:8]}"
 
@@ -183,6 +191,21 @@ def _validation_profile(va: pd.DataFrame, prob: np.ndarray, cfg: SkinrayConfig, 
     return drift.profile(frame)
 
 
+def diagnosis_target(tr: pd.DataFrame, dx_classes: list[str], cfg: SkinrayConfig) -> list[bool] | None:
+    """With ``train.target: diagnosis``, which diagnoses are malignant; a one-line error when the data cannot
+    support that target (checked before any worker starts)."""
+    if cfg.train.target != "diagnosis":
+        return None
+    if not dx_classes:
+        raise SkinrayError(f"{cfg.train.prepared}: train.target diagnosis needs a dx column with at least two "
+                           "diagnoses in the train split; use train.target binary")
+    flags = malignant_diagnoses(tr, dx_classes)
+    if all(flags) or not any(flags):
+        raise SkinrayError(f"train.target diagnosis needs benign and malignant diagnoses; the train split's are all "
+                           f"{'malignant' if all(flags) else 'benign'} ({dx_classes})")
+    return flags
+
+
 def train(cfg: SkinrayConfig) -> ModelMeta:
     """prepared/ → model directory (model.keras, model.onnx, config.yaml, skinray.json); returns its description."""
     t = cfg.train
@@ -191,9 +214,10 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     started = time.time()
     tr, va = check_splits(load_prepared(t.prepared, cfg.storage), cfg)
     weights_arg, weights_source = resolve_weights(t.weights, cfg.storage)
-    dx_classes, tr, va = diagnosis_index(tr, va, t.aux_diagnosis_weight)
+    dx_classes, tr, va = diagnosis_index(tr, va, t.aux_diagnosis_weight if t.target == "binary" else 1.0)
+    malignant_dx = diagnosis_target(tr, dx_classes, cfg)
     model = build_model(cfg.image.size, t.alpha, weights_arg, t.dense_units, t.dropout,  # fails fast on bad weights
-                        input_scaling=t.input_scaling, dx_classes=len(dx_classes))
+                        input_scaling=t.input_scaling, dx_classes=len(dx_classes), malignant_dx=malignant_dx)
     fingerprint = data_fingerprint(t.prepared, cfg.storage)
     name = run_name(cfg, fingerprint)
     storage_path = storage.normalize(t.storage_path or storage.join(t.out, "_ray"))
@@ -203,7 +227,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     worker_weights = _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg)
     spec = RunSpec(run_name=name, storage_path=storage_path, weights=worker_weights,
                    class_weights=class_weights(tr["label"], t.class_weight),
-                   steps_per_epoch=math.ceil(len(tr) // t.workers / t.batch_size), dx_classes=dx_classes)
+                   steps_per_epoch=math.ceil(len(tr) // t.workers / t.batch_size), dx_classes=dx_classes,
+                   malignant_dx=malignant_dx)
     result, workers = _fit(cfg, tr, va, spec)
     state = CheckpointSaver.load_best(result.checkpoint, model)
     train_seconds = time.time() - started
@@ -219,7 +244,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         else:
             logits_val = np.asarray(state.best_val["logit"], float)
         op, val_report = operating_point.fit(y_val, logits_val, t.calibration, t.threshold_policy,
-                                             t.target_sensitivity, t.threshold_confidence)
+                                             t.target_sensitivity, t.threshold_confidence,
+                                             dx_codes(va).fillna("").to_numpy(object), t.diagnosis_sensitivity)
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
                            _validation_profile(va, op.apply(logits_val).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -228,9 +254,17 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             recipe=cfg.recipe,
             architecture={"base": "MobileNetV2", "alpha": t.alpha, "include_top": False,
-                          "head": f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → Dense(1): logit",
+                          "head": (f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → Dense(1): logit"
+                                   if malignant_dx is None else
+                                   f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → "
+                                   f"Dense({len(dx_classes)}): dx_logits → logit = logsumexp(malignant) - "
+                                   "logsumexp(benign)"),
+                          "target": t.target,
                           "diagnosis_head": ({"output": "dx_logits (one logit per diagnosis, from GAP)",
                                               "classes": dx_classes, "loss_weight": t.aux_diagnosis_weight}
+                                             if dx_classes and malignant_dx is None else
+                                             {"output": "dx_logits (the target)", "classes": dx_classes,
+                                              "malignant": [c for c, m in zip(dx_classes, malignant_dx) if m]}
                                              if dx_classes else None),
                           "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
                           "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)",

@@ -82,24 +82,34 @@ def class_weights(labels: pd.Series, mode: str) -> list[float]:
     return [float(len(labels) / (2 * max(c, 1.0))) for c in counts]
 
 
+def dx_codes(frame: pd.DataFrame) -> pd.Series:
+    """The rows' diagnoses as the model and the threshold see them: stripped, lower-cased, NA where unknown."""
+    if "dx" not in frame:
+        return pd.Series(pd.NA, index=frame.index, dtype="string")
+    return frame["dx"].astype("string").str.strip().str.lower().replace("", pd.NA)
+
+
 def diagnosis_index(tr: pd.DataFrame, va: pd.DataFrame, weight: float) -> tuple[list[str], pd.DataFrame,
                                                                                   pd.DataFrame]:
     """The diagnosis output's classes (the train split's diagnoses) and a ``dx_index`` column (-1 = none/unknown).
 
     Off (no classes) when the weight is 0 or the train split records fewer than two diagnoses.
     """
-    def norm(frame: pd.DataFrame) -> pd.Series:
-        if "dx" not in frame:
-            return pd.Series(pd.NA, index=frame.index, dtype="string")
-        return frame["dx"].astype("string").str.strip().str.lower().replace("", pd.NA)
-
-    classes = sorted(norm(tr).dropna().unique().tolist()) if weight > 0 else []
+    classes = sorted(dx_codes(tr).dropna().unique().tolist()) if weight > 0 else []
     if len(classes) < 2:
         classes = []
     lookup = {c: i for i, c in enumerate(classes)}
 
     def index(frame: pd.DataFrame) -> pd.DataFrame:
-        codes = norm(frame).map(lambda v: lookup.get(v, -1) if isinstance(v, str) else -1)
+        codes = dx_codes(frame).map(lambda v: lookup.get(v, -1) if isinstance(v, str) else -1)
         return frame.assign(dx_index=codes.astype(np.int32))
 
     return classes, index(tr), index(va)
+
+
+def malignant_diagnoses(tr: pd.DataFrame, classes: list[str]) -> list[bool]:
+    """Which diagnoses the binary readout sums as malignant: those whose training rows are mostly labelled
+    malignant. Read off the labels, so it agrees with how the manifest's schema labelled them (HAM10000's
+    ``manifest.malignant_dx``, ISIC's ``benign_malignant``) instead of a second list to keep in step."""
+    share = tr.assign(_dx=dx_codes(tr)).dropna(subset=["_dx"]).groupby("_dx")["label"].mean()
+    return [bool(share.get(c, 0.0) >= 0.5) for c in classes]

@@ -187,6 +187,7 @@ class RunSpec:
     class_weights: list[float]
     steps_per_epoch: int
     dx_classes: list[str]
+    malignant_dx: list[bool] | None = None  # train.target diagnosis: the readout's malignant diagnoses
     progress: Any = None  # a ray.util.queue.Queue: epoch records and worker placement for the driver's console
 
 
@@ -218,7 +219,8 @@ class Worker:
         weights, _ = resolve_weights(self.spec.weights, self.storage_cfg)
         with self.strategy.scope():
             self.model = build_model(self.image_cfg.size, self.t.alpha, weights, self.t.dense_units, self.t.dropout,
-                                     input_scaling=self.t.input_scaling, dx_classes=len(self.spec.dx_classes))
+                                     input_scaling=self.t.input_scaling, dx_classes=len(self.spec.dx_classes),
+                                     malignant_dx=self.spec.malignant_dx)
         self.has_dx = len(self.spec.dx_classes) > 1
         self.pool = ThreadPoolExecutor(DECODE_THREADS)
         self.prefetch = ThreadPoolExecutor(1)
@@ -262,16 +264,22 @@ class Worker:
         cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
         model, optimizer, strategy, has_dx = self.model, self.optimizer, self.strategy, self.has_dx
         dx_weight = float(self.t.aux_diagnosis_weight)
+        dx_target = self.spec.malignant_dx is not None
 
         def replica(x: Any, y: Any, dx: Any, global_batch: Any) -> Any:
             with tf.GradientTape() as tape:
                 out = model(x, training=True)
                 logit, dx_logits = (out[0], out[1]) if has_dx else (out, None)
                 w = tf.gather(class_weight, tf.cast(y, tf.int32))
-                per_example = bce(tf.expand_dims(y, -1), logit) * w
-                if has_dx:  # dx = -1: no diagnosis recorded, no diagnosis loss
+                binary = bce(tf.expand_dims(y, -1), logit) * w
+                if dx_target:  # the diagnosis is the target; a row without one trains the readout on its label
                     known = tf.cast(dx >= 0, tf.float32)
-                    per_example += dx_weight * known * cce(tf.maximum(dx, 0), dx_logits)
+                    per_example = known * cce(tf.maximum(dx, 0), dx_logits) + (1.0 - known) * binary
+                elif has_dx:  # dx = -1: no diagnosis recorded, no diagnosis loss
+                    known = tf.cast(dx >= 0, tf.float32)
+                    per_example = binary + dx_weight * known * cce(tf.maximum(dx, 0), dx_logits)
+                else:
+                    per_example = binary
                 loss = tf.reduce_sum(per_example) / global_batch
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -119,3 +119,12 @@ def test_unsafe_run_ids_are_refused(run_id):
 def test_safe_run_ids_and_templates_in_set():
     cfg = load_config(sets=["score.run_id=nightly-2026.11_25", "manifest.image_template={images}/{x}.jpg"])
     assert cfg.score.run_id == "nightly-2026.11_25" and cfg.manifest.image_template == "{images}/{x}.jpg"
+
+
+def test_diagnosis_sensitivity_targets():
+    assert load_config().train.diagnosis_sensitivity == {"mel": 0.8, "melanoma": 0.8}  # HAM10000's and ISIC's name
+    assert load_config(sets=["train.diagnosis_sensitivity={' MEL ': 0.9}"]).train.diagnosis_sensitivity == {"mel": 0.9}
+    assert load_config(sets=["train.diagnosis_sensitivity={}"]).train.diagnosis_sensitivity == {}
+    for bad in ("{mel: 1.5}", "{mel: 0}", "[mel]", "{'': 0.8}"):
+        with pytest.raises(SkinrayError, match="train.diagnosis_sensitivity"):
+            load_config(sets=[f"train.diagnosis_sensitivity={bad}"])

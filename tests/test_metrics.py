@@ -178,6 +178,12 @@ def test_grouped_report() -> None:
     assert by["back"]["roc_auc"] == pytest.approx(roc_auc_score(sub["label"], sub["prob_malignant"]))
     assert by["back"]["sensitivity"] == pytest.approx(recall_score(sub["label"], sub["prob_malignant"] >= 0.5))
     assert by["back"]["n_pos"] == int(sub["label"].sum())
+    for r in rows:  # exact intervals that hold the point estimate; none where a group has no case of that class
+        for rate, ci in (("sensitivity", "sensitivity_ci95"), ("specificity", "specificity_ci95")):
+            if r[rate] is None:
+                assert r[ci] is None
+            else:
+                assert 0.0 <= r[ci][0] <= r[rate] <= r[ci][1] <= 1.0
     json.dumps(rows, allow_nan=False)
     with pytest.raises(ValueError, match="not in DataFrame"):
         M.grouped_report(df, "nope", 0.5)
@@ -248,3 +254,35 @@ def test_multiclass_report_matches_sklearn() -> None:
     assert np.array_equal(np.asarray(r["confusion"]), confusion_matrix(truth[known].astype(str),
                                                                        pred[known].astype(str), labels=classes))
     assert M.multiclass_report([None], ["nv"], classes)["balanced_accuracy"] is None
+
+
+def test_proportion_ci_is_clopper_pearson() -> None:
+    from scipy.stats import beta
+
+    low, high = M.proportion_ci(70, 90)
+    assert low == pytest.approx(beta.ppf(0.025, 70, 21)) and high == pytest.approx(beta.ppf(0.975, 71, 20))
+    assert M.proportion_ci(0, 12)[0] == 0.0 and M.proportion_ci(12, 12)[1] == 1.0
+    assert M.proportion_ci(0, 0) is None
+    assert M.proportion_ci(9, 10, level=0.99)[0] < M.proportion_ci(9, 10)[0]
+
+
+def test_paired_auc_gain_matches_a_plain_loop_and_is_narrower_than_unpaired() -> None:
+    y, p = noisy_scores(n=300, seed=12)
+    rng = np.random.default_rng(1)
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    ref = np.log(q / (1 - q))
+    new = ref + rng.normal(0, 0.3, len(y)) + 0.4 * (y - 0.5)  # a little better, strongly correlated with ref
+    gain, lo, hi = M.paired_auc_gain(y, new, ref, n_boot=400, seed=5)
+    assert gain == pytest.approx(roc_auc_score(y, new) - roc_auc_score(y, ref))
+    loop = []
+    idx_rng = np.random.default_rng(5)  # the same resamples, one at a time
+    for _ in range(400):
+        i = idx_rng.integers(0, len(y), len(y))
+        loop.append(roc_auc_score(y[i], new[i]) - roc_auc_score(y[i], ref[i]))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])), abs=1e-12)
+    a_lo, a_hi = M.bootstrap_auc_ci(y, 1 / (1 + np.exp(-new)), n_boot=400)
+    assert hi - lo < a_hi - a_lo  # pairing cancels the shared luck of the split
+    with pytest.raises(ValueError):
+        M.paired_auc_gain(y, new[:-1], ref)
+    with pytest.raises(ValueError):
+        M.paired_auc_gain(np.zeros(len(y)), new, ref)

@@ -63,6 +63,66 @@ def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
     assert c["sensitivity"] == 1.0 and not c["target_met"] and c["sensitivity_lower_bound"] < 0.95
 
 
+def _carcinomas_carry_melanomas(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation data where carcinomas score high and melanomas lower: the overall target hides the melanomas."""
+    rng = np.random.default_rng(seed)
+    dx = np.array(["nv"] * 600 + ["bcc"] * 150 + ["mel"] * 90 + ["vasc"] * 10, dtype=object)
+    y = np.isin(dx, ["bcc", "mel"]).astype(int)
+    mean = np.select([dx == "bcc", dx == "mel"], [2.5, 0.8], -1.0)
+    return y, expit(rng.normal(mean, 1.0)), dx
+
+
+@pytest.mark.parametrize("policy, confidence", [("sensitivity", 0.95), ("sensitivity", None), ("youden", 0.95)])
+def test_diagnosis_target_lowers_the_threshold_until_it_holds(policy: str, confidence: float | None) -> None:
+    y, p, dx = _carcinomas_carry_melanomas()
+    plain = O.choose_threshold(y, p, policy, 0.7, confidence)
+    c = O.choose_threshold(y, p, policy, 0.7, confidence, dx=dx, diagnosis_targets={"mel": 0.8, "akiec": 0.8})
+    mel = p[(dx == "mel")]
+    caught = int((mel >= c["threshold"]).sum())
+    bound = caught / len(mel) if confidence is None else float(O.sensitivity_lower_bound(caught, len(mel), confidence))
+    assert plain["threshold"] > c["threshold"] and c["lowered_for"] == ["mel"]  # the overall target hid them
+    assert (mel >= plain["threshold"]).mean() < 0.8
+    d = c["diagnoses"]["mel"]
+    assert d.n == 90 and d.sensitivity == pytest.approx(caught / 90) and d.met and bound >= 0.8
+    if confidence is not None:
+        assert d.lower_bound == pytest.approx(bound)
+    # the highest such threshold: the next melanoma score above it breaks the promise
+    above = np.sort(mel[mel > c["threshold"]])
+    if above.size:
+        k = int((mel >= above[0]).sum())
+        assert (k / 90 if confidence is None else O.sensitivity_lower_bound(k, 90, confidence)) < 0.8
+    assert c["diagnoses"]["akiec"].n == 0 and c["diagnoses"]["akiec"].met is None  # absent: no promise
+    assert c["sensitivity"] == pytest.approx(recall_score(y, p >= c["threshold"]))
+    choice = ThresholdChoice(**c)
+    text = O.describe(choice)
+    assert "mel ≥ 0.80: validation sensitivity" in text and "lowered the threshold" in text
+    assert "akiec" not in text  # absent beside a present one: recorded in skinray.json, not repeated in words
+    only_absent = ThresholdChoice(**O.choose_threshold(y, p, policy, 0.7, confidence, dx=dx,
+                                                       diagnosis_targets={"akiec": 0.8}))
+    assert "no akiec in the validation split: no per-diagnosis promise" in O.describe(only_absent)
+    assert ThresholdChoice.model_validate_json(choice.model_dump_json()) == choice  # stored in skinray.json
+
+
+def test_diagnosis_target_already_met_changes_nothing() -> None:
+    y, p, dx = _carcinomas_carry_melanomas()
+    plain = O.choose_threshold(y, p, "sensitivity", 0.7, 0.95)
+    c = O.choose_threshold(y, p, "sensitivity", 0.7, 0.95, dx=dx, diagnosis_targets={"bcc": 0.5})
+    assert c["threshold"] == plain["threshold"] and c["lowered_for"] == [] and c["diagnoses"]["bcc"].met
+    fixed = O.choose_threshold(y, p, "fixed", dx=dx, diagnosis_targets={"mel": 0.8})
+    assert fixed["threshold"] == 0.5 and "diagnoses" not in fixed  # a fixed threshold is fixed
+    with pytest.raises(ValueError, match="one diagnosis per row"):
+        O.choose_threshold(y, p, "youden", diagnosis_targets={"mel": 0.8})
+
+
+def test_unreachable_diagnosis_target_catches_that_diagnosis() -> None:
+    y, p, dx = _carcinomas_carry_melanomas()
+    dx = dx.copy()
+    dx[np.flatnonzero(dx == "mel")[5:]] = "bkl_as_mel"  # five melanomas left: 0.95 at 95% confidence is impossible
+    c = O.choose_threshold(y, p, "sensitivity", 0.7, 0.95, dx=dx, diagnosis_targets={"mel": 0.95})
+    assert c["diagnoses"]["mel"].sensitivity == 1.0 and c["diagnoses"]["mel"].met is False
+    assert "(not reachable)" in O.describe(ThresholdChoice(**c))
+
+
 def test_choose_threshold_fixed_and_errors() -> None:
     y, p = noisy_scores(seed=9)
     assert O.choose_threshold(y, p, "fixed")["threshold"] == 0.5

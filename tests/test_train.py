@@ -80,13 +80,31 @@ def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
 
 
 def test_rerun_with_same_run_name_resumes_instead_of_retraining(prepared, ray_session, tmp_path):
+    """Also the diagnosis target end to end (one training run serves both): its graph outputs the readout."""
+    import onnxruntime as ort
+    from scipy.special import logsumexp
+
     over = tiny_train_overrides(prepared, str(tmp_path / "m"))
-    over.update({"train.epochs": 1, "train.run_name": "again"})
+    over.update({"train.epochs": 1, "train.run_name": "again", "train.target": "diagnosis",
+                 "train.calibration": "temperature"})
     first = train(load_config(overrides=over))
     over["train.epochs"] = 2
     second = train(load_config(overrides=over))
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]  # epoch 1 came from the checkpoint, not a new run
+
+    art = ModelArtifact.open(str(tmp_path / "m"))
+    arch = second.architecture
+    assert arch["target"] == "diagnosis" and "logsumexp(malignant)" in arch["head"]
+    malignant = arch["diagnosis_head"]["malignant"]  # read off the labels: ISIC names here
+    assert set(malignant) < set(art.diagnoses) and "melanoma" in malignant and "nevus" not in malignant
+    session = ort.InferenceSession(art.path("model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x})))
+    logit, dx = out[second.outputs.logit].reshape(-1), out[second.outputs.dx_logits].astype("float64")
+    mask = np.isin(art.diagnoses, malignant)
+    np.testing.assert_allclose(logit, logsumexp(dx[:, mask], axis=1) - logsumexp(dx[:, ~mask], axis=1), atol=1e-4)
+    assert set(second.threshold.diagnoses) == {"mel", "melanoma"}  # the default floors, recorded
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -147,3 +165,26 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
     assert meta.architecture["input_scaling"] == "[0, 1]"
     assert meta.training["config"]["train"]["class_weight"] == "balanced"
     assert keras_model.get_layer("unit_scaling")
+
+
+def test_diagnosis_target_without_diagnoses_is_one_clear_error(prepared, tmp_path):
+    import pandas as pd
+
+    df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
+    no_dx = tmp_path / "no-dx"
+    no_dx.mkdir()
+    df.assign(dx=None).to_parquet(no_dx / "manifest.parquet")
+    over = {**tiny_train_overrides(str(no_dx), str(tmp_path / "m")), "train.target": "diagnosis"}
+    with pytest.raises(SkinrayError, match="train.target diagnosis needs a dx column"):
+        train(load_config(overrides=over))
+
+
+def test_operating_point_settings_keep_the_run_name():
+    from skinray.train import run_name
+
+    base = load_config()
+    same = load_config(sets=["train.threshold_policy=youden", "train.calibration=temperature", "train.tta=false",
+                             "train.diagnosis_sensitivity={}", "train.target_sensitivity=0.9"])
+    assert run_name(same, "f" * 64) == run_name(base, "f" * 64)  # a refit resumes the run, it does not retrain
+    for changed in ("train.target=diagnosis", "train.epochs=5", "image.size=192"):
+        assert run_name(load_config(sets=[changed]), "f" * 64) != run_name(base, "f" * 64), changed

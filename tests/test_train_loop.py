@@ -3,7 +3,7 @@
 import pandas as pd
 
 from skinray.config import TrainConfig
-from skinray.train_data import diagnosis_index
+from skinray.train_data import diagnosis_index, malignant_diagnoses
 from skinray.train_loop import Phase, TrainState, next_position, schedule, stopped_early
 
 
@@ -67,3 +67,12 @@ def test_diagnosis_index_maps_train_classes_and_marks_unknowns():
     assert diagnosis_index(pd.DataFrame({"x": [1]}), va, 1.0)[0] == []  # no dx column: off, no error
     one_class, tr3, _ = diagnosis_index(pd.DataFrame({"dx": ["nv", "nv"]}), va, 1.0)
     assert one_class == [] and tr3["dx_index"].tolist() == [-1, -1]
+
+
+def test_malignant_diagnoses_are_read_off_the_labels():
+    tr = pd.DataFrame({"dx": ["Melanoma", "melanoma", "nevus", "nevus", "bcc", "lentigo", None],
+                       "label": [1, 1, 0, 0, 1, 0, 1]})  # one mislabelled melanoma would not flip the class
+    assert malignant_diagnoses(tr, ["bcc", "lentigo", "melanoma", "nevus", "unseen"]) == [True, False, True, False,
+                                                                                           False]
+    mixed = pd.DataFrame({"dx": ["x", "x", "x"], "label": [1, 0, 1]})
+    assert malignant_diagnoses(mixed, ["x"]) == [True]  # mostly malignant
