@@ -300,9 +300,10 @@ def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
     r = evaluate(cfg)
     auc = r.roc_auc
-    console.say(f"{r.split}: n={r.n} ROC-AUC {auc if auc is None else round(auc, 3)} CI "
-                f"{[None if c is None else round(c, 3) for c in r.roc_auc_ci95]}, sensitivity {r.sensitivity}, "
-                f"specificity {r.specificity} at threshold {r.threshold:.3f}\nreport: {cfg.evaluate.out}/report.md",
+    f = (lambda v: "n/a" if v is None else f"{v:.3f}")
+    ci = r.roc_auc_ci95 or [None, None]
+    console.say(f"{r.split}: n={r.n} ROC-AUC {f(auc)} CI [{f(ci[0])}, {f(ci[1])}], sensitivity {f(r.sensitivity)}, "
+                f"specificity {f(r.specificity)} at threshold {r.threshold:.3f}\nreport: {cfg.evaluate.out}/report.md",
                 split=r.split, n=r.n, roc_auc=auc, roc_auc_ci95=r.roc_auc_ci95, sensitivity=r.sensitivity,
                 specificity=r.specificity, threshold=r.threshold, out=cfg.evaluate.out)
 
