@@ -38,7 +38,7 @@ def describe(name: str, df: pd.DataFrame) -> tuple[dict[str, Any], list[dict[str
     at = report["at_threshold"]["confusion"]
     ci = report["roc_auc_ci95"]
     row = {"model": name, "n": len(df), "roc_auc": f"{report['ranking']['roc_auc']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]",
-           "ece": round(report["ranking"]["ece"], 4), "threshold": round(t, 4)}
+           "ece": f"{report['ranking']['ece']:.4f}", "threshold": f"{t:.4f}"}
     for rate, k, n in (("sensitivity", at["tp"], at["tp"] + at["fn"]), ("specificity", at["tn"], at["tn"] + at["fp"])):
         lo, hi = metrics.proportion_ci(k, n)
         row[rate] = f"{k / n:.3f} [{lo:.2f}, {hi:.2f}]"
@@ -74,7 +74,7 @@ def main() -> None:
     gain, lo, hi = metrics.paired_auc_gain(ref["label"].to_numpy(int), new["logit_malignant"].to_numpy(float),
                                            ref["logit_malignant"].to_numpy(float), n_boot=args.n_boot)
     paired = [{"comparison": f"{args.new_name} - {args.ref_name}", "roc_auc_gain": f"{gain:+.4f}",
-               "paired_bootstrap_95": f"[{lo:+.4f}, {hi:+.4f}]", "excludes_zero": lo > 0 or hi < 0}]
+               "paired_bootstrap_95": f"[{lo:+.4f}, {hi:+.4f}]", "excludes_zero": "yes" if lo > 0 or hi < 0 else "no"}]
     print_results(f"{args.new_name} against {args.ref_name}",
                   {"models at their stored thresholds (exact 95% intervals)": rows,
                    "sensitivity per malignant diagnosis": per_dx, "paired ROC-AUC gain": paired},

@@ -25,7 +25,7 @@ import pandas as pd
 
 from skinray import SkinrayError, artifact, drift, images, operating_point, storage
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
-from skinray.config import SkinrayConfig
+from skinray.config import SkinrayConfig, TrainConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
 from skinray.prepare import load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
@@ -206,6 +206,23 @@ def diagnosis_target(tr: pd.DataFrame, dx_classes: list[str], cfg: SkinrayConfig
     return flags
 
 
+def _architecture(t: TrainConfig, dx_classes: list[str], malignant_dx: list[bool] | None) -> dict[str, Any]:
+    """The network in words for ``skinray.json``: which head, which target, what the diagnosis output is for."""
+    head = f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → "
+    if malignant_dx is None:
+        head += "Dense(1): logit"
+        dx_head = ({"output": "dx_logits (one logit per diagnosis, from GAP)", "classes": dx_classes,
+                    "loss_weight": t.aux_diagnosis_weight} if dx_classes else None)
+    else:
+        head += f"Dense({len(dx_classes)}): dx_logits → logit = logsumexp(malignant) - logsumexp(benign)"
+        dx_head = {"output": "dx_logits (the target)", "classes": dx_classes,
+                   "malignant": [c for c, m in zip(dx_classes, malignant_dx) if m]}
+    return {"base": "MobileNetV2", "alpha": t.alpha, "include_top": False, "head": head, "target": t.target,
+            "diagnosis_head": dx_head, "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
+            "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)",
+            "version": ARCHITECTURE_VERSION}
+
+
 def train(cfg: SkinrayConfig) -> ModelMeta:
     """prepared/ → model directory (model.keras, model.onnx, config.yaml, skinray.json); returns its description."""
     t = cfg.train
@@ -253,22 +270,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         meta = ModelMeta(
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             recipe=cfg.recipe,
-            architecture={"base": "MobileNetV2", "alpha": t.alpha, "include_top": False,
-                          "head": (f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → Dense(1): logit"
-                                   if malignant_dx is None else
-                                   f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → "
-                                   f"Dense({len(dx_classes)}): dx_logits → logit = logsumexp(malignant) - "
-                                   "logsumexp(benign)"),
-                          "target": t.target,
-                          "diagnosis_head": ({"output": "dx_logits (one logit per diagnosis, from GAP)",
-                                              "classes": dx_classes, "loss_weight": t.aux_diagnosis_weight}
-                                             if dx_classes and malignant_dx is None else
-                                             {"output": "dx_logits (the target)", "classes": dx_classes,
-                                              "malignant": [c for c, m in zip(dx_classes, malignant_dx) if m]}
-                                             if dx_classes else None),
-                          "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
-                          "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)",
-                          "version": ARCHITECTURE_VERSION},
+            architecture=_architecture(t, dx_classes, malignant_dx),
             weights_source=weights_source,
             preprocessing=Preprocessing.from_config(cfg.image),
             outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes),
