@@ -256,6 +256,7 @@ def choose_threshold(
                 raise ValueError(f"diagnosis target for {name!r} must be in (0, 1], got {target!r}")
     n_pos = int(y.sum())
     lowered: list[str] = []
+    codes = np.asarray(dx, dtype=object) if targets else None
     if policy == "fixed":
         t, targets = DEFAULT_THRESHOLD, {}
     else:
@@ -267,7 +268,6 @@ def choose_threshold(
         else:
             t, _ = _threshold_catching(p[y == 1], float(target_sensitivity), confidence)
         # every target is met by any threshold below its own highest one, so the joint answer is the lowest of them
-        codes = np.asarray(dx, dtype=object) if targets else None
         for name, target in targets.items():
             scores = p[(codes == name) & (y == 1)]
             if len(scores):
@@ -288,7 +288,6 @@ def choose_threshold(
         out.update(confidence=float(confidence), sensitivity_lower_bound=bound,
                    target_met=bool(bound >= float(target_sensitivity) - ROC_TOL))
     if targets:
-        codes = np.asarray(dx, dtype=object)
         out.update(diagnoses={name: _diagnosis_sensitivity(p[y == 1], codes[y == 1], name, float(target), t,
                                                            confidence) for name, target in targets.items()},
                    lowered_for=lowered)
