@@ -257,15 +257,9 @@ class ModelArtifact:
             return json.load(f)
 
     def load_keras(self) -> Any:
-        from skinray.runtime import import_tensorflow
+        from skinray.model import load_keras
 
-        import_tensorflow()  # quietly, before Keras pulls it in
-        import keras
-
-        from skinray.model import malignant_readout_layer
-
-        malignant_readout_layer()  # registered before the load that may need it
-        return keras.saving.load_model(self.path(MODEL_FILE), safe_mode=True, compile=False)
+        return load_keras(self.path(MODEL_FILE))
 
 
 def write(local_dir: str, out_uri: str, meta: ModelMeta, storage_cfg: StorageConfig | None = None

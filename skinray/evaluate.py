@@ -21,6 +21,7 @@ from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
 from skinray.prepare import load_prepared
 from skinray.results import EvaluationReport
+from skinray.train_data import dx_codes
 
 log = logging.getLogger("skinray.evaluate")
 PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_malignant", "predicted", "confidence",
@@ -115,7 +116,8 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     if "dx" in ok and ok["dx"].notna().any():  # which diagnoses are missed (malignant) or flagged (benign)
         report["groups"]["dx"] = metrics.grouped_report(ok, "dx", thr)
     if art.diagnoses:
-        truth = ok["dx"].astype("string").str.strip().str.lower().astype(object).where(ok["dx"].notna(), None)
+        codes = dx_codes(ok)
+        truth = codes.astype(object).where(codes.notna(), None)
         report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
     report.update(split=e.split, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),

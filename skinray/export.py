@@ -19,7 +19,7 @@ from skinray import quantize
 from skinray.artifact import (CONFIG_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
                               Outputs, Preprocessing)
 from skinray.config import ImageConfig
-from skinray.model import DX_LOGITS, LOGIT, export_onnx, malignant_readout_layer
+from skinray.model import DX_LOGITS, LOGIT, export_onnx, load_keras
 from skinray.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
 from skinray.runtime import import_tensorflow, versions
 from skinray.storage import StorageConfig
@@ -100,8 +100,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
             diagnoses = []
         else:
             raise SkinrayError(f"{src}: model format {old.get('format_version')!r} cannot be exported")
-        malignant_readout_layer()  # registered before a load that may need it
-        model = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
+        model = load_keras(keras_path)
         if old.get("format_version") == 1:
             last = model.get_layer(V1_OUTPUT_LAYER)
             if getattr(last, "activation", None) is not keras.activations.sigmoid:

@@ -85,6 +85,15 @@ def malignant_readout_layer() -> Any:
     return _READOUT
 
 
+def load_keras(path: str) -> Any:
+    """A ``model.keras`` file, in safe mode, with skinray's own layers registered first (the one loader)."""
+    import_tensorflow()  # quietly, before Keras pulls it in
+    import keras
+
+    malignant_readout_layer()
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
 def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imagenet", dense_units: int = 64,
                 dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet",
                 dx_classes: int = 0, malignant_dx: list[bool] | None = None) -> Any:
