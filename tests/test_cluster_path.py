@@ -72,8 +72,16 @@ def _run_job(cluster, entrypoint: str, timeout: int = 600) -> tuple[str, str]:
     from ray.job_submission import JobStatus
 
     client = cluster["client"]
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": cluster["s3_env"]})
+    agent_deadline = time.time() + 120
+    while True:  # a head node just started may not have its job agent up yet; Ray says to try again later
+        try:
+            job = client.submit_job(entrypoint=entrypoint, runtime_env={
+                "working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": cluster["s3_env"]})
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > agent_deadline:
+                raise
+            time.sleep(3)
     deadline = time.time() + timeout
     status = client.get_job_status(job)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
