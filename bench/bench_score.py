@@ -31,6 +31,7 @@ from bench.common import (  # noqa: E402
     DEFAULT_WORKDIR,
     PeakMemory,
     Timer,
+    cycle,
     list_images,
     log,
     print_results,
@@ -49,6 +50,17 @@ TARGET_INT8_GAIN = 1.6  # int8 engine alone at least 1.6x float32
 # ---------------------------------------------------------------------------------------------------------------
 # Child-process bodies (spawned: no Ray, no TensorFlow in the driver's memory)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def split_images(prepared: str, split: str, n: int) -> list[str]:
+    """The image files of one split of a prepared dataset, cycled to exactly ``n``."""
+    from skinray.prepare import load_prepared
+
+    rows = load_prepared(prepared)
+    files = rows.loc[rows["split"] == split, "image_uri"].tolist()
+    if not files:
+        raise SystemExit(f"{prepared}: no {split} images")
+    return cycle(files, n)
 
 
 def decode_to_npy(paths: list[str], model_dir: str, out: str) -> dict[str, Any]:
@@ -77,24 +89,26 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
 
         from skinray import inference
         from skinray.artifact import ModelArtifact
+        from skinray.views import VIEWS, run
 
         artifact = ModelArtifact.open(model_dir)
         engine = inference.make_engine(artifact, engine_name, False, threads, policy)
-        tta = inference.resolve_tta(artifact, tta)
+        views = inference.resolve_views(artifact, tta)
         x = np.load(npy, mmap_mode="r")
-        inference.run_views(engine, np.asarray(x[idx[:1]], dtype=np.float32), tta)  # warm-up, not timed
+        run(engine, np.asarray(x[idx[:1]], dtype=np.float32), views)  # warm-up, not timed
         for j in idx:  # fault the pages in: reading pre-decoded tensors is not what (b) measures
             x[j].sum()
         barrier.wait()
+        views_done = 0
         t0, cpu0 = time.monotonic(), time.process_time()
         for i in range(0, len(idx), batch_size):
             # What ImagePredictor.__call__ does with its decoded list, minus the decode.
             batch = np.stack([x[j] for j in idx[i : i + batch_size]]).astype(np.float32)
-            inference.run_views(engine, batch, tta)
-        q.put((t0, time.monotonic(), len(idx), None, time.process_time() - cpu0))
+            views_done += int(run(engine, batch, views)[VIEWS].sum())
+        q.put((t0, time.monotonic(), len(idx), None, time.process_time() - cpu0, views_done))
     except BaseException as exc:  # report instead of hanging the parent on the barrier
         barrier.abort()
-        q.put((0.0, 0.0, 0, f"{type(exc).__name__}: {exc}", 0.0))
+        q.put((0.0, 0.0, 0, f"{type(exc).__name__}: {exc}", 0.0, 0))
 
 
 def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: int, threads: int,
@@ -122,7 +136,8 @@ def engine_alone(model_dir: str, engine_name: str, npy: str, n: int, processes: 
     start, end = min(r[0] for r in results), max(r[1] for r in results)
     done = sum(r[2] for r in results)
     return {"images": done, "seconds": round(end - start, 2), "images_per_second": round(done / (end - start), 2),
-            "cpu_s_per_image": round(sum(r[4] for r in results) / done, 4)}
+            "cpu_s_per_image": round(sum(r[4] for r in results) / done, 4),
+            "views_per_image": round(sum(r[5] for r in results) / done, 3)}
 
 
 def seed_loop(model_dir: str, paths: list[str], size: int = 224) -> dict[str, Any]:
@@ -250,6 +265,9 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=DEFAULT_IMAGES, help="folder of JPEGs (default: HAM10000 images)")
+    ap.add_argument("--prepared", help="take the images of one split of this prepared dataset instead (images the "
+                    "model never trained on: how many land near its threshold depends on that)")
+    ap.add_argument("--split", default="test", help="the split of --prepared (default test)")
     ap.add_argument("--n", type=int, default=2000, help="images for (a) and (b) (default 2000)")
     ap.add_argument("--model", help="a model directory (default: build an untrained one with --weights)")
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="MobileNetV2 ImageNet no-top .h5 for the built model")
@@ -270,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = os.path.join(args.workdir, "score")
     os.makedirs(work, exist_ok=True)
-    paths = list_images(args.images, args.n)
+    paths = split_images(args.prepared, args.split, args.n) if args.prepared else list_images(args.images, args.n)
     model_dir = resolve_model(args.model, args.weights, args.workdir, sample_images=paths[:8])
 
     from bench.common import start_ray
@@ -322,16 +340,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.views_and_precision:
         from skinray.artifact import ModelArtifact
 
-        engines = ["onnx"] + (["onnx-int8"] if ModelArtifact.open(model_dir).meta.int8 else [])
-        settings = [(e, tta) for e in engines for tta in (False, True)]
-        measured: dict[tuple[str, bool], list[dict[str, Any]]] = {k: [] for k in settings}
+        meta = ModelArtifact.open(model_dir).meta
+        engines = ["onnx"] + (["onnx-int8"] if meta.int8 else [])
+        # one view, flips for every image, and (a model with a band) flips near the threshold only: the default
+        modes: list[tuple[str, bool | None]] = [("one view", False), ("flip TTA, every image", True)]
+        if meta.tta and meta.tta_band is not None:
+            modes.append(("flip TTA near the threshold (default)", None))
+        settings = [(e, m) for e in engines for m in range(len(modes))]
+        measured: dict[tuple[str, int], list[dict[str, Any]]] = {k: [] for k in settings}
         for round_order in (settings, settings[::-1]):  # forward then reversed: load drift hits every setting alike
-            for engine_name, tta in round_order:
-                log(f"views/precision: engine alone, {engine_name}, {'flip TTA' if tta else 'one view'}")
-                measured[(engine_name, tta)].append(engine_alone(model_dir, engine_name, npy, args.n, actors, threads,
-                                                                 args.batch_size, tta=tta))
-        for (engine_name, tta), (r1, r2) in measured.items():
-            vp_rows.append({"engine": engine_name, "views": 3 if tta else 1, "images": r1["images"],
+            for engine_name, m in round_order:
+                log(f"views/precision: engine alone, {engine_name}, {modes[m][0]}")
+                measured[(engine_name, m)].append(engine_alone(model_dir, engine_name, npy, args.n, actors, threads,
+                                                               args.batch_size, tta=modes[m][1]))
+        for (engine_name, m), (r1, r2) in measured.items():
+            vp_rows.append({"engine": engine_name, "views": modes[m][0], "views per image": r1["views_per_image"],
+                            "images": r1["images"],
                             "img/s round 1": r1["images_per_second"], "img/s round 2": r2["images_per_second"],
                             "img/s mean": round((r1["images_per_second"] + r2["images_per_second"]) / 2, 2),
                             "CPU-s/img": round((r1["cpu_s_per_image"] + r2["cpu_s_per_image"]) / 2, 4)})
@@ -452,14 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         rate = {(r["engine"], r["views"]): r["img/s mean"] for r in vp_rows}
         tables[f"Views and precision, engine alone ({actors} process(es) x {threads} thread(s), batch "
                f"{args.batch_size}, 2 rounds)"] = vp_rows
-        vp_ratios = [row("TTA cost: one view / flip TTA (float32), time per image", ratio(rate[("onnx", 1)],
-                                                                                         rate[("onnx", 3)]),
-                         TARGET_TTA_COST, lower=True)]
-        if ("onnx-int8", 1) in rate:
-            vp_ratios += [row("int8 / float32, one view", ratio(rate[("onnx-int8", 1)], rate[("onnx", 1)]),
-                              TARGET_INT8_GAIN),
-                          row("int8 / float32, flip TTA", ratio(rate[("onnx-int8", 3)], rate[("onnx", 3)]),
-                              TARGET_INT8_GAIN)]
+        vp_ratios = []
+        for name, _ in modes[1:]:
+            vp_ratios.append(row(f"TTA cost: one view / {name} (float32), time per image",
+                                 ratio(rate[("onnx", "one view")], rate[("onnx", name)]), TARGET_TTA_COST, lower=True))
+        if "onnx-int8" in engines:
+            vp_ratios += [row(f"int8 / float32, {name}", ratio(rate[("onnx-int8", name)], rate[("onnx", name)]),
+                              TARGET_INT8_GAIN) for name, _ in modes]
         tables["Ratios: views and precision"] = vp_ratios
         payload["views_and_precision"] = vp_rows
     if sweep_rows:

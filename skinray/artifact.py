@@ -62,15 +62,19 @@ class Preprocessing(_Strict):
     resize: Literal["squash", "center_crop", "pad"]
     resample: Literal["bilinear"] = "bilinear"
     color: str = "RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit"
+    # after resizing: shades_of_gray = skinray.images.shades_of_gray with p = 6
+    color_constancy: Literal["none", "shades_of_gray"] = "none"
     dtype: str = "float32 in [0, 255]; the model scales its own input (architecture.input_scaling)"
 
     @classmethod
     def from_config(cls, image: ImageConfig) -> Preprocessing:
-        return cls(size=image.size, resize=image.resize)
+        return cls(size=image.size, resize=image.resize, color_constancy=image.color_constancy)
 
     def image_config(self, guards: ImageConfig) -> ImageConfig:
-        """Pixels as the model was trained (size, resize), input guards (bomb and byte limits) as the run says."""
-        return guards.model_copy(update={"size": self.size, "resize": self.resize})
+        """Pixels as the model was trained (size, resize, colour constancy), input guards (bomb and byte limits) as
+        the run says."""
+        return guards.model_copy(update={"size": self.size, "resize": self.resize,
+                                         "color_constancy": self.color_constancy})
 
 
 class Outputs(_Strict):
@@ -109,6 +113,9 @@ class ModelMeta(BaseModel):
     calibration: Calibration
     threshold: ThresholdChoice
     tta: bool = False
+    # flip views only for images whose one-view logit lies within this many raw-logit units of the threshold
+    # (fitted on validation by skinray.views); None: every image gets every view
+    tta_band: float | None = Field(None, ge=0)
     onnx: OnnxCheck | None = None
     int8: dict[str, Any] | None = None  # model.int8.onnx: how it was calibrated and what it changes (skinray.quantize)
     files: dict[str, str] = Field(default_factory=dict)  # file name → SHA-256 (hex)
@@ -117,6 +124,13 @@ class ModelMeta(BaseModel):
     history: list[dict[str, Any]] = Field(default_factory=list)
     validation: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tta_band")
+    @classmethod
+    def _band(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number of logits")
+        return v
 
     @field_validator("files")
     @classmethod

@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="inference engine: onnx-int8 needs the model's int8 graph (skinray export --int8) "
                        + _default("inference.engine"))
         p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                       help="average over flips " + _default("inference.tta"))
+                       help="--tta: average over flips for every image; --no-tta: one view; unset: as the model "
+                       "was fitted (flips only near its threshold when skinray.json has a tta_band) "
+                       + _default("inference.tta"))
 
     p = add("synth", "write synthetic dermoscopy-like sample images and a metadata file", """
         skinray synth --out data/sample --n 400

@@ -31,6 +31,9 @@ class ImageConfig(_Section):
     size: int = Field(224, ge=32, le=1024)
     # center_crop: the 4:3 dermoscopy frame cropped to its centre square (measured best); squash: the seed's
     resize: Literal["squash", "center_crop", "pad"] = "center_crop"
+    # shades_of_gray: each channel rescaled so the image's Minkowski p=6 mean colour is grey (colour constancy:
+    # dermoscopes and lighting differ between clinics); part of the model's preprocessing, applied in every path
+    color_constancy: Literal["none", "shades_of_gray"] = "none"
     max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard (PIL's own default is ~89M)
     max_bytes: int = Field(64 * 1024 * 1024, ge=1)
 
@@ -49,7 +52,9 @@ class InferenceConfig(_Section):
     """How a model scores, shared by evaluate, score and predict."""
 
     engine: Literal["onnx", "onnx-int8", "tf"] = "onnx"  # onnx-int8: the model's int8 graph (skinray export --int8)
-    tta: bool | None = None  # None = as the model was calibrated (skinray.json "tta")
+    # None = as the model was calibrated (skinray.json "tta", flips near the threshold when it has a "tta_band");
+    # true = flips for every image; false = one view
+    tta: bool | None = None
     # auto: each scoring actor times one image per call against whole batches on its first batches and keeps the
     # faster (recorded in run.json); per_image / batch force one
     batch_policy: Literal["auto", "per_image", "batch"] = "auto"
@@ -101,6 +106,8 @@ class TrainConfig(_Section):
     dense_units: int = Field(64, ge=1)
     augment: bool = True
     vertical_flip: bool = True
+    # with augment: what a dermoscope varies too: brightness/contrast, saturation/hue, blur, a shift, one cutout
+    photometric_augment: bool = False
     class_weight: Literal["none", "balanced"] = "balanced"
     # unfreeze the top N base layers in a second phase (154: all of MobileNetV2; 100: blocks 6-16; 56: 11-16).
     # BatchNorm layers stay frozen, in inference mode.
@@ -135,6 +142,9 @@ class TrainConfig(_Section):
     # flip test-time augmentation: calibration and threshold are fitted on flip-averaged validation scores, and
     # evaluate/score/predict average over flips by default (recorded as ``tta`` in skinray.json)
     tta: bool = True
+    # flip views only where they can move a decision: for images whose one-view logit lies within the largest shift
+    # the flips gave a validation image (skinray.json "tta_band"); one view elsewhere, a third of the compute
+    tta_near_threshold: bool = True
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)

@@ -30,13 +30,23 @@ PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_
 
 
 def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> pd.DataFrame:
-    """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order."""
+    """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order (with the worker
+    columns, :data:`skinray.inference.WORKER_COLUMNS`)."""
     rows = rows.reset_index(drop=True).assign(input_row=lambda d: range(len(d)))
     ds, _ = inference.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
     out = ds.to_pandas().sort_values("input_row").reset_index(drop=True)
     if len(out) != len(rows):
         raise SkinrayError(f"evaluation returned {len(out)} rows for {len(rows)}")
-    return out.drop(columns=inference.WORKER_COLUMNS)
+    return out
+
+
+def _views_text(report: dict[str, Any]) -> str:
+    if not report.get("tta"):
+        return "no test-time augmentation"
+    if report.get("tta_band") is None:
+        return "scores averaged over flips (TTA)"
+    return (f"scores averaged over flips (TTA) for the images within ±{report['tta_band']:.3f} logits of the "
+            f"threshold ({report.get('views_per_image', 0):.2f} views per image), one view elsewhere")
 
 
 def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list[str]) -> str:
@@ -54,7 +64,7 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
         f"{art.meta.data.get('train_rows')} images; threshold {at['threshold']:.3f} chosen on validation "
         f"({describe(art.meta.threshold)}); probabilities calibrated by {cal.description} "
         f"(T = {cal.temperature:.3f}, bias {cal.bias:+.3f}); "
-        f"{'scores averaged over flips (TTA)' if report.get('tta') else 'no test-time augmentation'}.",
+        f"{_views_text(report)}.",
         "",
         f"- ROC-AUC **{f(r['roc_auc'])}** (95% bootstrap CI {f(ci[0])}–{f(ci[1])}), PR-AUC {f(r['pr_auc'])}",
         f"- Brier {f(r['brier'])}, ECE {f(r['ece'])}, sensitivity at 90% specificity "
@@ -104,6 +114,8 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         raise SkinrayError(f"{e.prepared}: the {e.split} split is empty")
     log.info("evaluating %s %s images with %s", f"{len(rows):,}", e.split, cfg.inference.engine)
     pred = predict_split(cfg, rows)
+    n_views = pred.pop("_views").to_numpy(int)
+    pred = pred.drop(columns=[c for c in inference.WORKER_COLUMNS if c in pred])
     failed = pred[pred["error"].notna()]
     ok = pred[pred["error"].isna()]
     y, p, thr = ok["label"].to_numpy(int), ok["prob_malignant"].to_numpy(float), art.threshold
@@ -121,7 +133,8 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
     report.update(split=e.split, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
-                  tta=inference.resolve_tta(art, cfg.inference.tta))
+                  **inference.resolve_views(art, cfg.inference.tta).record(),
+                  views_per_image=round(float(n_views[n_views > 0].mean()), 4) if (n_views > 0).any() else None)
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
             plots.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),

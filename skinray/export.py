@@ -14,8 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from skinray import SkinrayError, artifact, storage
-from skinray import quantize
+from skinray import SkinrayError, artifact, quantize, storage, views
 from skinray.artifact import (CONFIG_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
                               Outputs, Preprocessing)
 from skinray.config import ImageConfig
@@ -64,7 +63,8 @@ def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared:
                         ThresholdChoice.model_validate(fields["threshold"]))
     checked = quantize.check(OnnxEngine(os.path.join(out_dir, ONNX_FILE), outputs, policy="batch"),
                              OnnxEngine(os.path.join(out_dir, INT8_FILE), outputs, policy="batch"),
-                             rows[rows["split"] == "val"], op, bool(fields.get("tta")),
+                             rows[rows["split"] == "val"], op,
+                             views.for_model(bool(fields.get("tta")), fields.get("tta_band"), op),
                              storage_cfg or StorageConfig(), image_cfg)
     return {"file": INT8_FILE,
             "format": "QDQ, weights int8 per channel, activations uint8 (MinMax); the stem convolution in float",

@@ -120,6 +120,21 @@ def _resize(img: Image.Image, size: int, mode: str) -> Image.Image:
     return img
 
 
+SHADES_OF_GRAY_P = 6
+
+
+def shades_of_gray(arr: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
+    """Colour constancy (Finlayson & Trezzi 2004): estimate the illuminant as each channel's Minkowski p-mean and
+    rescale the channels so that it becomes neutral grey of the same brightness; ``uint8`` in, ``uint8`` out."""
+    x = arr.astype(np.float32)
+    unit = x.reshape(-1, 3) / 255.0
+    illuminant = np.power(np.mean(unit ** p, axis=0, dtype=np.float64), 1.0 / p)
+    if not np.all(illuminant > 0):  # a black channel has no colour cast to remove
+        return arr
+    gain = illuminant.mean() / illuminant
+    return np.clip(x * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 def load(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | None = None) -> np.ndarray:
     """One image URI → decoded ``uint8`` array; every failure is an :class:`ImageError` with a reason."""
     return decode(read_image_bytes(uri, storage_cfg, cfg, root), cfg)
@@ -154,6 +169,8 @@ def decode_sized(data: bytes, cfg: ImageConfig) -> tuple[np.ndarray, tuple[int, 
         img = _to_rgb(img)
         img = _resize(img, cfg.size, cfg.resize)
         arr = np.asarray(img, dtype=np.uint8)
+        if cfg.color_constancy == "shades_of_gray":
+            arr = shades_of_gray(arr)
     except ImageError:
         raise
     except Exception as exc:  # truncated data, bad Huffman tables, broken PNG chunks...

@@ -3,8 +3,8 @@
 
 The predictor reads and decodes inside the actor: on CPU nodes this keeps decoded arrays out of the object store
 and was the fastest arrangement measured (bench/RESULTS.md). Engines return logits; flip TTA averages the views'
-logits (all views in one engine call), and :class:`skinray.operating_point.OperatingPoint` turns them into
-calibrated probabilities in float64.
+logits (:mod:`skinray.views`: all views in one engine call, only near the threshold when the model has a band),
+and :class:`skinray.operating_point.OperatingPoint` turns them into calibrated probabilities in float64.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, images, storage
+from skinray import SkinrayError, images, storage, views
 from skinray.artifact import INT8_FILE, MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
 from skinray.model import DX_LOGITS, LOGIT, forward
@@ -28,7 +28,8 @@ from skinray.storage import StorageConfig
 IO_THREADS = 8
 RESULT_COLUMNS = ["prob_malignant", "logit_malignant", "predicted", "confidence", "threshold", "dx_pred", "dx_probs",
                   "error", "image_width", "image_height", "mean_red", "mean_green", "mean_blue"]
-WORKER_COLUMNS = ["_node_id", "_batch_mode"]  # where and how each row was scored; the driver aggregates and drops
+# where and how each row was scored (node, engine call, views averaged); the driver aggregates and drops them
+WORKER_COLUMNS = ["_node_id", "_batch_mode", "_views"]
 PROBE_BATCHES = 2  # batch_policy auto: batches timed both ways before the faster mode is kept
 PROBE_MIN_ROWS = 4
 
@@ -153,23 +154,10 @@ def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = F
     return OnnxEngine(path, outputs, use_gpu=use_gpu, threads=threads, policy=policy)
 
 
-def resolve_tta(artifact: ModelArtifact, override: bool | None = None) -> bool:
-    """Flip TTA for this run: the override when given, else as the model's threshold and calibration were fitted."""
-    return artifact.meta.tta if override is None else override
-
-
-def run_views(engine: OnnxEngine | TfEngine, x: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
-    """Logits for ``x``; with ``tta`` the mean logits over the image and its horizontal and vertical flips.
-
-    The views of each image sit next to each other and go to the engine in one call (per image, or with the whole
-    batch), so TTA costs what a three-times larger batch costs rather than three separate passes.
-    """
-    if not tta:
-        return engine.run(x)
-    n = len(x)
-    views = np.stack([x, x[:, :, ::-1, :], x[:, ::-1, :, :]], axis=1).reshape((3 * n,) + x.shape[1:])
-    out = engine.run(views, group=3)
-    return {k: v.reshape((n, 3) + v.shape[1:]).mean(axis=1) for k, v in out.items()}
+def resolve_views(artifact: ModelArtifact, override: bool | None = None) -> views.Views:
+    """The views for this run: as the model's operating point was fitted (flip TTA, near the threshold when the
+    model has a band), or the override: True = flips for every image, False = one view."""
+    return views.for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point, override)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -192,7 +180,7 @@ class ImagePredictor:
         self.artifact = ModelArtifact.open(model_uri, self.storage_cfg)
         self.engine = make_engine(self.artifact, inference.engine, use_gpu, threads, inference.batch_policy)
         self.image_cfg = self.artifact.image_config(image_guards or ImageConfig())
-        self.tta = resolve_tta(self.artifact, inference.tta)
+        self.views = resolve_views(self.artifact, inference.tta)
         self.op = self.artifact.operating_point
         self.diagnoses = self.artifact.diagnoses
         self.pool = ThreadPoolExecutor(IO_THREADS)
@@ -221,11 +209,13 @@ class ImagePredictor:
             size[i] = decoded[i][1]
             color[i] = decoded[i][0].reshape(-1, 3).mean(axis=0)
         logit = np.full(n, np.nan)
+        n_views = np.zeros(n, np.int8)  # views per row (0: not scored)
         dx_probs: list[str | None] = [None] * n
         dx_pred: list[str | None] = [None] * n
         if ok:
-            raw = run_views(self.engine, np.stack([decoded[i][0] for i in ok]).astype(np.float32), self.tta)
+            raw = views.run(self.engine, np.stack([decoded[i][0] for i in ok]).astype(np.float32), self.views)
             logit[ok] = raw[LOGIT]
+            n_views[ok] = raw[views.VIEWS]
             if self.diagnoses and DX_LOGITS in raw:
                 probs = _softmax(raw[DX_LOGITS])
                 for j, i in enumerate(ok):
@@ -245,6 +235,7 @@ class ImagePredictor:
             "image_width": pd.array(np.where(size[:, 0] >= 0, size[:, 0], None), dtype="Int32"),
             "image_height": pd.array(np.where(size[:, 1] >= 0, size[:, 1], None), dtype="Int32"),
             "mean_red": color[:, 0], "mean_green": color[:, 1], "mean_blue": color[:, 2],
+            "_views": n_views,
         })
 
     def score_uris(self, uris: list[Any], roots: list[Any] | None = None, errors: list[Any] | None = None
@@ -264,6 +255,7 @@ class ImagePredictor:
             out[col] = result[col]
         out["_node_id"] = self.node_id
         out["_batch_mode"] = getattr(self.engine, "last_mode", None) or self.engine.mode or "batch"
+        out["_views"] = result["_views"]
         return out
 
 

@@ -111,6 +111,14 @@ class OperatingPoint:
     calibration: Calibration
     threshold: ThresholdChoice
 
+    @property
+    def raw_threshold(self) -> float:
+        """The threshold as an uncalibrated logit, the engine's own units (±inf for a threshold of 0 or 1)."""
+        t = self.threshold.threshold
+        with np.errstate(divide="ignore"):
+            z = float(np.log(t) - np.log1p(-t))
+        return (z - self.calibration.bias) * self.calibration.temperature
+
     def apply(self, logits: ArrayLike) -> Scored:
         z = np.asarray(logits, dtype=np.float64) / self.calibration.temperature + self.calibration.bias
         prob = expit(z)

@@ -26,6 +26,7 @@ from skinray.model import LOGIT
 from skinray.operating_point import OperatingPoint
 from skinray.storage import StorageConfig
 from skinray.train_data import decode_rows
+from skinray.views import Views, run
 
 log = logging.getLogger("skinray.quantize")
 CALIBRATION_BATCH = 1  # one image per calibration call: every batch the calibrator sees has the same shape
@@ -86,17 +87,15 @@ def first_convolution(path: str) -> list[str]:
     return next(([n.name] for n in model.graph.node if n.op_type == "Conv"), [])
 
 
-def check(float_engine: Any, int8_engine: Any, val_rows: pd.DataFrame, op: OperatingPoint, tta: bool,
+def check(float_engine: Any, int8_engine: Any, val_rows: pd.DataFrame, op: OperatingPoint, views: Views,
           storage_cfg: StorageConfig, image_cfg: ImageConfig) -> dict[str, Any]:
     """Both graphs on the validation split: what int8 changes in the logits, the ranking and the decision."""
-    from skinray.inference import run_views
-
     z32, z8 = [], []
     with ThreadPoolExecutor(4) as pool:
         for i in range(0, len(val_rows), 32):
             x = decode_rows(val_rows.iloc[i:i + 32], storage_cfg, image_cfg, pool)
-            z32.append(run_views(float_engine, x, tta)[LOGIT])
-            z8.append(run_views(int8_engine, x, tta)[LOGIT])
+            z32.append(run(float_engine, x, views)[LOGIT])
+            z8.append(run(int8_engine, x, views)[LOGIT])
     a, b = op.apply(np.concatenate(z32)), op.apply(np.concatenate(z8))
     y = val_rows["label"].to_numpy(int)
     both = len(set(y.tolist())) == 2
@@ -104,7 +103,7 @@ def check(float_engine: Any, int8_engine: Any, val_rows: pd.DataFrame, op: Opera
     auc8 = metrics.ranking_metrics(y, b.prob)["roc_auc"] if both else None
     sens = [float(s[y == 1].mean()) if (y == 1).any() else None for s in (a.malignant, b.malignant)]
     return {
-        "images": int(len(y)), "tta": tta,
+        "images": int(len(y)), **views.record(),
         "max_abs_logit_change": float(np.max(np.abs(a.logit - b.logit))) if len(y) else None,
         "max_abs_prob_change": float(np.max(np.abs(a.prob - b.prob))) if len(y) else None,
         "roc_auc_float": auc32, "roc_auc_int8": auc8,

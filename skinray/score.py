@@ -70,6 +70,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
     writer = staging.PartWriter(out, run_id, cfg.storage)
     nodes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
+    n_views: Counter[int] = Counter()
     buffer: list[pd.DataFrame] = []
     done = buffered = 0
     first_at: float | None = None
@@ -92,6 +93,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
                 first_at, first_rows = time.time(), len(batch)
             nodes.update(batch["_node_id"].astype(str).tolist())
             modes.update(batch["_batch_mode"].astype(str).tolist())
+            n_views.update(batch["_views"].astype(int).tolist())
             buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
             buffered += len(batch)
             done += len(batch)
@@ -114,6 +116,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
     if first_at is not None and len(todo) > first_rows and finished > first_at:
         steady = round((len(todo) - first_rows) / (finished - first_at), 1)
     return {"actors": actors, "rows_by_node": dict(nodes), "batch_modes": dict(modes),
+            "views": {str(k): v for k, v in sorted(n_views.items())},  # rows by views averaged (0: not scored)
             "startup_seconds": round((first_at or finished) - started, 2), "images_per_second_steady": steady,
             "images_per_second_overall": round(len(todo) / max(finished - started, 1e-9), 1)}
 
@@ -160,7 +163,7 @@ def score(cfg: SkinrayConfig) -> RunRecord:
             "run_id": run_id, "scored_date": date, "status": "running", "input": input_uri,
             "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
             "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
-            "tta": inference.resolve_tta(artifact, cfg.inference.tta), "threshold": artifact.threshold,
+            **inference.resolve_views(artifact, cfg.inference.tta).record(), "threshold": artifact.threshold,
             "threshold_policy": artifact.meta.threshold.model_dump(),
             "calibration": artifact.meta.calibration.model_dump(), "diagnoses": artifact.diagnoses,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

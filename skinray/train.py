@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, artifact, drift, images, operating_point, storage
+from skinray import SkinrayError, artifact, drift, images, operating_point, storage, views
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
@@ -44,15 +44,23 @@ def data_fingerprint(uri: str, storage_cfg: Any) -> str:
 # Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
 # left) and refits the operating point in about a minute instead of training again.
 OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_confidence", "diagnosis_sensitivity",
-                        "calibration", "tta"}
+                        "calibration", "tta", "tta_near_threshold"}
+
+
+# Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
+# re-run of an earlier training still resumes from its checkpoints.
+ADDED_SETTINGS = {("image", "color_constancy"): "none", ("train", "photometric_augment"): False}
 
 
 def run_name(cfg: SkinrayConfig, fingerprint: str) -> str:
     """Same data + same training settings → same name → a re-run resumes from its checkpoints."""
     t = cfg.train
-    settings = cfg.image.model_dump_json() + t.model_dump_json(
+    unnamed = {section: {key for (s, key), default in ADDED_SETTINGS.items()
+                         if s == section and getattr(getattr(cfg, s), key) == default}
+               for section in ("image", "train")}
+    settings = cfg.image.model_dump_json(exclude=unnamed["image"]) + t.model_dump_json(
         exclude={"out", "run_name", "storage_path", "fail_after_epoch", "max_failures", "prepared",
-                 *OPERATING_POINT_KEYS})
+                 *OPERATING_POINT_KEYS, *unnamed["train"]})
     digest = hashlib.sha256(f"{ARCHITECTURE_VERSION}|{settings}".encode()).hexdigest()
     return t.run_name or f"train-{fingerprint[:8]}-{digest[:8]}"
 
@@ -150,14 +158,14 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return seen
 
 
-def _validation_logits(engine_path: str, outputs: dict[str, str], va: pd.DataFrame, cfg: SkinrayConfig,
-                       pool: ThreadPoolExecutor) -> np.ndarray:
-    """Flip-averaged validation logits through the exported graph: the scores scoring will produce."""
-    from skinray.inference import OnnxEngine, run_views
+def _validation_views(engine_path: str, outputs: dict[str, str], va: pd.DataFrame, cfg: SkinrayConfig,
+                      pool: ThreadPoolExecutor) -> np.ndarray:
+    """Validation logits of every flip view (N×3) through the exported graph: what scoring will average."""
+    from skinray.inference import OnnxEngine
 
     engine = OnnxEngine(engine_path, outputs, threads=os.cpu_count() or 1, policy="batch")
     return np.concatenate([
-        run_views(engine, decode_rows(va.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool), True)[LOGIT]
+        views.all_views(engine, decode_rows(va.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool))[LOGIT]
         for i in range(0, len(va), VAL_BATCH)])
 
 
@@ -255,14 +263,21 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         samples = decode_rows(va.head(8), cfg.storage, cfg.image, pool)
         names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
         y_val = va["label"].to_numpy(int)
+        z_views = None
         if t.tta:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
             log.info("scoring %s validation images with flip TTA for calibration and threshold", f"{len(va):,}")
-            logits_val = _validation_logits(os.path.join(out_dir, ONNX_FILE), names, va, cfg, pool)
+            z_views = _validation_views(os.path.join(out_dir, ONNX_FILE), names, va, cfg, pool)
+            logits_val = z_views.mean(axis=1)
         else:
             logits_val = np.asarray(state.best_val["logit"], float)
         op, val_report = operating_point.fit(y_val, logits_val, t.calibration, t.threshold_policy,
                                              t.target_sensitivity, t.threshold_confidence,
                                              dx_codes(va).fillna("").to_numpy(object), t.diagnosis_sensitivity)
+        band = views.fit_band(z_views) if z_views is not None and t.tta_near_threshold else None
+        if band is not None:
+            logits_val = views.combine(z_views, views.for_model(True, band, op))  # what scoring will produce
+            if val_report is not None:
+                val_report["views"] = views.check(y_val, z_views, op, band)
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
                            _validation_profile(va, op.apply(logits_val).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -277,6 +292,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             calibration=op.calibration,
             threshold=op.threshold,
             tta=t.tta,
+            tta_band=band,
             onnx={"parity_max_abs_diff": parity},
             training={"config": json.loads(cfg.model_dump_json(by_alias=True)), "run_name": name,
                       "storage_path": storage_path, "batch_size_per_worker": t.batch_size,
@@ -290,6 +306,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             versions=versions(),
         )
         model_id, meta = artifact.write(out_dir, t.out, meta, cfg.storage)
-    log.info("model %s written to %s (best epoch %s, threshold %.3f, ONNX parity %.1e)", model_id, t.out,
-             state.best_epoch, op.threshold.threshold, parity)
+    flips = (val_report or {}).get("views")
+    log.info("model %s written to %s (best epoch %s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out,
+             state.best_epoch, op.threshold.threshold, parity,
+             f"; flips near the threshold: {flips['views_per_image']:.2f} views per validation image" if flips else "")
     return meta

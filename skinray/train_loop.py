@@ -303,7 +303,8 @@ class Worker:
 
         def load(part: pd.DataFrame) -> np.ndarray:
             part_rng = np.random.default_rng(self.rng.integers(2**31)) if self.t.augment else None
-            return decode_rows(part, self.storage_cfg, self.image_cfg, self.pool, part_rng, self.t.vertical_flip)
+            return decode_rows(part, self.storage_cfg, self.image_cfg, self.pool, part_rng, self.t.vertical_flip,
+                               self.t.photometric_augment)
 
         losses = []
         pending = self.prefetch.submit(load, parts[0]) if parts else None

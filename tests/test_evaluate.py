@@ -43,6 +43,10 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     assert lo <= report.roc_auc <= hi
     assert json.load(open(os.path.join(out, "metrics.json")))["n"] == len(ok)
     assert "ROC-AUC" in open(os.path.join(out, "report.md")).read()
+    # scored as the model was fitted: flips near its threshold only, and the report says how many views that took
+    assert report.record["tta"] is True and report.record["tta_band"] is not None
+    assert 1.0 <= report.record["views_per_image"] <= 3.0
+    assert "logits of the threshold" in open(os.path.join(out, "report.md")).read()
     for png in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png"):
         Image.open(os.path.join(out, png)).verify()
     assert {g["group"] for g in report.record["groups"]["age_band"]} <= {"<30", "30-44", "45-59", "60-74", "75+",

@@ -103,3 +103,30 @@ def test_same_bytes_same_pixels_everywhere():
     guards = ImageConfig(max_pixels=1000, max_bytes=99)  # a run's own limits win over anything in the model
     cfg = Preprocessing.from_config(CFG).image_config(guards)
     assert (cfg.size, cfg.resize, cfg.max_pixels, cfg.max_bytes) == (CFG.size, CFG.resize, 1000, 99)
+
+
+def test_shades_of_gray_removes_a_colour_cast_and_keeps_grey_images():
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(40, 200, (32, 32, 1)).repeat(3, axis=2).astype(np.uint8)
+    assert np.abs(images.shades_of_gray(grey).astype(int) - grey).max() <= 1  # nothing to correct
+    cast = np.clip(grey * np.array([1.3, 0.8, 0.7]), 0, 255).astype(np.uint8)  # a reddish dermoscope
+    fixed = images.shades_of_gray(cast).astype(np.float64) / 255.0
+    p_means = np.power(np.mean(fixed.reshape(-1, 3) ** 6, axis=0), 1 / 6)
+    assert p_means.max() - p_means.min() < 0.01  # the illuminant estimate is grey afterwards
+    assert images.shades_of_gray(cast).dtype == np.uint8
+    no_blue = cast.copy()
+    no_blue[..., 2] = 0
+    assert np.array_equal(images.shades_of_gray(no_blue), no_blue)  # a black channel: left as it is
+
+
+def test_colour_constancy_is_part_of_the_model_preprocessing():
+    from skinray.artifact import Preprocessing
+
+    data = encode(rgb(40, 32, (200, 120, 100)), "PNG")
+    cc = ImageConfig(size=32, resize="squash", color_constancy="shades_of_gray")
+    plain = images.decode(data, ImageConfig(size=32, resize="squash"))
+    assert np.array_equal(images.decode(data, cc), images.shades_of_gray(plain))
+    spec = Preprocessing.from_config(cc)
+    assert spec.color_constancy == "shades_of_gray"
+    assert spec.image_config(ImageConfig()).color_constancy == "shades_of_gray"  # scoring decodes as training did
+    assert Preprocessing(size=32, resize="squash").color_constancy == "none"  # models written before it

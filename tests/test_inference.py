@@ -1,4 +1,5 @@
-"""The inference path: flip TTA in one engine call, the measured batch policy, and the int8 graph's bounds."""
+"""The inference path: flip TTA in one engine call, flips near the threshold on a trained model, the measured batch
+policy, and the int8 graph's bounds."""
 
 import os
 
@@ -7,8 +8,9 @@ import pytest
 
 from skinray.artifact import ModelArtifact
 from skinray.export import export
-from skinray.inference import ImagePredictor, OnnxEngine, make_engine, run_views
+from skinray.inference import ImagePredictor, OnnxEngine, make_engine
 from skinray.model import LOGIT
+from skinray.views import VIEWS, Views, run
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +45,10 @@ def test_tta_in_one_call_equals_three_calls(random_graph, policy):
     path, names = random_graph
     engine = OnnxEngine(path, names, policy=policy)
     x = _x(7, 64)
-    one = run_views(engine, x, tta=True)
+    one = run(engine, x, Views(tta=True))
+    assert set(one) == {"logit", "dx_logits", VIEWS} and (one.pop(VIEWS) == 3).all()
     views = [x, x[:, :, ::-1, :], x[:, ::-1, :, :]]
     three = {k: np.mean([engine.run(np.ascontiguousarray(v))[k] for v in views], axis=0) for k in one}
-    assert set(one) == {"logit", "dx_logits"}
     for key in one:
         assert np.max(np.abs(one[key] - three[key])) < 1e-5, key
     assert np.max(np.abs(one[LOGIT] - engine.run(x)[LOGIT])) > 1e-3  # the views really differ
@@ -86,3 +88,39 @@ def test_int8_export_records_its_bounds_and_scores_close_to_float(model_dir, pre
     ok = a["error"].isna()
     assert (ok == b["error"].isna()).all() and np.max(np.abs(a.loc[ok, "prob_malignant"] -
                                                            b.loc[ok, "prob_malignant"])) < 0.1
+
+
+def test_a_trained_model_flips_only_near_its_threshold(model_dir, sample, tmp_path):
+    """The session model was trained with the default flip TTA: its band was fitted on validation, and scoring gives
+    images inside it the three-view score and the others the one-view score."""
+    import json
+    import shutil
+
+    from skinray.config import InferenceConfig
+
+    art = ModelArtifact.open(model_dir)
+    assert art.meta.tta and art.meta.tta_band is not None and art.meta.tta_band >= 0
+    check = art.meta.validation["views"]
+    assert check["decisions_changed"] == 0 and 1.0 <= check["views_per_image"] <= 3.0
+    uris = [f"{sample['local']}/images/{n}" for n in sorted(os.listdir(f"{sample['local']}/images"))[:40]]
+    one, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=False)).score_uris(uris)
+    every, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=True)).score_uris(uris)
+    ok = one["error"].isna().to_numpy()
+    # a band through the middle of these images' scores, so that both sides are exercised
+    wide = tmp_path / "banded"
+    shutil.copytree(model_dir, wide)
+    meta = json.loads((wide / "skinray.json").read_text())
+    center = art.operating_point.raw_threshold
+    cal = art.meta.calibration  # the calibrated one-view logits back to the engine's raw logits
+    raw = (one.loc[ok, "logit_malignant"].to_numpy() - cal.bias) * cal.temperature
+    d = np.sort(np.abs(raw - center))
+    k = int(np.argmax(np.diff(d)))  # the band's edge in the widest gap: no image near it (a tiny model ties logits)
+    meta["tta_band"] = float(d[k] + d[k + 1]) / 2
+    (wide / "skinray.json").write_text(json.dumps(meta))
+    near, _ = ImagePredictor(str(wide)).score_uris(uris)
+    inside = np.abs(raw - center) <= meta["tta_band"]
+    assert 0 < inside.sum() < len(raw)
+    got, n_views = near.loc[ok, "prob_malignant"].to_numpy(), near.loc[ok, "_views"].to_numpy()
+    assert np.array_equal(n_views, np.where(inside, 3, 1)) and (near.loc[~ok, "_views"] == 0).all()
+    assert np.max(np.abs(got[inside] - every.loc[ok, "prob_malignant"].to_numpy()[inside])) < 1e-5
+    assert np.max(np.abs(got[~inside] - one.loc[ok, "prob_malignant"].to_numpy()[~inside])) < 1e-5

@@ -19,6 +19,7 @@ from deltalake import DeltaTable
 from PIL import Image
 
 from skinray import SkinrayError, runs, scores_table, storage
+from skinray.artifact import ModelArtifact
 from skinray.config import load_config
 from skinray.query import preset_sql, run_query, scores_dataset
 from skinray.score import score
@@ -105,6 +106,12 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     # the batch policy measured per actor: every row says how its call ran
     modes = summary.record["batch_modes"]
     assert sum(modes.values()) == summary.rows and set(modes) <= {"probing", "per_image", "batch"}, modes
+    # and how many views its score averages: flips near the model's threshold, one view elsewhere, none if failed
+    by_views = summary.record["views"]
+    band = ModelArtifact.open(model_dir).meta.tta_band
+    assert band is not None and summary.record["tta_band"] == band
+    assert sum(by_views.values()) == summary.rows and by_views.get("0", 0) == summary.failed, by_views
+    assert set(by_views) <= {"0", "1", "3"}
     run_dir = runs.run_dir(out, summary.run_id)
     for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv"):
         assert storage.exists(storage.join(run_dir, name)), name
