@@ -163,7 +163,7 @@ def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, 
                        n_dx=len(classes) if dx_target else 0)
     seconds = time.time() - t0
 
-    def logits(mask: np.ndarray) -> np.ndarray:  # TTA averages logits, as skinray.inference.run_views does
+    def logits(mask: np.ndarray) -> np.ndarray:  # TTA averages logits, as skinray.views.run does
         views = TTA_VIEWS if tta else ("plain",)
         out = [model.predict(inputs(v, mask), verbose=0, batch_size=512) for v in views]
         return np.mean([malignant_logit(o, malignant) if dx_target else o[:, 0] for o in out], axis=0)

@@ -43,6 +43,12 @@ def _v1_to_meta(old: dict[str, Any], created: str) -> dict[str, Any]:
     }
 
 
+def preprocessing(fields: dict[str, Any]) -> Preprocessing:
+    """The model's preprocessing spec from its description fields (a dict when read, an object when upgraded)."""
+    pre = fields["preprocessing"]
+    return pre if isinstance(pre, Preprocessing) else Preprocessing.model_validate(pre)
+
+
 def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared: str, n: int, seed: int,
           storage_cfg: StorageConfig | None) -> dict[str, Any]:
     """``model.int8.onnx`` beside ``model.onnx``, and what it changes on the validation split."""
@@ -51,9 +57,7 @@ def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared:
     from skinray.prepare import load_prepared
 
     rows = load_prepared(prepared, storage_cfg)
-    pre = fields["preprocessing"]
-    image_cfg = ImageConfig(size=pre["size"] if isinstance(pre, dict) else pre.size,
-                            resize=pre["resize"] if isinstance(pre, dict) else pre.resize)
+    image_cfg = preprocessing(fields).image_config(ImageConfig())  # every field: size, resize, colour constancy
     sample = quantize.calibration_rows(rows[rows["split"] == "train"], n, seed)
     log.info("int8: calibrating on %d training images, checking on the validation split", len(sample))
     quantize.quantize(os.path.join(out_dir, ONNX_FILE), os.path.join(out_dir, INT8_FILE), sample,
@@ -109,9 +113,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
         out_dir = os.path.join(work, "model")
         os.makedirs(out_dir)
         model.save(os.path.join(out_dir, MODEL_FILE))
-        size = fields["preprocessing"].size if hasattr(fields["preprocessing"], "size") \
-            else fields["preprocessing"]["size"]
-        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), int(size))
+        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), preprocessing(fields).size)
         for name in (CONFIG_FILE, REFERENCE_FILE):  # carried over as they are
             if storage.exists(storage.join(src, name), storage_cfg):
                 with open(os.path.join(out_dir, name), "wb") as f:

@@ -79,9 +79,16 @@ class OnnxEngine:
         parts = [self._call(x[i : i + group]) for i in range(0, len(x), group)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
 
-    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
-        """Outputs for ``x``; one image per call means ``group`` rows per call (an image's TTA views)."""
+    def run(self, x: np.ndarray, group: int = 1, follow_up: bool = False) -> dict[str, np.ndarray]:
+        """Outputs for ``x``; one image per call means ``group`` rows per call (an image's TTA views).
+
+        ``follow_up``: a second call for the same batch (the flips of the images near the threshold): it runs as
+        already decided, is not timed as a probe and leaves ``last_mode`` as the batch's first call set it.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if follow_up:
+            raw = self._per_image(x, group) if self.mode == "per_image" else self._call(x)
+            return self._outputs(raw)
         self.last_mode = self.mode or "batch"  # what this call did; a batch too small to time runs batched
         if self.mode is None and len(x) >= PROBE_MIN_ROWS * group:
             self.last_mode = "probing"
@@ -98,6 +105,9 @@ class OnnxEngine:
             raw = self._per_image(x, group)
         else:
             raw = self._call(x)
+        return self._outputs(raw)
+
+    def _outputs(self, raw: list[np.ndarray]) -> dict[str, np.ndarray]:
         out = {name: value for name, value in zip(self.outputs, raw)}
         out[LOGIT] = out[LOGIT].reshape(-1)
         return out
@@ -119,7 +129,7 @@ class TfEngine:
                 pass  # already initialised in this process
         self.model = artifact.load_keras()
 
-    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, group: int = 1, follow_up: bool = False) -> dict[str, np.ndarray]:
         return forward(self.model, x)
 
 

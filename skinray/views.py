@@ -21,10 +21,11 @@ from skinray.model import LOGIT
 from skinray.operating_point import OperatingPoint
 
 VIEWS = "views"  # run()'s extra output: how many views each image's scores average (1 or 3)
+BAND_MARGIN = 1e-5  # the band's headroom for engine rounding (batched vs per-image logits differ by ~1e-6)
 
 
 class Engine(Protocol):
-    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]: ...
+    def run(self, x: np.ndarray, group: int = 1, follow_up: bool = False) -> dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def run(engine: Engine, x: np.ndarray, views: Views) -> dict[str, np.ndarray]:
     if near.any():
         first = {k: v[near] for k, v in out.items()}
         xs = x[near]
-        more = engine.run(_stacked(flips(xs)[1:]), group=2)
+        more = engine.run(_stacked(flips(xs)[1:]), group=2, follow_up=True)
         for k, v in more.items():
             v = v.reshape((len(xs), 2) + v.shape[1:])
             out[k][near] = (first[k] + v[:, 0] + v[:, 1]) / 3.0
@@ -111,7 +112,8 @@ def fit_band(z_views: np.ndarray) -> float:
     z = np.asarray(z_views, np.float64)
     if z.ndim != 2 or z.shape[1] != 3 or not len(z) or not np.isfinite(z).all():
         raise ValueError(f"fit_band needs finite (N, 3) per-view logits, got shape {z.shape}")
-    return float(np.max(np.abs(z.mean(axis=1) - z[:, 0])))
+    shift = float(np.max(np.abs(z.mean(axis=1) - z[:, 0])))
+    return shift * (1 + BAND_MARGIN) + BAND_MARGIN  # scoring's one-view logits may differ from these by rounding
 
 
 def check(y: np.ndarray, z_views: np.ndarray, op: OperatingPoint, band: float) -> dict[str, Any]:

@@ -133,3 +133,14 @@ def test_export_upgrades_a_format_1_model(model_dir, tmp_path):
     z_new = forward(art.load_keras(), x)["logit"]
     p_old = np.asarray(v1(x)).reshape(-1)
     assert np.allclose(1 / (1 + np.exp(-z_new)), p_old, atol=1e-5)  # the same model, now with its logit exposed
+
+
+def test_export_reads_every_preprocessing_field():
+    """int8 calibration and its check decode as scoring does: colour constancy included."""
+    from skinray.artifact import Preprocessing
+    from skinray.export import preprocessing
+
+    spec = Preprocessing(size=64, resize="pad", color_constancy="shades_of_gray")
+    for fields in ({"preprocessing": spec}, {"preprocessing": spec.model_dump()}):
+        cfg = preprocessing(fields).image_config(ImageConfig(max_bytes=99))
+        assert (cfg.size, cfg.resize, cfg.color_constancy, cfg.max_bytes) == (64, "pad", "shades_of_gray", 99)

@@ -67,6 +67,22 @@ def test_auto_batch_policy_times_both_and_keeps_one(random_graph):
     assert np.max(np.abs(first[LOGIT] - fixed[LOGIT])) < 1e-5  # timing both ways changes nothing in the result
 
 
+def test_flips_near_the_threshold_are_a_follow_up_not_a_probe(random_graph):
+    """The flips call of a batch runs as already decided: only whole batches are timed for the batch policy, and
+    the batch's recorded mode is its first call's."""
+    path, names = random_graph
+    x = _x(16, 64)
+    z = OnnxEngine(path, names, policy="batch").run(x)[LOGIT]
+    center = float(np.median(z))
+    views = Views(tta=True, band=float(np.quantile(np.abs(z - center), 0.75)), center=center)
+    engine = OnnxEngine(path, names, policy="auto")
+    out = run(engine, x, views)
+    assert 4 <= int((out[VIEWS] == 3).sum()) < 16  # enough images near the threshold to have been a probe
+    assert engine._probes == 1 and engine.last_mode == "probing" and engine.mode is None
+    run(engine, x, views)
+    assert engine._probes == 2 and engine.mode in ("per_image", "batch")
+
+
 def test_int8_export_records_its_bounds_and_scores_close_to_float(model_dir, prepared, sample, tmp_path):
     from skinray.config import InferenceConfig
 
@@ -83,8 +99,10 @@ def test_int8_export_records_its_bounds_and_scores_close_to_float(model_dir, pre
     z8 = make_engine(art, "onnx-int8").run(x)[LOGIT]
     assert np.max(np.abs(z8 - z32)) <= max(0.25 * float(np.ptp(z32)), 0.05)  # moved, not scrambled
     uris = [f"{sample['local']}/images/{n}" for n in sorted(os.listdir(f"{sample['local']}/images"))[:10]]
-    a, _ = ImagePredictor(str(tmp_path / "int8")).score_uris(uris)
-    b, _ = ImagePredictor(str(tmp_path / "int8"), inference=InferenceConfig(engine="onnx-int8")).score_uris(uris)
+    # every image with its three views in both: near the threshold, each graph would pick its own images to flip
+    a, _ = ImagePredictor(str(tmp_path / "int8"), inference=InferenceConfig(tta=True)).score_uris(uris)
+    b, _ = ImagePredictor(str(tmp_path / "int8"),
+                          inference=InferenceConfig(engine="onnx-int8", tta=True)).score_uris(uris)
     ok = a["error"].isna()
     assert (ok == b["error"].isna()).all() and np.max(np.abs(a.loc[ok, "prob_malignant"] -
                                                            b.loc[ok, "prob_malignant"])) < 0.1

@@ -18,8 +18,8 @@ class LinearEngine:
         self.wd = rng.normal(size=(4, size, size, 3))
         self.calls: list[tuple[int, int]] = []
 
-    def run(self, x: np.ndarray, group: int = 1) -> dict[str, np.ndarray]:
-        self.calls.append((len(x), group))
+    def run(self, x: np.ndarray, group: int = 1, follow_up: bool = False) -> dict[str, np.ndarray]:
+        self.calls.append((len(x), group, follow_up))
         x = np.asarray(x, np.float32)
         return {LOGIT: np.einsum("nhwc,hwc->n", x, self.w).astype(np.float32) / 50.0,
                 DX_LOGITS: np.einsum("nhwc,khwc->nk", x, self.wd).astype(np.float32) / 50.0}
@@ -60,14 +60,14 @@ def test_near_threshold_scores_three_views_inside_the_band_and_one_outside():
         assert np.max(np.abs(out[key][near] - every[key][near])) < 1e-5, key
         assert np.array_equal(out[key][~near], one[key][~near]), key
     # one call for the first view of every image, one for the two flips of the images inside the band
-    assert engine.calls == [(64, 1), (2 * int(near.sum()), 2)]
+    assert engine.calls == [(64, 1, False), (2 * int(near.sum()), 2, True)]
 
 
 def test_the_band_reaches_no_image_when_none_is_near_and_the_threshold_is_infinite():
     engine, x = LinearEngine(), _x(16)
     engine.calls.clear()
     out = views.run(engine, x, Views(tta=True, band=1.0, center=-np.inf))
-    assert (out[VIEWS] == 1).all() and engine.calls == [(16, 1)]
+    assert (out[VIEWS] == 1).all() and engine.calls == [(16, 1, False)]
 
 
 def test_one_view_and_every_image_modes():
