@@ -143,7 +143,7 @@ class TrainConfig(_Section):
     # evaluate/score/predict average over flips by default (recorded as ``tta`` in skinray.json)
     tta: bool = True
     # flip views only where they can move a decision: for images whose one-view logit lies within the largest shift
-    # the flips gave a validation image (skinray.json "tta_band"); one view elsewhere, a third of the compute
+    # the flips gave a validation image (skinray.json "tta_band"); one view elsewhere (1.7-2 views per image, not 3)
     tta_near_threshold: bool = True
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
