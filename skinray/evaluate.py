@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, inference, metrics, plots, review_page, storage
+from skinray import SkinrayError, inference, metrics, plots, review_page, storage, views
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
@@ -29,24 +29,15 @@ PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_
                       "lesion_id"]
 
 
-def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> pd.DataFrame:
-    """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order (with the worker
-    columns, :data:`skinray.inference.WORKER_COLUMNS`)."""
+def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order; and the views per
+    scored image."""
     rows = rows.reset_index(drop=True).assign(input_row=lambda d: range(len(d)))
     ds, _ = inference.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
     out = ds.to_pandas().sort_values("input_row").reset_index(drop=True)
     if len(out) != len(rows):
         raise SkinrayError(f"evaluation returned {len(out)} rows for {len(rows)}")
-    return out
-
-
-def _views_text(report: dict[str, Any]) -> str:
-    if not report.get("tta"):
-        return "no test-time augmentation"
-    if report.get("tta_band") is None:
-        return "scores averaged over flips (TTA)"
-    return (f"scores averaged over flips (TTA) for the images within ±{report['tta_band']:.3f} logits of the "
-            f"threshold ({report.get('views_per_image', 0):.2f} views per image), one view elsewhere")
+    return out.drop(columns=inference.WORKER_COLUMNS), views.per_image(out["_views"].value_counts().to_dict())
 
 
 def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list[str]) -> str:
@@ -64,7 +55,7 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
         f"{art.meta.data.get('train_rows')} images; threshold {at['threshold']:.3f} chosen on validation "
         f"({describe(art.meta.threshold)}); probabilities calibrated by {cal.description} "
         f"(T = {cal.temperature:.3f}, bias {cal.bias:+.3f}); "
-        f"{_views_text(report)}.",
+        f"scored with {views.Views.from_record(report).describe(report.get('views_per_image'))}.",
         "",
         f"- ROC-AUC **{f(r['roc_auc'])}** (95% bootstrap CI {f(ci[0])}–{f(ci[1])}), PR-AUC {f(r['pr_auc'])}",
         f"- Brier {f(r['brier'])}, ECE {f(r['ece'])}, sensitivity at 90% specificity "
@@ -113,9 +104,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     if rows.empty:
         raise SkinrayError(f"{e.prepared}: the {e.split} split is empty")
     log.info("evaluating %s %s images with %s", f"{len(rows):,}", e.split, cfg.inference.engine)
-    pred = predict_split(cfg, rows)
-    n_views = pred.pop("_views").to_numpy(int)
-    pred = pred.drop(columns=[c for c in inference.WORKER_COLUMNS if c in pred])
+    pred, views_per_image = predict_split(cfg, rows)
     failed = pred[pred["error"].notna()]
     ok = pred[pred["error"].isna()]
     y, p, thr = ok["label"].to_numpy(int), ok["prob_malignant"].to_numpy(float), art.threshold
@@ -133,8 +122,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
     report.update(split=e.split, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
-                  **inference.resolve_views(art, cfg.inference.tta).record(),
-                  views_per_image=round(float(n_views[n_views > 0].mean()), 4) if (n_views > 0).any() else None)
+                  **inference.resolve_views(art, cfg.inference.tta).record(), views_per_image=views_per_image)
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
             plots.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from skinray.views import Views, per_image
+
 STYLE = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:20px}
@@ -215,18 +217,6 @@ def _trend_section(trend: list[dict[str, Any]]) -> str:
             f'{"".join(charts)}</div><p class="muted">Red dots: runs with drift.</p></section>')
 
 
-def _views_text(r: dict[str, Any]) -> str:
-    """How the run's images were scored: one view, or flip TTA (for every image, or those near the threshold)."""
-    if not r.get("tta"):
-        return "one view"
-    by_views = {int(k): v for k, v in (r.get("views") or {}).items()}
-    if r.get("tta_band") is None:
-        return "flip TTA (3 views)"
-    scored = sum(v for k, v in by_views.items() if k > 0)
-    return (f"flip TTA within ±{r['tta_band']:.3f} logits of the threshold: {by_views.get(3, 0):,} of {scored:,} "
-            "images")
-
-
 def run_page(page: RunPage) -> str:
     """The review page of one scoring run."""
     r = page.run
@@ -246,8 +236,9 @@ def run_page(page: RunPage) -> str:
         {"": "input", "value": f"{r.get('input')} ({r.get('input_kind')})"},
         {"": "left out of the input", "value": r.get("skipped_inputs") or "nothing"},
         {"": "resumed rows", "value": r.get("resumed_rows")},
-        {"": "engine / views / batch mode", "value": f"{r.get('engine')} / {_views_text(r)} / "
-                                                     f"{counts(r.get('batch_modes'))}"},
+        {"": "engine / views / batch mode",
+         "value": f"{r.get('engine')} / {Views.from_record(r).describe(per_image(r.get('views') or {}))} / "
+                  f"{counts(r.get('batch_modes'))}"},
         {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
         {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
         {"": "table version", "value": r.get("table_version", "not committed")},

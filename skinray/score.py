@@ -93,7 +93,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
                 first_at, first_rows = time.time(), len(batch)
             nodes.update(batch["_node_id"].astype(str).tolist())
             modes.update(batch["_batch_mode"].astype(str).tolist())
-            n_views.update(batch["_views"].astype(int).tolist())
+            n_views.update({int(k): int(v) for k, v in batch["_views"].value_counts().items()})
             buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
             buffered += len(batch)
             done += len(batch)

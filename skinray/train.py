@@ -49,18 +49,19 @@ OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_con
 
 # Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
 # re-run of an earlier training still resumes from its checkpoints.
-ADDED_SETTINGS = {("image", "color_constancy"): "none", ("train", "photometric_augment"): False}
+ADDED_SETTINGS = {"image": {"color_constancy": "none"}, "train": {"photometric_augment": False}}
+
+
+def _at_default(cfg: SkinrayConfig, section: str) -> set[str]:
+    return {k for k, default in ADDED_SETTINGS[section].items() if getattr(getattr(cfg, section), k) == default}
 
 
 def run_name(cfg: SkinrayConfig, fingerprint: str) -> str:
     """Same data + same training settings → same name → a re-run resumes from its checkpoints."""
     t = cfg.train
-    unnamed = {section: {key for (s, key), default in ADDED_SETTINGS.items()
-                         if s == section and getattr(getattr(cfg, s), key) == default}
-               for section in ("image", "train")}
-    settings = cfg.image.model_dump_json(exclude=unnamed["image"]) + t.model_dump_json(
+    settings = cfg.image.model_dump_json(exclude=_at_default(cfg, "image")) + t.model_dump_json(
         exclude={"out", "run_name", "storage_path", "fail_after_epoch", "max_failures", "prepared",
-                 *OPERATING_POINT_KEYS, *unnamed["train"]})
+                 *OPERATING_POINT_KEYS, *_at_default(cfg, "train")})
     digest = hashlib.sha256(f"{ARCHITECTURE_VERSION}|{settings}".encode()).hexdigest()
     return t.run_name or f"train-{fingerprint[:8]}-{digest[:8]}"
 

@@ -12,7 +12,7 @@ operating point stays fitted on every validation image's three views; :func:`che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -40,12 +40,26 @@ class Views:
         """What run.json and metrics.json say about the views."""
         return {"tta": self.tta, "tta_band": self.band if self.tta else None}
 
-    def describe(self) -> str:
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Views:
+        """The views a run.json or metrics.json says were used (the centre is not recorded: for describing only)."""
+        return cls(tta=bool(record.get("tta")), band=record.get("tta_band"))
+
+    def describe(self, views_per_image: float | None = None) -> str:
+        """In words, for reports and review pages; with the views per image that a run measured."""
         if not self.tta:
             return "one view"
         if self.band is None:
             return "flip TTA (3 views for every image)"
-        return f"flip TTA within ±{self.band:.3f} logits of the threshold"
+        measured = "" if views_per_image is None else f" ({views_per_image:.2f} views per image)"
+        return f"flip TTA within ±{self.band:.3f} logits of the threshold{measured}, one view elsewhere"
+
+
+def per_image(counts: Mapping[Any, int]) -> float | None:
+    """Mean views per scored row from rows counted by views (key 0: not scored), as run.json records them."""
+    by_views = {int(k): int(v) for k, v in counts.items() if int(k) > 0}
+    scored = sum(by_views.values())
+    return round(sum(k * v for k, v in by_views.items()) / scored, 4) if scored else None
 
 
 def for_model(tta: bool, band: float | None, op: OperatingPoint, override: bool | None = None) -> Views:
@@ -118,10 +132,11 @@ def fit_band(z_views: np.ndarray) -> float:
 
 def check(y: np.ndarray, z_views: np.ndarray, op: OperatingPoint, band: float) -> dict[str, Any]:
     """What scoring within ``band`` changes against three views for every image, on labelled per-view logits."""
-    every = op.apply(combine(z_views, Views(tta=True)))
-    near = op.apply(combine(z_views, Views(tta=True, band=band, center=op.raw_threshold)))
-    one = op.apply(combine(z_views, Views()))
-    share = float(np.mean(np.abs(np.asarray(z_views, np.float64)[:, 0] - op.raw_threshold) <= band))
+    z = np.asarray(z_views, np.float64)
+    inside = np.abs(z[:, 0] - op.raw_threshold) <= band
+    one, every = op.apply(z[:, 0]), op.apply(z.mean(axis=1))
+    near = op.apply(np.where(inside, z.mean(axis=1), z[:, 0]))
+    share = float(np.mean(inside))
     y = np.asarray(y, int)
     both = metrics.two_classes(y)
 
