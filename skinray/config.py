@@ -66,6 +66,9 @@ class InferenceConfig(_Section):
     cpus_per_actor: float = Field(1.0, gt=0)
     use_gpu: bool = False  # one GPU per actor (ONNX Runtime's CUDA provider, or TensorFlow's GPU)
     gpu_wait_seconds: float = Field(600.0, ge=0)  # --gpu: wait this long for the autoscaler to add a GPU node
+    # the pool's first actors must all have loaded the model within this before the first batch is sent, so the
+    # work spreads over every actor (and node) from the start instead of going to whichever loaded first
+    actor_start_seconds: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _pool(self) -> InferenceConfig:

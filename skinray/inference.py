@@ -9,11 +9,12 @@ and :class:`skinray.operating_point.OperatingPoint` turns them into calibrated p
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -303,15 +304,64 @@ def actor_pool(cfg: SkinrayConfig) -> tuple[Any, int, int]:
             initial, s.max_actors)
 
 
+def pipeline_error(exc: Exception, cfg: SkinrayConfig) -> SkinrayError | None:
+    """What the Ray Data plan of :func:`predict_dataset` raised, as one line for the user; None when it is not
+    ours to explain (a bug, which keeps its traceback)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SkinrayError):  # raised inside an actor: Ray wraps it with the remote traceback
+            text = str(seen).strip().splitlines()
+            return SkinrayError(next((t.split("SkinrayError: ", 1)[-1] for t in text if "SkinrayError" in t),
+                                     text[-1] if text else type(seen).__name__))
+        if type(seen).__name__ == "GetTimeoutError" and "starting actors" in str(seen):
+            s = cfg.inference
+            need = f"{s.cpus_per_actor:g} CPU" if not s.use_gpu else "1 GPU"
+            return SkinrayError(f"the scoring actors did not all start within {s.actor_start_seconds:g} s "
+                                f"(inference.actor_start_seconds): each needs {need} and the model loaded; give the "
+                                f"cluster more nodes or ask for fewer actors (inference.actors / min_actors)")
+        seen = seen.__cause__ or seen.__context__
+    marker = "SkinrayError: "
+    line = next((t for t in str(exc).splitlines() if marker in t), None)
+    return SkinrayError(line.split(marker, 1)[1]) if line else None
+
+
+def pipeline_batches(ds: Any, cfg: SkinrayConfig) -> Iterator[pd.DataFrame]:
+    """The batches of a :func:`predict_dataset` plan as they arrive, and what went wrong as one line
+    (:func:`pipeline_error`) rather than Ray's traceback."""
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="pandas"))
+    failure: SkinrayError | None = None
+    while failure is None:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except SkinrayError:
+            raise
+        except Exception as exc:
+            failure = pipeline_error(exc, cfg)
+            if failure is None:
+                raise
+            continue
+        yield batch
+    # raised outside the handler, after a collection: the failed plan's frames (held in a cycle by its exception)
+    # keep the actors it started, and their CPUs, until then
+    del batches
+    gc.collect()
+    raise failure
+
+
 def predict_dataset(rows: pd.DataFrame, model_uri: str, cfg: SkinrayConfig, batch_size: int) -> tuple[Any, int]:
     """The Ray Data plan every batch prediction runs (score, evaluate, benchmarks): rows → actor pool of
     :class:`ImagePredictor` (read + decode + predict) → rows with the result columns, in no particular order.
 
     Returns (dataset, initial pool size).
     """
-    ensure_ray()
+    ray = ensure_ray()
     s = cfg.inference
     strategy, initial, _ = actor_pool(cfg)
+    # the first actors all load the model before the first batch goes out: otherwise whichever loads first (the
+    # driver's node, with no download) takes every batch of a short run and the rest of the cluster idles
+    ray.data.DataContext.get_current().wait_for_min_actors_s = max(1, int(np.ceil(s.actor_start_seconds)))
     # Small blocks: rows reach the driver a block at a time, so a block of a few batches keeps memory flat and
     # progress smooth; per-block overhead is small next to decode + inference.
     blocks = max(initial * 4, int(np.ceil(len(rows) / (batch_size * 2))))

@@ -109,6 +109,8 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
     if not verbose():
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Ray Data logs the trace of whatever stops a plan; skinray reports it once, as one line or a traceback
+        logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
     return ray
 
 

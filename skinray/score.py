@@ -48,20 +48,6 @@ def input_fingerprint(rows: pd.DataFrame, model_id: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _ray_error(exc: Exception) -> SkinrayError | None:
-    """A :class:`SkinrayError` raised inside a Ray actor or task (Ray wraps it), as one line for the user."""
-    seen: Exception | None = exc
-    while seen is not None:
-        if isinstance(seen, SkinrayError):
-            text = str(seen).strip().splitlines()
-            return SkinrayError(next((t.split("SkinrayError: ", 1)[-1] for t in text if "SkinrayError" in t),
-                                     text[-1] if text else type(seen).__name__))
-        seen = seen.__cause__ or seen.__context__
-    marker = "SkinrayError: "
-    line = next((t for t in str(exc).splitlines() if marker in t), None)
-    return SkinrayError(line.split(marker, 1)[1]) if line else None
-
-
 def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, model_id: str,
                 lease: runs.Lease) -> dict[str, Any]:
     """Runs the Ray Data plan over ``todo`` and stages its rows part by part; returns timing and placement."""
@@ -85,32 +71,24 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
             writer.write(scores_table.to_rows(part))
             buffer, buffered = [], 0
 
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            if lease.lost:
-                raise SkinrayError(f"run {run_id} was taken over by another process; this one stops")
-            if first_at is None:
-                first_at, first_rows = time.time(), len(batch)
-            nodes.update(batch["_node_id"].astype(str).tolist())
-            modes.update(batch["_batch_mode"].astype(str).tolist())
-            n_views.update({int(k): int(v) for k, v in batch["_views"].value_counts().items()})
-            buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
-            buffered += len(batch)
-            done += len(batch)
-            if buffered >= s.part_rows:
-                flush()
-                rate = done / max(time.time() - started, 1e-9)
-                log.info("scored %s/%s images (%.0f img/s)", f"{done:,}", f"{len(todo):,}", rate,
-                         extra={"event": {"run_id": run_id, "done": done, "total": int(len(todo)),
-                                          "images_per_second": round(rate, 1)}})
-        flush()
-    except SkinrayError:
-        raise
-    except Exception as exc:
-        wrapped = _ray_error(exc)
-        if wrapped is not None:
-            raise wrapped from exc
-        raise
+    for batch in inference.pipeline_batches(ds, cfg):
+        if lease.lost:
+            raise SkinrayError(f"run {run_id} was taken over by another process; this one stops")
+        if first_at is None:
+            first_at, first_rows = time.time(), len(batch)
+        nodes.update(batch["_node_id"].astype(str).tolist())
+        modes.update(batch["_batch_mode"].astype(str).tolist())
+        n_views.update({int(k): int(v) for k, v in batch["_views"].value_counts().items()})
+        buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
+        buffered += len(batch)
+        done += len(batch)
+        if buffered >= s.part_rows:
+            flush()
+            rate = done / max(time.time() - started, 1e-9)
+            log.info("scored %s/%s images (%.0f img/s)", f"{done:,}", f"{len(todo):,}", rate,
+                     extra={"event": {"run_id": run_id, "done": done, "total": int(len(todo)),
+                                      "images_per_second": round(rate, 1)}})
+    flush()
     finished = time.time()
     steady = None  # rows after the first batch over the time after it: start-up (model load, warm-up) excluded
     if first_at is not None and len(todo) > first_rows and finished > first_at:

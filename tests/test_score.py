@@ -259,6 +259,21 @@ def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_di
     assert ok.status == "succeeded" and set(_rows(out)["run_id"]) == {"retry"}
 
 
+def test_a_pool_the_cluster_cannot_start_is_one_line_and_the_run_stays_retryable(image_folder, model_dir,
+                                                                                   ray_session, tmp_path):
+    out = str(tmp_path / "scores")
+    # three one-CPU actors on a two-CPU node: the pool never fills, and nothing is sent to the two that started
+    started = time.time()
+    with pytest.raises(SkinrayError, match=r"did not all start within 3 s .*inference.actors"):
+        score(_cfg(model_dir, image_folder["local"], out, **{"inference.actors": 3,
+                                                             "inference.actor_start_seconds": 3}))
+    assert time.time() - started < 120
+    run_id = next(iter(os.listdir(os.path.join(out, "runs"))))
+    assert runs.read(out, run_id)["status"] == "running"  # not a failed run: the same command can be tried again
+    ok = score(_cfg(model_dir, image_folder["local"], out))
+    assert ok.status == "succeeded" and len(_rows(out)) == image_folder["n"]
+
+
 def test_input_and_output_may_not_overlap(image_folder, model_dir, tmp_path):
     with pytest.raises(SkinrayError, match="overlap"):
         score(_cfg(model_dir, image_folder["local"], os.path.join(image_folder["local"], "out")))
