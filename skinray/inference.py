@@ -218,7 +218,7 @@ class ImagePredictor:
         color = np.full((n, 3), np.nan, np.float32)
         for i in ok:
             size[i] = decoded[i][1]
-            color[i] = decoded[i][0].reshape(-1, 3).mean(axis=0)
+            color[i] = images.mean_color(decoded[i][0])
         logit = np.full(n, np.nan)
         n_views = np.zeros(n, np.int8)  # views per row (0: not scored)
         dx_probs: list[str | None] = [None] * n

@@ -191,7 +191,7 @@ def _validation_profile(va: pd.DataFrame, prob: np.ndarray, cfg: SkinrayConfig, 
     images (stored size, mean colour of the decoded pixels)."""
     def stats(uri: str) -> tuple[int, int, float, float, float]:
         arr, (w, h) = images.load_sized(uri, cfg.storage, cfg.image)
-        r, g, b = arr.reshape(-1, 3).mean(axis=0)
+        r, g, b = images.mean_color(arr)
         return w, h, float(r), float(g), float(b)
 
     measured = list(pool.map(stats, va["image_uri"]))

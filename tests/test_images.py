@@ -130,3 +130,11 @@ def test_colour_constancy_is_part_of_the_model_preprocessing():
     assert spec.color_constancy == "shades_of_gray"
     assert spec.image_config(ImageConfig()).color_constancy == "shades_of_gray"  # scoring decodes as training did
     assert Preprocessing(size=32, resize="squash").color_constancy == "none"  # models written before it
+
+
+@pytest.mark.parametrize("shape", [(224, 224, 3), (7, 5, 3), (512, 384, 3)])
+def test_mean_color_is_the_exact_channel_mean(shape):
+    arr = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
+    arr[0, 0] = 255  # a saturated corner: no overflow in the sums
+    np.testing.assert_array_equal(images.mean_color(arr), arr.reshape(-1, 3).mean(axis=0))
+    assert images.mean_color(np.full(shape, 255, np.uint8)).tolist() == [255.0, 255.0, 255.0]
