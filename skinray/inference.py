@@ -335,10 +335,10 @@ def pipeline_batches(ds: Any, cfg: SkinrayConfig) -> Iterator[pd.DataFrame]:
             batch = next(batches)
         except StopIteration:
             return
-        except SkinrayError:
-            raise
         except Exception as exc:
-            failure = pipeline_error(exc, cfg)
+            if isinstance(exc, SkinrayError) and type(exc).__module__.startswith("skinray"):
+                raise  # ours, raised in this process: already one line
+            failure = pipeline_error(exc, cfg)  # Ray's wrappers, an actor's SkinrayError among them
             if failure is None:
                 raise
             continue
