@@ -16,7 +16,6 @@ sex or site falls back to "unknown" (its own indicator), as a scoring manifest w
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_compare import load as load_scored  # noqa: E402
 from bench.common import log, print_results  # noqa: E402
 from skinray import metrics  # noqa: E402
 
 FOLDS = 5
-
-
-def load(run: str) -> pd.DataFrame:
-    df = pd.read_parquet(os.path.join(run, "predictions.parquet"))
-    return df[df["error"].isna()].reset_index(drop=True)
 
 
 def features(df: pd.DataFrame, sites: list[str]) -> np.ndarray:
@@ -81,7 +76,7 @@ def main() -> None:
     ap.add_argument("--c", type=float, nargs="+", default=[0.1, 1.0], help="inverse L2 strengths to try")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
-    val, test = load(args.val), load(args.test)
+    val, test = (load_scored(run).reset_index() for run in (args.val, args.test))
     if set(val["isic_id"]) & set(test["isic_id"]):
         raise SystemExit("the validation and test predictions share images: give two splits of one prepared dataset")
     log(f"{args.name}: fusion fitted on {len(val):,} validation images, tested on {len(test):,}")

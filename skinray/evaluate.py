@@ -35,9 +35,10 @@ def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame,
     rows = rows.reset_index(drop=True).assign(input_row=lambda d: range(len(d)))
     ds, _ = inference.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
     batches = list(inference.pipeline_batches(ds, cfg))
-    out = pd.concat(batches, ignore_index=True).sort_values("input_row").reset_index(drop=True) if batches else rows
-    if not batches or len(out) != len(rows):
-        raise SkinrayError(f"evaluation returned {len(out) if batches else 0} rows for {len(rows)}")
+    n = sum(len(b) for b in batches)
+    if n != len(rows):
+        raise SkinrayError(f"evaluation returned {n} rows for {len(rows)}")
+    out = pd.concat(batches, ignore_index=True).sort_values("input_row").reset_index(drop=True)
     return out.drop(columns=inference.WORKER_COLUMNS), views.per_image(out["_views"].value_counts().to_dict())
 
 

@@ -329,8 +329,7 @@ def pipeline_batches(ds: Any, cfg: SkinrayConfig) -> Iterator[pd.DataFrame]:
     """The batches of a :func:`predict_dataset` plan as they arrive, and what went wrong as one line
     (:func:`pipeline_error`) rather than Ray's traceback."""
     batches = iter(ds.iter_batches(batch_size=None, batch_format="pandas"))
-    failure: SkinrayError | None = None
-    while failure is None:
+    while True:
         try:
             batch = next(batches)
         except StopIteration:
@@ -341,7 +340,7 @@ def pipeline_batches(ds: Any, cfg: SkinrayConfig) -> Iterator[pd.DataFrame]:
             failure = pipeline_error(exc, cfg)  # Ray's wrappers, an actor's SkinrayError among them
             if failure is None:
                 raise
-            continue
+            break
         yield batch
     # raised outside the handler, after a collection: the failed plan's frames (held in a cycle by its exception)
     # keep the actors it started, and their CPUs, until then
@@ -356,17 +355,14 @@ def predict_dataset(rows: pd.DataFrame, model_uri: str, cfg: SkinrayConfig, batc
 
     Returns (dataset, initial pool size).
     """
-    ray = ensure_ray()
+    ensure_ray()
     s = cfg.inference
     strategy, initial, _ = actor_pool(cfg)
-    # the first actors all load the model before the first batch goes out: otherwise whichever loads first (the
-    # driver's node, with no download) takes every batch of a short run and the rest of the cluster idles
-    ray.data.DataContext.get_current().wait_for_min_actors_s = max(1, int(np.ceil(s.actor_start_seconds)))
     # Small blocks: rows reach the driver a block at a time, so a block of a few batches keeps memory flat and
     # progress smooth; per-block overhead is small next to decode + inference.
     blocks = max(initial * 4, int(np.ceil(len(rows) / (batch_size * 2))))
     ds = dataset_from_frame(rows, blocks)
-    return ds.map_batches(
+    scored = ds.map_batches(
         ImagePredictor,
         fn_constructor_kwargs={
             "model_uri": storage.normalize(model_uri),  # actors run elsewhere: absolute URIs only
@@ -381,4 +377,8 @@ def predict_dataset(rows: pd.DataFrame, model_uri: str, cfg: SkinrayConfig, batc
         compute=strategy,
         num_cpus=0 if s.use_gpu else s.cpus_per_actor,
         num_gpus=1 if s.use_gpu else 0,
-    ), initial
+    )
+    # this plan's own context, not the process's: the first actors all load the model before the first batch goes
+    # out, or whichever loads first (the driver's node, with no download) takes every batch of a short run
+    scored.context.wait_for_min_actors_s = max(1, int(np.ceil(s.actor_start_seconds)))
+    return scored, initial

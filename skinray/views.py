@@ -45,6 +45,13 @@ class Views:
         """The views a run.json or metrics.json says were used (the centre is not recorded: for describing only)."""
         return cls(tta=bool(record.get("tta")), band=record.get("tta_band"))
 
+    def near(self, first: np.ndarray) -> np.ndarray:
+        """Which images get the flips, from their one-view logits: all of them without a band, none without TTA."""
+        first = np.asarray(first, np.float64)
+        if not self.tta or self.band is None:
+            return np.full(first.shape, self.tta)
+        return np.abs(first - self.center) <= self.band
+
     def describe(self, views_per_image: float | None = None) -> str:
         """In words, for reports and review pages; with the views per image that a run measured."""
         if not self.tta:
@@ -98,7 +105,7 @@ def run(engine: Engine, x: np.ndarray, views: Views) -> dict[str, np.ndarray]:
         out = {k: v.mean(axis=1) for k, v in all_views(engine, x).items()}
         return {**out, VIEWS: np.full(len(x), 3, np.int8)}
     out = {k: np.array(v, copy=True) for k, v in engine.run(x).items()}
-    near = np.abs(out[LOGIT].astype(np.float64) - views.center) <= views.band
+    near = views.near(out[LOGIT])
     if near.any():
         first = {k: v[near] for k, v in out.items()}
         xs = x[near]
@@ -112,12 +119,7 @@ def run(engine: Engine, x: np.ndarray, views: Views) -> dict[str, np.ndarray]:
 def combine(z_views: np.ndarray, views: Views) -> np.ndarray:
     """What :func:`run` gives for logits already computed per view ((N, 3): the image, its two flips)."""
     z = np.asarray(z_views, np.float64)
-    if not views.tta:
-        return z[:, 0]
-    mean = z.mean(axis=1)
-    if views.band is None:
-        return mean
-    return np.where(np.abs(z[:, 0] - views.center) <= views.band, mean, z[:, 0])
+    return np.where(views.near(z[:, 0]), z.mean(axis=1), z[:, 0])
 
 
 def fit_band(z_views: np.ndarray) -> float:
@@ -132,11 +134,9 @@ def fit_band(z_views: np.ndarray) -> float:
 
 def check(y: np.ndarray, z_views: np.ndarray, op: OperatingPoint, band: float) -> dict[str, Any]:
     """What scoring within ``band`` changes against three views for every image, on labelled per-view logits."""
-    z = np.asarray(z_views, np.float64)
-    inside = np.abs(z[:, 0] - op.raw_threshold) <= band
-    one, every = op.apply(z[:, 0]), op.apply(z.mean(axis=1))
-    near = op.apply(np.where(inside, z.mean(axis=1), z[:, 0]))
-    share = float(np.mean(inside))
+    banded = Views(tta=True, band=band, center=op.raw_threshold)
+    one, every, near = (op.apply(combine(z_views, v)) for v in (Views(), Views(tta=True), banded))
+    share = float(np.mean(banded.near(np.asarray(z_views, np.float64)[:, 0])))
     y = np.asarray(y, int)
     both = metrics.two_classes(y)
 
