@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input side in pixels " + _default("image.size"))
     p.add_argument("--weights", help="imagenet | none | local or s3 path to a no-top MobileNetV2 weights file " +
                    _default("train.weights"))
+    p.add_argument("--folds", type=int, help="k >= 2: choose the epoch count and fit the operating point on k-fold "
+                   "out-of-fold scores of train+val, then train on all of it (k + 1 trainings) "
+                   + _default("train.folds"))
     p.add_argument("--run-name", help="same name + same storage resumes from the last checkpoint "
                    "(default: derived from the data and the settings)")
 
@@ -235,7 +238,7 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
     "train": {"prepared": "train.prepared", "out": "train.out", "workers": "train.workers", "gpu": "train.use_gpu",
               "epochs": "train.epochs", "fine_tune_epochs": "train.fine_tune_epochs",
               "batch_size": "train.batch_size", "image_size": "image.size", "weights": "train.weights",
-              "run_name": "train.run_name"},
+              "folds": "train.folds", "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
                  "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS},
     "score": {"model": "score.model", "input": "score.input", "input_kind": "score.input_kind", "out": "score.out",
@@ -291,7 +294,9 @@ def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
     meta = train(cfg)
     auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
-    console.say(f"model: {cfg.train.out}  best epoch {meta.training['best_epoch']}, val ROC-AUC "
+    chosen = (f"{meta.training['best_epoch']} epochs chosen by {cfg.train.folds} folds, out-of-fold" if cfg.train.folds
+              else f"best epoch {meta.training['best_epoch']}, val")
+    console.say(f"model: {cfg.train.out}  {chosen} ROC-AUC "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
                 f"({describe(meta.threshold)})", out=cfg.train.out, best_epoch=meta.training["best_epoch"],
                 val_roc_auc=auc, threshold=meta.threshold.threshold)

@@ -148,6 +148,11 @@ class TrainConfig(_Section):
     # flip views only where they can move a decision: for images whose one-view logit lies within the largest shift
     # the flips gave a validation image (skinray.json "tta_band"); one view elsewhere (1.7-2 views per image, not 3)
     tta_near_threshold: bool = True
+    # k >= 2: lesion-grouped k-fold cross-validation over train+val instead of choosing on the val split: k fold
+    # models score every train+val image out of fold, the epoch count, calibration, threshold and flip band are
+    # fitted on those scores (about ten times the val split's positives), and the final model trains on all of
+    # train+val for that many epochs. Costs k + 1 trainings. 0: choose on the val split (one training).
+    folds: int = Field(0, ge=0, le=20)
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)
@@ -176,6 +181,8 @@ class TrainConfig(_Section):
         # checked here, not after an hour of training
         if self.threshold_policy == "sensitivity" and self.target_sensitivity is None:
             raise ValueError("threshold_policy 'sensitivity' needs train.target_sensitivity")
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (choose on the val split) or at least 2")
         return self
 
 

@@ -5,6 +5,8 @@ The prepared manifest's rows (URI + label) are Ray Data datasets; ``get_dataset_
 an equal share, so all workers run the same number of steps. The driver prints one line per epoch (the workers
 send their records through a queue), then exports the best epoch: ``model.keras``, ``model.onnx`` (logit outputs,
 parity-checked) and ``skinray.json`` with the operating point fitted on validation (:mod:`skinray.operating_point`).
+With ``train.folds`` the operating point and the epoch count come from out-of-fold scores of every train+val image
+instead (:mod:`skinray.cross_validation`), and the exported model is trained on all of train+val.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, artifact, drift, images, operating_point, storage, views
+from skinray import SkinrayError, artifact, cross_validation, drift, images, operating_point, storage, views
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
@@ -31,7 +34,7 @@ from skinray.prepare import load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
                                 malignant_diagnoses)
-from skinray.train_loop import CheckpointSaver, RunSpec, train_loop_per_worker
+from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
 VAL_BATCH = 64
@@ -49,7 +52,7 @@ OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_con
 
 # Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
 # re-run of an earlier training still resumes from its checkpoints.
-ADDED_SETTINGS = {"image": {"color_constancy": "none"}, "train": {"photometric_augment": False}}
+ADDED_SETTINGS = {"image": {"color_constancy": "none"}, "train": {"photometric_augment": False, "folds": 0}}
 
 
 def _at_default(cfg: SkinrayConfig, section: str) -> set[str]:
@@ -69,8 +72,9 @@ def run_name(cfg: SkinrayConfig, fingerprint: str) -> str:
 class _Progress:
     """Drains the workers' queue on a driver thread: one console line per epoch, worker placement recorded."""
 
-    def __init__(self, queue: Any) -> None:
+    def __init__(self, queue: Any, label: str = "") -> None:
         self.queue, self.workers, self.stop = queue, {}, threading.Event()
+        self.prefix = f"{label}: " if label else ""
         self.thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
 
     def _run(self) -> None:
@@ -83,8 +87,8 @@ class _Progress:
                 self.workers[event["rank"]] = {k: event[k] for k in ("rank", "node_id", "gpus")}
             elif event.get("event") == "epoch":
                 auc = event.get("val_auc")
-                log.info("epoch %d/%d phase %d: loss %.4f, val AUC %s (%s img/s, %.0f s)", event["epoch"],
-                         event["epochs_planned"], event["phase"], event.get("loss") or float("nan"),
+                log.info("%sepoch %d/%d phase %d: loss %.4f, val AUC %s (%s img/s, %.0f s)", self.prefix,
+                         event["epoch"], event["epochs_planned"], event["phase"], event.get("loss") or float("nan"),
                          "n/a" if auc is None else f"{auc:.4f}", event["images_per_second"], event["seconds"],
                          extra={"event": {"stage": "train", **event}})
 
@@ -97,7 +101,8 @@ class _Progress:
         self.thread.join(timeout=10)
 
 
-def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, spec: RunSpec) -> tuple[Any, dict[int, Any]]:
+def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, spec: RunSpec,
+         label: str = "") -> tuple[Any, dict[int, Any]]:
     """Launch the TensorflowTrainer; re-running with the same run name and storage resumes from its checkpoint."""
     ray = ensure_ray()
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -128,7 +133,7 @@ def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, spec: RunSpec) 
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     try:
-        with _Progress(queue) as progress:
+        with _Progress(queue, label) as progress:
             result = trainer.fit()
     except Exception as exc:
         raise _training_error(exc) from exc
@@ -159,15 +164,19 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return seen
 
 
-def _validation_views(engine_path: str, outputs: dict[str, str], va: pd.DataFrame, cfg: SkinrayConfig,
-                      pool: ThreadPoolExecutor) -> np.ndarray:
-    """Validation logits of every flip view (N×3) through the exported graph: what scoring will average."""
+def _held_out_views(engine_path: str, outputs: dict[str, str], rows: pd.DataFrame, cfg: SkinrayConfig,
+                    pool: ThreadPoolExecutor) -> np.ndarray:
+    """Held-out logits through the exported graph, one column per view (the three flips with ``train.tta``, else
+    one): what scoring will produce, so calibration and threshold are fitted on it."""
     from skinray.inference import OnnxEngine
 
     engine = OnnxEngine(engine_path, outputs, threads=os.cpu_count() or 1, policy="batch")
-    return np.concatenate([
-        views.all_views(engine, decode_rows(va.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool))[LOGIT]
-        for i in range(0, len(va), VAL_BATCH)])
+
+    def batch(x: np.ndarray) -> np.ndarray:
+        return views.all_views(engine, x)[LOGIT] if cfg.train.tta else engine.run(x)[LOGIT].reshape(-1, 1)
+
+    return np.concatenate([batch(decode_rows(rows.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool))
+                           for i in range(0, len(rows), VAL_BATCH)])
 
 
 def _weights_for_workers(weights: str, local: str | None, storage_path: str, name: str, cfg: SkinrayConfig) -> str:
@@ -232,55 +241,130 @@ def _architecture(t: TrainConfig, dx_classes: list[str], malignant_dx: list[bool
             "version": ARCHITECTURE_VERSION}
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every Ray Train run of one training shares: the driver's model (each run's weights land in it), the
+    run name the fold and final runs are named after, where checkpoints go, what the workers load."""
+
+    model: Any
+    name: str
+    storage_path: str
+    weights: str
+    dx_classes: list[str]
+    malignant_dx: list[bool] | None
+
+
+def _run(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, setup: _Setup, name: str, label: str = "",
+         last_epoch: int | None = None) -> tuple[TrainState, dict[int, Any]]:
+    """One Ray Train run, resumed when its checkpoints exist; its best weights (with ``last_epoch``: its last)
+    are left in ``setup.model``."""
+    t = cfg.train
+    spec = RunSpec(run_name=name, storage_path=setup.storage_path, weights=setup.weights,
+                   class_weights=class_weights(tr["label"], t.class_weight),
+                   steps_per_epoch=math.ceil(len(tr) // t.workers / t.batch_size), dx_classes=setup.dx_classes,
+                   malignant_dx=setup.malignant_dx, last_epoch=last_epoch)
+    result, workers = _fit(cfg, tr, va, spec, label)
+    return CheckpointSaver.load_best(result.checkpoint, setup.model), workers
+
+
+def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool: ThreadPoolExecutor
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``train.folds`` fold runs over ``rows`` → every row's out-of-fold logits (rows × views) and the summary with
+    the epoch count they chose. A fold finished earlier is read back, not run again."""
+    t = cfg.train
+    assignment = cross_validation.assign_folds(rows, t.folds, t.seed)
+    run_dir = storage.join(setup.storage_path, setup.name)
+    results = []
+    for fold in range(t.folds):
+        held, label = rows[assignment == fold], f"fold {fold + 1}/{t.folds}"
+        ids = held["isic_id"].astype(str).tolist()
+        result = cross_validation.load_fold(run_dir, fold, t.folds, ids, 3 if t.tta else 1, cfg.storage)
+        if result is None:
+            kept = rows[assignment != fold]
+            log.info("%s: training on %s images (%s malignant), scoring %s held out", label, f"{len(kept):,}",
+                     f"{int(kept['label'].sum()):,}", f"{len(held):,}")
+            state, _ = _run(cfg, kept, held, setup, f"{setup.name}-fold{fold + 1}of{t.folds}", label)
+            with tempfile.TemporaryDirectory() as d:
+                names, _ = export_onnx(setup.model, os.path.join(d, ONNX_FILE), cfg.image.size)
+                z = _held_out_views(os.path.join(d, ONNX_FILE), names, held, cfg, pool)
+            result = cross_validation.FoldResult(fold, t.folds, ids, z, int(state.best_epoch or 0), state.history)
+            cross_validation.save_fold(run_dir, result, cfg.storage)
+        log.info("%s: best epoch %d, held-out AUC %s", label, result.best_epoch,
+                 "n/a" if result.best_auc is None else f"{result.best_auc:.4f}")
+        results.append(result)
+    epochs, curve = cross_validation.choose_epochs(results)
+    return (cross_validation.out_of_fold(assignment, results),
+            cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve))
+
+
 def train(cfg: SkinrayConfig) -> ModelMeta:
-    """prepared/ → model directory (model.keras, model.onnx, config.yaml, skinray.json); returns its description."""
+    """prepared/ → model directory (model.keras, model.onnx, config.yaml, skinray.json); returns its description.
+
+    The operating point (calibration, threshold, flip band) is fitted on held-out scores: the val split's, or with
+    ``train.folds`` every train+val image's out-of-fold scores, the final model then trained on all of train+val.
+    """
     t = cfg.train
     if not t.prepared or not t.out:
         raise SkinrayError("train needs --prepared and --out")
     started = time.time()
     tr, va = check_splits(load_prepared(t.prepared, cfg.storage), cfg)
     weights_arg, weights_source = resolve_weights(t.weights, cfg.storage)
-    dx_classes, tr, va = diagnosis_index(tr, va, t.aux_diagnosis_weight if t.target == "binary" else 1.0)
-    malignant_dx = diagnosis_target(tr, dx_classes, cfg)
+    # what the exported model trains on, and the rows its operating point is fitted on (never the same model's)
+    fit_rows, held_rows = (pd.concat([tr, va], ignore_index=True),) * 2 if t.folds else (tr, va)
+    dx_classes, fit_rows, held_rows = diagnosis_index(fit_rows, held_rows,
+                                                      t.aux_diagnosis_weight if t.target == "binary" else 1.0)
+    malignant_dx = diagnosis_target(fit_rows, dx_classes, cfg)
     model = build_model(cfg.image.size, t.alpha, weights_arg, t.dense_units, t.dropout,  # fails fast on bad weights
                         input_scaling=t.input_scaling, dx_classes=len(dx_classes), malignant_dx=malignant_dx)
     fingerprint = data_fingerprint(t.prepared, cfg.storage)
     name = run_name(cfg, fingerprint)
     storage_path = storage.normalize(t.storage_path or storage.join(t.out, "_ray"))
-    log.info("training on %s images (%s malignant), validating on %s; %d worker(s), run %s%s", f"{len(tr):,}",
-             f"{int(tr['label'].sum()):,}", f"{len(va):,}", t.workers, name,
-             f"; diagnosis output over {dx_classes}" if dx_classes else "")
-    worker_weights = _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg)
-    spec = RunSpec(run_name=name, storage_path=storage_path, weights=worker_weights,
-                   class_weights=class_weights(tr["label"], t.class_weight),
-                   steps_per_epoch=math.ceil(len(tr) // t.workers / t.batch_size), dx_classes=dx_classes,
-                   malignant_dx=malignant_dx)
-    result, workers = _fit(cfg, tr, va, spec)
-    state = CheckpointSaver.load_best(result.checkpoint, model)
-    train_seconds = time.time() - started
+    if t.folds:
+        log.info("cross-validating on %s train+val images (%s malignant) in %d lesion-grouped folds, then training "
+                 "on all of them; %d worker(s), run %s", f"{len(fit_rows):,}", f"{int(fit_rows['label'].sum()):,}",
+                 t.folds, t.workers, name)
+    else:
+        log.info("training on %s images (%s malignant), validating on %s; %d worker(s), run %s%s", f"{len(tr):,}",
+                 f"{int(tr['label'].sum()):,}", f"{len(va):,}", t.workers, name,
+                 f"; diagnosis output over {dx_classes}" if dx_classes else "")
+    setup = _Setup(model, name, storage_path, _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg),
+                   dx_classes, malignant_dx)
 
     with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
-        model.save(os.path.join(out_dir, MODEL_FILE))
-        samples = decode_rows(va.head(8), cfg.storage, cfg.image, pool)
-        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
-        y_val = va["label"].to_numpy(int)
-        z_views = None
-        if t.tta:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
-            log.info("scoring %s validation images with flip TTA for calibration and threshold", f"{len(va):,}")
-            z_views = _validation_views(os.path.join(out_dir, ONNX_FILE), names, va, cfg, pool)
-            logits_val = z_views.mean(axis=1)
+        cv = None
+        if t.folds:
+            z_held, cv = _cross_validate(cfg, held_rows, setup, pool)
+            log.info("the folds chose %d epochs; training the final model on all %s train+val images", cv["epochs"],
+                     f"{len(fit_rows):,}")
+            # (its workers skip validation: every held-out row is in its training data)
+            state, workers = _run(cfg, fit_rows, held_rows, setup, f"{name}-final", "final", last_epoch=cv["epochs"])
         else:
-            logits_val = np.asarray(state.best_val["logit"], float)
-        op, val_report = operating_point.fit(y_val, logits_val, t.calibration, t.threshold_policy,
-                                             t.target_sensitivity, t.threshold_confidence,
-                                             dx_codes(va).fillna("").to_numpy(object), t.diagnosis_sensitivity)
-        band = views.fit_band(z_views) if z_views is not None and t.tta_near_threshold else None
+            state, workers = _run(cfg, fit_rows, held_rows, setup, name)
+        train_seconds = time.time() - started
+        model.save(os.path.join(out_dir, MODEL_FILE))
+        samples = decode_rows(held_rows.head(8), cfg.storage, cfg.image, pool)
+        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
+        y_held = held_rows["label"].to_numpy(int)
+        if not t.folds:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
+            z_held = None
+            if t.tta:
+                log.info("scoring %s validation images with flip TTA for calibration and threshold", f"{len(va):,}")
+                z_held = _held_out_views(os.path.join(out_dir, ONNX_FILE), names, held_rows, cfg, pool)
+        logits_held = z_held.mean(axis=1) if z_held is not None else np.asarray(state.best_val["logit"], float)
+        op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
+                                              t.target_sensitivity, t.threshold_confidence,
+                                              dx_codes(held_rows).fillna("").to_numpy(object),
+                                              t.diagnosis_sensitivity)
+        band = views.fit_band(z_held) if t.tta and t.tta_near_threshold else None
         if band is not None:
-            logits_val = views.combine(z_views, views.for_model(True, band, op))  # what scoring will produce
-            if val_report is not None:
-                val_report["views"] = views.check(y_val, z_views, op, band)
+            logits_held = views.combine(z_held, views.for_model(True, band, op))  # what scoring will produce
+            if held_report is not None:
+                held_report["views"] = views.check(y_held, z_held, op, band)
+        if held_report is not None:
+            held_report["scores"] = (f"out of fold: {t.folds} lesion-grouped folds over train+val" if t.folds
+                                     else "the val split")
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
-                           _validation_profile(va, op.apply(logits_val).prob, cfg, pool))
+                           _validation_profile(held_rows, op.apply(logits_held).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
         meta = ModelMeta(
@@ -299,16 +383,18 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                       "storage_path": storage_path, "batch_size_per_worker": t.batch_size,
                       "global_batch_size": t.batch_size * t.workers, "seconds": round(train_seconds, 1),
                       "best_epoch": state.best_epoch, "epochs_run": len(state.history),
-                      "workers": [workers[r] for r in sorted(workers)]},
-            data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(tr)),
-                  "val_rows": int(len(va)), "train_malignant": int(tr["label"].sum())},
+                      "workers": [workers[r] for r in sorted(workers)], "cross_validation": cv},
+            data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(fit_rows)),
+                  "val_rows": int(len(va)), "held_out_rows": int(len(held_rows)),
+                  "train_malignant": int(fit_rows["label"].sum())},
             history=state.history,
-            validation=val_report,
+            validation=held_report,
             versions=versions(),
         )
         model_id, meta = artifact.write(out_dir, t.out, meta, cfg.storage)
-    flips = (val_report or {}).get("views")
-    log.info("model %s written to %s (best epoch %s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out,
-             state.best_epoch, op.threshold.threshold, parity,
-             f"; flips near the threshold: {flips['views_per_image']:.2f} views per validation image" if flips else "")
+    flips = (held_report or {}).get("views")
+    log.info("model %s written to %s (%s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out,
+             f"{state.best_epoch} epochs chosen by {t.folds} folds" if t.folds else f"best epoch {state.best_epoch}",
+             op.threshold.threshold, parity,
+             f"; flips near the threshold: {flips['views_per_image']:.2f} views per held-out image" if flips else "")
     return meta

@@ -94,13 +94,16 @@ def stopped_early(state: TrainState, phase: Phase, patience: int) -> bool:
     return max(done) - max(state.best_epoch, phase.first_epoch - 1) >= patience
 
 
-def next_position(state: TrainState, phases: list[Phase], patience: int) -> tuple[int, int] | None:
-    """(index of the phase to run, the next global epoch), or None when training is complete."""
+def next_position(state: TrainState, phases: list[Phase], patience: int,
+                  last_epoch: int | None = None) -> tuple[int, int] | None:
+    """(index of the phase to run, the next global epoch), or None when training is complete: every phase done or
+    stopped early, or ``last_epoch`` (a fixed epoch count, chosen by cross-validation) reached."""
     for i, phase in enumerate(phases):
         done = state.epochs_in(phase)
         if (done and max(done) >= phase.last_epoch) or stopped_early(state, phase, patience):
             continue
-        return i, (max(done) + 1 if done else phase.first_epoch)
+        epoch = max(done) + 1 if done else phase.first_epoch
+        return None if last_epoch is not None and epoch > last_epoch else (i, epoch)
     return None
 
 
@@ -188,6 +191,9 @@ class RunSpec:
     steps_per_epoch: int
     dx_classes: list[str]
     malignant_dx: list[bool] | None = None  # train.target diagnosis: the readout's malignant diagnoses
+    # the final model of a cross-validated training: a fixed number of epochs, no validation, the last epoch kept
+    # (there is no held-out split left to choose by: the folds chose the epoch count)
+    last_epoch: int | None = None
     progress: Any = None  # a ray.util.queue.Queue: epoch records and worker placement for the driver's console
 
 
@@ -227,6 +233,8 @@ class Worker:
         self.rng = np.random.default_rng(self.t.seed * 1000 + self.rank)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_rows = shard_rows(ray.train.get_dataset_shard("val"))  # every rank: same decisions
+        if self.spec.last_epoch is not None:
+            self.val_rows = self.val_rows.head(0)
         self.optimizer: Any = None
         self.step: Any = None
 
@@ -368,7 +376,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state, best_weights, optimizer_values, optimizer_phase = saver.restore(w.model)
     phases = schedule(w.t)
     y_val = w.val_rows["label"].to_numpy(int)
-    position = next_position(state, phases, w.t.early_stopping_patience)
+    fixed = w.spec.last_epoch
+    patience = 0 if fixed is not None else w.t.early_stopping_patience
+    position = next_position(state, phases, patience, fixed)
     while position is not None:
         index, epoch = position
         phase = phases[index]
@@ -376,12 +386,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if fresh and best_weights is not None:
             w.model.set_weights(best_weights)  # a new phase starts from the best epoch so far, not the last
         w.start_phase(phase, None if fresh or optimizer_phase != phase.number else optimizer_values)
-        for epoch in range(epoch, phase.last_epoch + 1):
+        for epoch in range(epoch, min(phase.last_epoch, fixed or phase.last_epoch) + 1):
             loss, images, seconds = w.train_epoch()
             logits = w.validate()
             record = _record(epoch, phase, loss, images, seconds, y_val, logits)
             score = record["val_auc"] if record["val_auc"] is not None else -(record["val_loss"] or 0.0)
-            improved = state.best_score is None or score > state.best_score
+            improved = fixed is not None or state.best_score is None or score > state.best_score
             state.history.append(record)
             if improved:
                 best_weights = w.model.get_weights()
@@ -390,13 +400,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                   "logit": logits.astype(float).tolist()}
             saver.save(w.model, w.optimizer, state, phase, improved, record)
             if w.rank == 0 and w.spec.progress is not None:
-                w.spec.progress.put({"event": "epoch", **record, "epochs_planned": phases[-1].last_epoch,
+                w.spec.progress.put({"event": "epoch", **record, "epochs_planned": fixed or phases[-1].last_epoch,
                                      "best_epoch": state.best_epoch})
             w.inject_fault(epoch)
-            if stopped_early(state, phase, w.t.early_stopping_patience):
+            if stopped_early(state, phase, patience):
                 break
         optimizer_values = None
-        position = next_position(state, phases, w.t.early_stopping_patience)
+        position = next_position(state, phases, patience, fixed)
     w.close()
 
 

@@ -104,6 +104,60 @@ def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
     assert set(again.threshold.diagnoses) == {"mel", "melanoma"}  # the default floors, recorded
 
 
+def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_the_next_fold(
+        prepared, ray_session, tmp_path, monkeypatch):
+    """train.folds: two fold models score every train+val image out of fold, the operating point and flip band are
+    fitted on those scores, the final model trains on all of train+val for the chosen epochs; a re-run reads the
+    finished folds back instead of running them."""
+    import pandas as pd
+
+    import skinray.train as train_module
+    from skinray import cross_validation, operating_point, views
+    from skinray.prepare import load_prepared
+    from skinray.train_data import dx_codes
+
+    # one worker per run (three runs here; two workers are the other tests'), flips on as in the default recipe
+    over = {**tiny_train_overrides(prepared, str(tmp_path / "m")), "train.folds": 2, "train.tta": True,
+            "train.workers": 1}
+    meta = train(load_config(overrides=over))
+    df = load_prepared(prepared)
+    rows = pd.concat([df[df["split"] == "train"], df[df["split"] == "val"]], ignore_index=True)
+    cv = meta.training["cross_validation"]
+    assert cv["folds"] == 2 and sum(f["rows"] for f in cv["per_fold"]) == len(rows)
+    curve = {int(e): auc for e, auc in cv["mean_held_out_auc_by_epoch"].items()}
+    assert sorted(curve) == [1, 2] and cv["epochs"] == max(curve, key=lambda e: (curve[e], -e))
+    # the exported model: all of train+val, exactly the chosen epochs, the last one kept, nothing validated on
+    assert meta.data["train_rows"] == meta.data["held_out_rows"] == meta.validation["n"] == len(rows)
+    assert [h["epoch"] for h in meta.history] == list(range(1, cv["epochs"] + 1))
+    assert meta.training["best_epoch"] == cv["epochs"] and all(h["val_auc"] is None for h in meta.history)
+    assert meta.validation["scores"].startswith("out of fold")
+    assert ModelArtifact.open(str(tmp_path / "m")).reference()["rows"] == len(rows)
+
+    # the stored operating point is the one the out-of-fold scores give, not the final model's own
+    run_dir = os.path.join(str(tmp_path / "m"), "_ray", meta.training["run_name"])
+    folds = cross_validation.assign_folds(rows, 2, seed=42)
+    results = [cross_validation.load_fold(run_dir, f, 2, rows.loc[folds == f, "isic_id"].tolist(), 3, None)
+               for f in range(2)]
+    z = cross_validation.out_of_fold(folds, results)
+    op, _ = operating_point.fit(rows["label"].to_numpy(int), z.mean(axis=1), "platt", "youden", 0.85, 0.95,
+                                dx_codes(rows).fillna("").to_numpy(object), {"mel": 0.8, "melanoma": 0.8})
+    assert meta.calibration == op.calibration and meta.threshold == op.threshold
+    assert meta.tta_band == views.fit_band(z)
+
+    # a re-run (as after a kill once the folds were done) trains no fold again: the first run it starts is the
+    # final one (stopped there: resuming a Ray Train run is the killed-worker test's)
+    class Started(Exception):
+        pass
+
+    def first_run(*args, **kwargs):
+        raise Started(args[4])
+
+    monkeypatch.setattr(train_module, "_run", first_run)
+    with pytest.raises(Started, match=f"^{meta.training['run_name']}-final$"):
+        train(load_config(overrides={**over, "train.out": str(tmp_path / "m2"),
+                                     "train.storage_path": os.path.join(str(tmp_path / "m"), "_ray")}))
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"train.weights": "/no/such/weights.h5"}, "weights file not found"),
     ({"train.weights": "imagenet", "image.size": 40}, "ImageNet MobileNetV2 weights exist for image sizes"),

@@ -57,6 +57,16 @@ def test_patience_zero_never_stops_and_a_complete_run_is_done():
     assert next_position(_state((1, 1), (2, 1), best=1), phases, 0) is None
 
 
+def test_a_fixed_epoch_count_ends_training_inside_or_between_phases():
+    """The final model of a cross-validated training runs the folds' epoch count on the same schedule."""
+    phases = schedule(TrainConfig(epochs=4, fine_tune_epochs=10))
+    assert next_position(TrainState(), phases, 0, last_epoch=6) == (0, 1)
+    assert next_position(_state(*[(e, 1) for e in range(1, 5)], best=4), phases, 0, 6) == (1, 5)
+    assert next_position(_state(*[(e, 1) for e in range(1, 5)], (5, 2), (6, 2), best=6), phases, 0, 6) is None
+    assert next_position(_state((1, 1), (2, 1), best=2), phases, 0, 2) is None  # inside the head phase
+    assert next_position(_state((1, 1), (2, 1), best=2), phases, 0, 3) == (0, 3)
+
+
 def test_diagnosis_index_maps_train_classes_and_marks_unknowns():
     tr = pd.DataFrame({"dx": ["MEL", "nv ", None, "bkl", ""]})
     va = pd.DataFrame({"dx": ["nv", "vasc", None]})  # vasc: not in train → no diagnosis target
