@@ -19,7 +19,7 @@ from skinray import SkinrayError, inference, metrics, plots, review_page, storag
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
-from skinray.prepare import load_prepared
+from skinray.prepare import data_fingerprint, load_prepared
 from skinray.results import EvaluationReport
 from skinray.train_data import dx_codes
 
@@ -42,6 +42,13 @@ def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame,
     return out.drop(columns=inference.WORKER_COLUMNS), views.per_image(out["_views"].value_counts().to_dict())
 
 
+def in_training_data(model_data: dict[str, Any], split: str, fingerprint: str) -> bool:
+    """Whether ``split`` of the prepared dataset with this fingerprint is in the model's training data: the train
+    split always, the val split too for a cross-validated model (``train.folds``). Figures on it are not held out."""
+    trained = model_data.get("trained_on_splits") or ["train"]
+    return split in trained and model_data.get("fingerprint") == fingerprint
+
+
 def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list[str]) -> str:
     r, a5, at = report["ranking"], report["at_0.5"], report["at_threshold"]
     ci = report.get("roc_auc_ci95") or [None, None]
@@ -53,8 +60,11 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
     lines = [
         f"# Evaluation on the {split} split",
         "",
+        *([f"**The model was trained on this {split} split: these figures are not a held-out estimate.**", ""]
+          if report.get("in_training_data") else []),
         f"{report['n']} images, {report['n_pos']} malignant. Model trained on "
-        f"{art.meta.data.get('train_rows')} images; threshold {at['threshold']:.3f} chosen on validation "
+        f"{art.meta.data.get('train_rows')} images; threshold {at['threshold']:.3f} chosen on "
+        f"{(art.meta.validation or {}).get('scores', 'the val split')} "
         f"({describe(art.meta.threshold)}); probabilities calibrated by {cal.description} "
         f"(T = {cal.temperature:.3f}, bias {cal.bias:+.3f}); "
         f"scored with {views.Views.from_record(report).describe(report.get('views_per_image'))}.",
@@ -105,6 +115,10 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     rows = df[df["split"] == e.split]
     if rows.empty:
         raise SkinrayError(f"{e.prepared}: the {e.split} split is empty")
+    seen = in_training_data(art.meta.data, e.split, data_fingerprint(e.prepared, st))
+    if seen:
+        log.warning("the model was trained on the %s split of %s: these figures are not a held-out estimate",
+                    e.split, e.prepared)
     log.info("evaluating %s %s images with %s", f"{len(rows):,}", e.split, cfg.inference.engine)
     pred, views_per_image = predict_split(cfg, rows)
     failed = pred[pred["error"].notna()]
@@ -122,7 +136,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         codes = dx_codes(ok)
         truth = codes.astype(object).where(codes.notna(), None)
         report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
-    report.update(split=e.split, model_id=art.model_id, failed=int(len(failed)),
+    report.update(split=e.split, in_training_data=seen, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
                   **inference.resolve_views(art, cfg.inference.tta).record(), views_per_image=views_per_image)
     with tempfile.TemporaryDirectory() as tmp:

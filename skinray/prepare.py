@@ -6,6 +6,7 @@ reason``), ``report.json`` (written last: its presence means the directory is co
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -204,6 +205,11 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
              out, extra={"event": {k: report[k] for k in ("rows_in", "kept", "rejected", "rejected_by_reason",
                                                           "lesions_in_two_splits", "seconds")}})
     return PrepareReport.from_record(report)
+
+
+def data_fingerprint(uri: str, storage_cfg: StorageConfig | None = None) -> str:
+    """SHA-256 of a prepared dataset's manifest: which rows and splits a model was trained on, recorded with it."""
+    return hashlib.sha256(storage.read_bytes(storage.join(uri, "manifest.parquet"), storage_cfg)).hexdigest()
 
 
 def load_prepared(uri: str, storage_cfg: StorageConfig | None = None) -> pd.DataFrame:

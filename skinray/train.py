@@ -30,7 +30,7 @@ from skinray import SkinrayError, artifact, cross_validation, drift, images, ope
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
-from skinray.prepare import load_prepared
+from skinray.prepare import data_fingerprint, load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
                                 malignant_diagnoses)
@@ -38,10 +38,6 @@ from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_
 
 log = logging.getLogger("skinray.train")
 VAL_BATCH = 64
-
-
-def data_fingerprint(uri: str, storage_cfg: Any) -> str:
-    return hashlib.sha256(storage.read_bytes(storage.join(uri, "manifest.parquet"), storage_cfg)).hexdigest()
 
 
 # Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
@@ -385,6 +381,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                       "best_epoch": state.best_epoch, "epochs_run": len(state.history),
                       "workers": [workers[r] for r in sorted(workers)], "cross_validation": cv},
             data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(fit_rows)),
+                  "trained_on_splits": ["train", "val"] if t.folds else ["train"],
                   "val_rows": int(len(va)), "held_out_rows": int(len(held_rows)),
                   "train_malignant": int(fit_rows["label"].sum())},
             history=state.history,

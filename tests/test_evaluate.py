@@ -41,6 +41,7 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     assert (ok.predicted == pd.Series(yhat, index=ok.index).map({0: "benign", 1: "malignant"})).all()
     lo, hi = report.roc_auc_ci95
     assert lo <= report.roc_auc <= hi
+    assert report.record["in_training_data"] is False  # the test split: held out
     assert json.load(open(os.path.join(out, "metrics.json")))["n"] == len(ok)
     assert "ROC-AUC" in open(os.path.join(out, "report.md")).read()
     # scored as the model was fitted: flips near its threshold only, and the report says how many views that took
@@ -71,3 +72,14 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     Image.open(os.path.join(out, "diagnosis_confusion.png")).verify()
     page = open(os.path.join(out, "report.html")).read()
     assert page.startswith("<!DOCTYPE html>") and "ROC-AUC" in page and "data:image/png;base64," in page
+
+
+def test_a_split_the_model_trained_on_is_named_as_such():
+    from skinray.evaluate import in_training_data
+
+    single = {"fingerprint": "f", "trained_on_splits": ["train"]}
+    cross_validated = {"fingerprint": "f", "trained_on_splits": ["train", "val"]}
+    assert in_training_data(single, "train", "f") and not in_training_data(single, "val", "f")
+    assert in_training_data(cross_validated, "val", "f") and not in_training_data(cross_validated, "test", "f")
+    assert not in_training_data(cross_validated, "val", "another dataset")
+    assert in_training_data({"fingerprint": "f"}, "train", "f")  # a model from before the field: train only

@@ -32,7 +32,7 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     assert meta.preprocessing.size == 32
     assert meta.tta is True and meta.validation["n"] == meta.data["val_rows"]
     assert meta.architecture["input_scaling"].startswith("[-1, 1]")
-    assert len(meta.data["fingerprint"]) == 64
+    assert len(meta.data["fingerprint"]) == 64 and meta.data["trained_on_splits"] == ["train"]
     assert meta.versions["ray"] and meta.weights_source.startswith("none")
     assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json"}
     assert len(art.model_id) == 16
@@ -131,6 +131,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     assert [h["epoch"] for h in meta.history] == list(range(1, cv["epochs"] + 1))
     assert meta.training["best_epoch"] == cv["epochs"] and all(h["val_auc"] is None for h in meta.history)
     assert meta.validation["scores"].startswith("out of fold")
+    assert meta.data["trained_on_splits"] == ["train", "val"]  # evaluate says so on the val split
     assert ModelArtifact.open(str(tmp_path / "m")).reference()["rows"] == len(rows)
 
     # the stored operating point is the one the out-of-fold scores give, not the final model's own
