@@ -45,6 +45,14 @@ MAX_META_BYTES = 32 * 1024 * 1024
 PREPROCESSING_VERSION = 1
 
 
+def check_parity(parity: float) -> float:
+    """An exported graph that does not compute what the Keras model computes is never written nor scored with."""
+    if not parity <= ONNX_PARITY_LIMIT:
+        raise SkinrayError(f"the exported ONNX graph differs from Keras by {parity:.2e} (> {ONNX_PARITY_LIMIT}): "
+                           "not written")
+    return parity
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

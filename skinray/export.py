@@ -124,8 +124,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
                             "outputs": Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS),
                                                diagnoses=diagnoses if DX_LOGITS in names else []),
                             "onnx": {"parity_max_abs_diff": parity}, "versions": versions()})
-        if parity > artifact.ONNX_PARITY_LIMIT:
-            raise SkinrayError(f"the exported ONNX graph differs from Keras by {parity:.2e}: not written")
+        artifact.check_parity(parity)
         model_id, meta = artifact.write(out_dir, out_uri, meta, storage_cfg)
     log.info("exported %s to %s (model %s, ONNX parity %.1e%s)", src, out_uri, model_id, parity,
              "" if meta.int8 is None else ", int8: validation ROC-AUC change {}, largest probability change {:.4f}"

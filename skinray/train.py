@@ -281,7 +281,8 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
                      f"{int(kept['label'].sum()):,}", f"{len(held):,}")
             state, _ = _run(cfg, kept, held, setup, f"{setup.name}-fold{fold + 1}of{t.folds}", label)
             with tempfile.TemporaryDirectory() as d:
-                names, _ = export_onnx(setup.model, os.path.join(d, ONNX_FILE), cfg.image.size)
+                names, parity = export_onnx(setup.model, os.path.join(d, ONNX_FILE), cfg.image.size)
+                artifact.check_parity(parity)  # the held-out scores come from this graph
                 z = _held_out_views(os.path.join(d, ONNX_FILE), names, held, cfg, pool)
             result = cross_validation.FoldResult(fold, t.folds, ids, z, int(state.best_epoch or 0), state.history)
             cross_validation.save_fold(run_dir, result, cfg.storage)
@@ -340,6 +341,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         model.save(os.path.join(out_dir, MODEL_FILE))
         samples = decode_rows(held_rows.head(8), cfg.storage, cfg.image, pool)
         names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
+        artifact.check_parity(parity)
         y_held = held_rows["label"].to_numpy(int)
         if not t.folds:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
             z_held = None

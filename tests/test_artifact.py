@@ -144,3 +144,12 @@ def test_export_reads_every_preprocessing_field():
     for fields in ({"preprocessing": spec}, {"preprocessing": spec.model_dump()}):
         cfg = preprocessing(fields).image_config(ImageConfig(max_bytes=99))
         assert (cfg.size, cfg.resize, cfg.color_constancy, cfg.max_bytes) == (64, "pad", "shades_of_gray", 99)
+
+
+def test_an_export_that_differs_from_keras_is_refused():
+    from skinray.artifact import ONNX_PARITY_LIMIT, check_parity
+
+    assert check_parity(ONNX_PARITY_LIMIT / 2) == ONNX_PARITY_LIMIT / 2
+    for bad in (ONNX_PARITY_LIMIT * 2, float("nan")):
+        with pytest.raises(SkinrayError, match="differs from Keras.*not written"):
+            check_parity(bad)
