@@ -359,7 +359,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             if held_report is not None:
                 held_report["views"] = views.check(y_held, z_held, op, band)
         if held_report is not None:
-            held_report["scores"] = (f"out of fold: {t.folds} lesion-grouped folds over train+val" if t.folds
+            held_report["scores"] = (f"out-of-fold scores ({t.folds} lesion-grouped folds over train+val)" if t.folds
                                      else "the val split")
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
                            _validation_profile(held_rows, op.apply(logits_held).prob, cfg, pool))

@@ -130,7 +130,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     assert meta.data["train_rows"] == meta.data["held_out_rows"] == meta.validation["n"] == len(rows)
     assert [h["epoch"] for h in meta.history] == list(range(1, cv["epochs"] + 1))
     assert meta.training["best_epoch"] == cv["epochs"] and all(h["val_auc"] is None for h in meta.history)
-    assert meta.validation["scores"].startswith("out of fold")
+    assert meta.validation["scores"] == "out-of-fold scores (2 lesion-grouped folds over train+val)"
     assert meta.data["trained_on_splits"] == ["train", "val"]  # evaluate says so on the val split
     assert ModelArtifact.open(str(tmp_path / "m")).reference()["rows"] == len(rows)
 
