@@ -343,12 +343,11 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
         artifact.check_parity(parity)
         y_held = held_rows["label"].to_numpy(int)
-        if not t.folds:  # calibrate and pick the threshold on the scores that scoring will produce: flip-averaged
-            z_held = None
-            if t.tta:
-                log.info("scoring %s validation images with flip TTA for calibration and threshold", f"{len(va):,}")
-                z_held = _held_out_views(os.path.join(out_dir, ONNX_FILE), names, held_rows, cfg, pool)
-        logits_held = z_held.mean(axis=1) if z_held is not None else np.asarray(state.best_val["logit"], float)
+        if not t.folds:  # calibration and threshold are fitted on the scores scoring will produce: this graph's
+            log.info("scoring %s validation images%s for calibration and threshold", f"{len(va):,}",
+                     " with flip TTA" if t.tta else "")
+            z_held = _held_out_views(os.path.join(out_dir, ONNX_FILE), names, held_rows, cfg, pool)
+        logits_held = z_held.mean(axis=1)
         op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
                                               t.target_sensitivity, t.threshold_confidence,
                                               dx_codes(held_rows).fillna("").to_numpy(object),

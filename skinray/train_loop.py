@@ -68,12 +68,11 @@ def schedule(t: TrainConfig) -> list[Phase]:
 
 @dataclass
 class TrainState:
-    """What a checkpoint remembers besides weights: history, the best epoch so far and its validation scores."""
+    """What a checkpoint remembers besides weights: the history, the best epoch so far and its validation score."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_score: float | None = None
-    best_val: dict[str, list[Any]] | None = None  # isic_id, label, logit of the best epoch's validation pass
 
     @property
     def epoch(self) -> int:
@@ -149,6 +148,7 @@ class CheckpointSaver:
         with open(os.path.join(d, STATE_FILE)) as f:
             saved = json.load(f)
         phase = saved.pop("optimizer_phase", None)
+        saved.pop("best_val", None)  # checkpoints before 2026-12-06 kept the best epoch's validation logits
         return TrainState(**saved), phase
 
     def save(self, model: Any, optimizer: Any, state: TrainState, phase: Phase, improved: bool,
@@ -396,8 +396,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if improved:
                 best_weights = w.model.get_weights()
                 state.best_epoch, state.best_score = epoch, score
-                state.best_val = {"isic_id": w.val_rows["isic_id"].tolist(), "label": y_val.tolist(),
-                                  "logit": logits.astype(float).tolist()}
             saver.save(w.model, w.optimizer, state, phase, improved, record)
             if w.rank == 0 and w.spec.progress is not None:
                 w.spec.progress.put({"event": "epoch", **record, "epochs_planned": fixed or phases[-1].last_epoch,
