@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, help="k >= 2: choose the epoch count and fit the operating point on k-fold "
                    "out-of-fold scores of train+val, then train on all of it (k + 1 trainings) "
                    + _default("train.folds"))
+    p.add_argument("--ensemble", action="store_true", default=None,
+                   help="with --folds: export the k fold models as one ensemble (their mean logit) instead of a "
+                   "final model; k trainings, k forward passes per view when scoring " + _default("train.ensemble"))
     p.add_argument("--run-name", help="same name + same storage resumes from the last checkpoint "
                    "(default: derived from the data and the settings)")
 
@@ -238,7 +241,7 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
     "train": {"prepared": "train.prepared", "out": "train.out", "workers": "train.workers", "gpu": "train.use_gpu",
               "epochs": "train.epochs", "fine_tune_epochs": "train.fine_tune_epochs",
               "batch_size": "train.batch_size", "image_size": "image.size", "weights": "train.weights",
-              "folds": "train.folds", "run_name": "train.run_name"},
+              "folds": "train.folds", "ensemble": "train.ensemble", "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
                  "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS},
     "score": {"model": "score.model", "input": "score.input", "input_kind": "score.input_kind", "out": "score.out",
@@ -294,8 +297,12 @@ def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
     meta = train(cfg)
     auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
-    chosen = (f"{meta.training['best_epoch']} epochs chosen by {cfg.train.folds} folds, out-of-fold" if cfg.train.folds
-              else f"best epoch {meta.training['best_epoch']}, val")
+    if cfg.train.ensemble:
+        chosen = f"ensemble of {cfg.train.folds} fold models, out-of-fold"
+    elif cfg.train.folds:
+        chosen = f"{meta.training['best_epoch']} epochs chosen by {cfg.train.folds} folds, out-of-fold"
+    else:
+        chosen = f"best epoch {meta.training['best_epoch']}, val"
     console.say(f"model: {cfg.train.out}  {chosen} ROC-AUC "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
                 f"({describe(meta.threshold)})", out=cfg.train.out, best_epoch=meta.training["best_epoch"],

@@ -153,6 +153,11 @@ class TrainConfig(_Section):
     # fitted on those scores (about ten times the val split's positives), and the final model trains on all of
     # train+val for that many epochs. Costs k + 1 trainings. 0: choose on the val split (one training).
     folds: int = Field(0, ge=0, le=20)
+    # with folds: export the k fold models as one ensemble (one ONNX graph that averages their logits) instead of
+    # training a final model on all of train+val. Its operating point is fitted on the same out-of-fold scores.
+    # Costs k trainings (one fewer) and k forward passes per view when scoring; the fold runs are shared with the
+    # same training without it, so switching it on after a cross-validation trains nothing.
+    ensemble: bool = False
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)
@@ -183,6 +188,8 @@ class TrainConfig(_Section):
             raise ValueError("threshold_policy 'sensitivity' needs train.target_sensitivity")
         if self.folds == 1:
             raise ValueError("folds must be 0 (choose on the val split) or at least 2")
+        if self.ensemble and not self.folds:
+            raise ValueError("ensemble needs folds (at least 2): the ensemble's members are the fold models")
         return self
 
 

@@ -3,6 +3,7 @@
 Outputs are logits, never probabilities: a float32 sigmoid reaches exactly 1.0 above logit ~17 and ties every such
 image at the top of the ranking. ``skinray.operating_point`` turns logits into calibrated probabilities in float64.
 With diagnoses in the training data the model has a second output, ``dx_logits``: one logit per diagnosis.
+An ensemble (:func:`build_ensemble`) is one model with the same outputs, the mean of its members'.
 The model directory around these files is :mod:`skinray.artifact`.
 """
 
@@ -26,6 +27,9 @@ LOGIT = "logit"
 DX_LOGITS = "dx_logits"
 # Bumped when the graph changes in a way old checkpoints cannot be loaded into (part of a training run's name).
 ARCHITECTURE_VERSION = 2
+MODEL_NAME = "skinray_mobilenetv2"
+ENSEMBLE_NAME = "skinray_ensemble"
+MEMBER_PREFIX = "member_"
 
 
 def resolve_weights(weights: str, storage_cfg: StorageConfig | None = None) -> tuple[str | None, str]:
@@ -96,7 +100,7 @@ def load_keras(path: str) -> Any:
 
 def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imagenet", dense_units: int = 64,
                 dropout: float = 0.3, freeze_base: bool | None = None, input_scaling: str = "mobilenet",
-                dx_classes: int = 0, malignant_dx: list[bool] | None = None) -> Any:
+                dx_classes: int = 0, malignant_dx: list[bool] | None = None, name: str = MODEL_NAME) -> Any:
     """Input 0–255 floats → MobileNetV2 scaling ([-1, 1]) → frozen base → GAP → Dense → Dropout → logit.
 
     The scaling is a layer so the exported model needs nothing but resized RGB pixels. ``freeze_base`` defaults to
@@ -151,11 +155,39 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
     if malignant_dx is not None:  # the same head, ending in the diagnoses
         dx = keras.layers.Dense(dx_classes, name=DX_LOGITS)(x)
         logit = malignant_readout_layer()(malignant_dx, name=LOGIT)(dx)
-        return keras.Model(inputs, [logit, dx], name="skinray_mobilenetv2")
+        return keras.Model(inputs, [logit, dx], name=name)
     outputs = [keras.layers.Dense(1, name=LOGIT)(x)]
     if dx_classes > 1:
         outputs.append(keras.layers.Dense(dx_classes, name=DX_LOGITS)(pooled))
-    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name="skinray_mobilenetv2")
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=name)
+
+
+def build_ensemble(members: list[Any]) -> Any:
+    """One model whose outputs are the mean of its members' logits (and diagnosis logits): k fold models in one
+    graph, so scoring runs them in one ONNX Runtime session. Members come from :func:`build_model` with distinct
+    names (``member_1`` …) and the same outputs."""
+    import_tensorflow()
+    import keras
+
+    if len(members) < 2:
+        raise SkinrayError(f"an ensemble needs at least two members, got {len(members)}")
+    inputs = keras.Input(tuple(members[0].inputs[0].shape[1:]), name="image")
+    outs = [m(inputs) for m in members]
+    outs = [o if isinstance(o, (list, tuple)) else [o] for o in outs]
+    if len({len(o) for o in outs}) != 1:
+        raise SkinrayError("ensemble members must have the same outputs")
+    names = (LOGIT, DX_LOGITS)
+    mean = [keras.layers.Average(name=names[i])([o[i] for o in outs]) for i in range(len(outs[0]))]
+    return keras.Model(inputs, mean if len(mean) > 1 else mean[0], name=ENSEMBLE_NAME)
+
+
+def members_of(model: Any) -> list[Any]:
+    """The single networks inside ``model``: its ensemble members, or the model itself."""
+    import keras
+
+    members = [layer for layer in model.layers
+               if isinstance(layer, keras.Model) and layer.name.startswith(MEMBER_PREFIX)]
+    return members if model.name == ENSEMBLE_NAME and members else [model]
 
 
 def base_of(model: Any) -> Any:

@@ -127,8 +127,11 @@ def _saliency(artifact: ModelArtifact | None, cfg: SkinrayConfig) -> tuple[Any, 
         return None, "No saliency: the model's Keras file is not available."
     from skinray.saliency import GradCam
 
-    return GradCam(artifact.load_keras()), ("Right of each image: Grad-CAM on MobileNetV2's last block — where the "
-                                            "malignancy logit was most sensitive (bright = more).")
+    cam = GradCam(artifact.load_keras())
+    whose = (f"the {len(cam.members)} ensemble members' last blocks, for their mean logit" if len(cam.members) > 1
+             else "MobileNetV2's last block")
+    return cam, (f"Right of each image: Grad-CAM on {whose} — where the malignancy logit was most sensitive "
+                 "(bright = more).")
 
 
 def _trend(out: str, run: dict[str, Any], cfg: SkinrayConfig) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ an equal share, so all workers run the same number of steps. The driver prints o
 send their records through a queue), then exports the best epoch: ``model.keras``, ``model.onnx`` (logit outputs,
 parity-checked) and ``skinray.json`` with the operating point fitted on validation (:mod:`skinray.operating_point`).
 With ``train.folds`` the operating point and the epoch count come from out-of-fold scores of every train+val image
-instead (:mod:`skinray.cross_validation`), and the exported model is trained on all of train+val.
+instead (:mod:`skinray.cross_validation`), and the exported model is trained on all of train+val — or, with
+``train.ensemble``, is the k fold models in one graph that averages their logits (no final training).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pandas as pd
 from skinray import SkinrayError, artifact, cross_validation, drift, images, operating_point, storage, views
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
-from skinray.model import ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, build_model, export_onnx, resolve_weights
+from skinray.model import (ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, MEMBER_PREFIX, build_ensemble, build_model,
+                           export_onnx, resolve_weights)
 from skinray.prepare import data_fingerprint, load_prepared
 from skinray.runtime import ensure_ray, quiet_env, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
@@ -38,12 +40,16 @@ from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_
 
 log = logging.getLogger("skinray.train")
 VAL_BATCH = 64
+MEMBER_WEIGHTS = "member_{n}.weights.h5"  # a fold model's best weights, on the driver, until the ensemble is built
 
 
 # Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
 # left) and refits the operating point in about a minute instead of training again.
 OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_confidence", "diagnosis_sensitivity",
                         "calibration", "tta", "tta_near_threshold"}
+# What is exported from the runs, not how any run trains: an ensemble of the fold models uses the same fold runs
+# as the cross-validated training without it, so switching it on after one trains nothing.
+EXPORT_KEYS = {"ensemble"}
 
 
 # Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
@@ -60,7 +66,7 @@ def run_name(cfg: SkinrayConfig, fingerprint: str) -> str:
     t = cfg.train
     settings = cfg.image.model_dump_json(exclude=_at_default(cfg, "image")) + t.model_dump_json(
         exclude={"out", "run_name", "storage_path", "fail_after_epoch", "max_failures", "prepared",
-                 *OPERATING_POINT_KEYS, *_at_default(cfg, "train")})
+                 *OPERATING_POINT_KEYS, *EXPORT_KEYS, *_at_default(cfg, "train")})
     digest = hashlib.sha256(f"{ARCHITECTURE_VERSION}|{settings}".encode()).hexdigest()
     return t.run_name or f"train-{fingerprint[:8]}-{digest[:8]}"
 
@@ -220,8 +226,10 @@ def diagnosis_target(tr: pd.DataFrame, dx_classes: list[str], cfg: SkinrayConfig
     return flags
 
 
-def _architecture(t: TrainConfig, dx_classes: list[str], malignant_dx: list[bool] | None) -> dict[str, Any]:
-    """The network in words for ``skinray.json``: which head, which target, what the diagnosis output is for."""
+def _architecture(t: TrainConfig, dx_classes: list[str], malignant_dx: list[bool] | None,
+                  cv: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The network in words for ``skinray.json``: which head, which target, what the diagnosis output is for, and
+    for an ensemble its members."""
     head = f"GAP → Dense({t.dense_units}, relu) → Dropout({t.dropout}) → "
     if malignant_dx is None:
         head += "Dense(1): logit"
@@ -234,7 +242,11 @@ def _architecture(t: TrainConfig, dx_classes: list[str], malignant_dx: list[bool
     return {"base": "MobileNetV2", "alpha": t.alpha, "include_top": False, "head": head, "target": t.target,
             "diagnosis_head": dx_head, "fine_tuned_top_layers": t.fine_tune_layers if t.fine_tune_epochs else 0,
             "input_scaling": "[0, 1]" if t.input_scaling == "unit" else "[-1, 1] (MobileNetV2)",
-            "version": ARCHITECTURE_VERSION}
+            "version": ARCHITECTURE_VERSION,
+            "ensemble": {"members": t.folds, "combine": "mean of the members' logit (and dx_logits)",
+                         "member_best_epochs": [f["best_epoch"] for f in cv["per_fold"]],
+                         "members_trained_on": "train+val less one lesion-grouped fold each"}
+            if t.ensemble and cv else None}
 
 
 @dataclass(frozen=True)
@@ -263,10 +275,39 @@ def _run(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, setup: _Setup, 
     return CheckpointSaver.load_best(result.checkpoint, setup.model), workers
 
 
-def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool: ThreadPoolExecutor
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
+def _restore_fold(cfg: SkinrayConfig, setup: _Setup, name: str, result: cross_validation.FoldResult) -> bool:
+    """A finished fold's best weights into ``setup.model`` from its Ray Train run (read, no workers started);
+    False when the run is gone or is not the one the fold's scores came from."""
+    from ray.train import Result
+
+    fs, path = storage.filesystem_for_libraries(setup.storage_path, cfg.storage)
+    ray_train_log = logging.getLogger("ray.train")
+    level = ray_train_log.level
+    try:
+        if not verbose():  # "a run snapshot was found", four lines per fold
+            ray_train_log.setLevel(logging.WARNING)
+        restored = Result.from_path(f"{path.rstrip('/')}/{name}", storage_filesystem=fs)
+        if restored.checkpoint is None:
+            raise RuntimeError("no checkpoint")
+        state = CheckpointSaver.load_best(restored.checkpoint, setup.model)
+    except Exception as exc:  # a missing run folder, a damaged checkpoint: the fold is run again
+        log.warning("fold %d/%d: its model cannot be read back from %s (%s): running the fold again",
+                    result.fold + 1, result.folds, name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    finally:
+        ray_train_log.setLevel(level)
+    if state.best_epoch != result.best_epoch:
+        log.warning("fold %d/%d: the run %s kept epoch %s, its scores are epoch %d's: running the fold again",
+                    result.fold + 1, result.folds, name, state.best_epoch, result.best_epoch)
+        return False
+    return True
+
+
+def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool: ThreadPoolExecutor,
+                    members_dir: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """``train.folds`` fold runs over ``rows`` → every row's out-of-fold logits (rows × views) and the summary with
-    the epoch count they chose. A fold finished earlier is read back, not run again."""
+    the epoch count they chose. A fold finished earlier is read back, not run again. With ``members_dir`` each fold
+    model's best weights are also saved there (:data:`MEMBER_WEIGHTS`) for the ensemble."""
     t = cfg.train
     assignment = cross_validation.assign_folds(rows, t.folds, t.seed)
     run_dir = storage.join(setup.storage_path, setup.name)
@@ -274,24 +315,42 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
     for fold in range(t.folds):
         held, label = rows[assignment == fold], f"fold {fold + 1}/{t.folds}"
         ids = held["isic_id"].astype(str).tolist()
+        fold_name = f"{setup.name}-fold{fold + 1}of{t.folds}"
         result = cross_validation.load_fold(run_dir, fold, t.folds, ids, 3 if t.tta else 1, cfg.storage)
+        if result is not None and members_dir and not _restore_fold(cfg, setup, fold_name, result):
+            result = None
         if result is None:
             kept = rows[assignment != fold]
             log.info("%s: training on %s images (%s malignant), scoring %s held out", label, f"{len(kept):,}",
                      f"{int(kept['label'].sum()):,}", f"{len(held):,}")
-            state, _ = _run(cfg, kept, held, setup, f"{setup.name}-fold{fold + 1}of{t.folds}", label)
+            state, _ = _run(cfg, kept, held, setup, fold_name, label)
             with tempfile.TemporaryDirectory() as d:
                 names, parity = export_onnx(setup.model, os.path.join(d, ONNX_FILE), cfg.image.size)
                 artifact.check_parity(parity)  # the held-out scores come from this graph
                 z = _held_out_views(os.path.join(d, ONNX_FILE), names, held, cfg, pool)
             result = cross_validation.FoldResult(fold, t.folds, ids, z, int(state.best_epoch or 0), state.history)
             cross_validation.save_fold(run_dir, result, cfg.storage)
+        if members_dir:
+            setup.model.save_weights(os.path.join(members_dir, MEMBER_WEIGHTS.format(n=fold + 1)))
         log.info("%s: best epoch %d, held-out AUC %s", label, result.best_epoch,
                  "n/a" if result.best_auc is None else f"{result.best_auc:.4f}")
         results.append(result)
     epochs, curve = cross_validation.choose_epochs(results)
     return (cross_validation.out_of_fold(assignment, results),
             cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve))
+
+
+def _ensemble(cfg: SkinrayConfig, setup: _Setup, members_dir: str) -> Any:
+    """The fold models as one Keras model that averages their logits (:func:`skinray.model.build_ensemble`)."""
+    t = cfg.train
+    members = []
+    for i in range(t.folds):
+        member = build_model(cfg.image.size, t.alpha, None, t.dense_units, t.dropout, freeze_base=True,
+                             input_scaling=t.input_scaling, dx_classes=len(setup.dx_classes),
+                             malignant_dx=setup.malignant_dx, name=f"{MEMBER_PREFIX}{i + 1}")
+        member.load_weights(os.path.join(members_dir, MEMBER_WEIGHTS.format(n=i + 1)))
+        members.append(member)
+    return build_ensemble(members)
 
 
 def train(cfg: SkinrayConfig) -> ModelMeta:
@@ -317,9 +376,10 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     name = run_name(cfg, fingerprint)
     storage_path = storage.normalize(t.storage_path or storage.join(t.out, "_ray"))
     if t.folds:
-        log.info("cross-validating on %s train+val images (%s malignant) in %d lesion-grouped folds, then training "
-                 "on all of them; %d worker(s), run %s", f"{len(fit_rows):,}", f"{int(fit_rows['label'].sum()):,}",
-                 t.folds, t.workers, name)
+        log.info("cross-validating on %s train+val images (%s malignant) in %d lesion-grouped folds, then %s; "
+                 "%d worker(s), run %s", f"{len(fit_rows):,}", f"{int(fit_rows['label'].sum()):,}", t.folds,
+                 "exporting the fold models as one ensemble" if t.ensemble else "training on all of them",
+                 t.workers, name)
     else:
         log.info("training on %s images (%s malignant), validating on %s; %d worker(s), run %s%s", f"{len(tr):,}",
                  f"{int(tr['label'].sum()):,}", f"{len(va):,}", t.workers, name,
@@ -327,9 +387,14 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     setup = _Setup(model, name, storage_path, _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg),
                    dx_classes, malignant_dx)
 
-    with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
-        cv = None
-        if t.folds:
+    with tempfile.TemporaryDirectory() as out_dir, tempfile.TemporaryDirectory() as members_dir, \
+            ThreadPoolExecutor(4) as pool:
+        cv, state, workers = None, None, {}
+        if t.ensemble:
+            z_held, cv = _cross_validate(cfg, held_rows, setup, pool, members_dir)
+            log.info("exporting the %d fold models as one ensemble (the mean of their logits)", t.folds)
+            model = _ensemble(cfg, setup, members_dir)
+        elif t.folds:
             z_held, cv = _cross_validate(cfg, held_rows, setup, pool)
             log.info("the folds chose %d epochs; training the final model on all %s train+val images", cv["epochs"],
                      f"{len(fit_rows):,}")
@@ -360,6 +425,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         if held_report is not None:
             held_report["scores"] = (f"out-of-fold scores ({t.folds} lesion-grouped folds over train+val)" if t.folds
                                      else "the val split")
+            if t.ensemble:  # the members' own held-out scores: each is one member's, the ensemble averages all
+                held_report["scores"] += ", one member each; the ensemble averages all members"
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
                            _validation_profile(held_rows, op.apply(logits_held).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -367,7 +434,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         meta = ModelMeta(
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             recipe=cfg.recipe,
-            architecture=_architecture(t, dx_classes, malignant_dx),
+            architecture=_architecture(t, dx_classes, malignant_dx, cv),
             weights_source=weights_source,
             preprocessing=Preprocessing.from_config(cfg.image),
             outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes),
@@ -379,20 +446,24 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             training={"config": json.loads(cfg.model_dump_json(by_alias=True)), "run_name": name,
                       "storage_path": storage_path, "batch_size_per_worker": t.batch_size,
                       "global_batch_size": t.batch_size * t.workers, "seconds": round(train_seconds, 1),
-                      "best_epoch": state.best_epoch, "epochs_run": len(state.history),
+                      "best_epoch": state and state.best_epoch, "epochs_run": state and len(state.history),
                       "workers": [workers[r] for r in sorted(workers)], "cross_validation": cv},
             data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(fit_rows)),
                   "trained_on_splits": ["train", "val"] if t.folds else ["train"],
                   "val_rows": int(len(va)), "held_out_rows": int(len(held_rows)),
                   "train_malignant": int(fit_rows["label"].sum())},
-            history=state.history,
+            history=state.history if state else [],
             validation=held_report,
             versions=versions(),
         )
         model_id, meta = artifact.write(out_dir, t.out, meta, cfg.storage)
     flips = (held_report or {}).get("views")
-    log.info("model %s written to %s (%s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out,
-             f"{state.best_epoch} epochs chosen by {t.folds} folds" if t.folds else f"best epoch {state.best_epoch}",
+    if state is None:
+        chosen = f"an ensemble of {t.folds} fold models"
+    else:
+        chosen = (f"{state.best_epoch} epochs chosen by {t.folds} folds" if t.folds
+                  else f"best epoch {state.best_epoch}")
+    log.info("model %s written to %s (%s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out, chosen,
              op.threshold.threshold, parity,
              f"; flips near the threshold: {flips['views_per_image']:.2f} views per held-out image" if flips else "")
     return meta

@@ -41,6 +41,8 @@ def test_saved_yaml_reloads_identically(tmp_path):
     (["train.target_sensitivity=null"], "needs train.target_sensitivity"),
     (["train.threshold_confidence=1.5"], "train.threshold_confidence"),
     (["train.aux_diagnosis_weight=-1"], "train.aux_diagnosis_weight"),
+    (["train.folds=1"], "folds must be 0"),
+    (["train.ensemble=true"], "ensemble needs folds"),
 ])
 def test_invalid_values_name_the_key(bad, message):
     with pytest.raises(SkinrayError, match=message):
@@ -128,3 +130,13 @@ def test_diagnosis_sensitivity_targets():
     for bad in ("{mel: 1.5}", "{mel: 0}", "[mel]", "{'': 0.8}"):
         with pytest.raises(SkinrayError, match="train.diagnosis_sensitivity"):
             load_config(sets=[f"train.diagnosis_sensitivity={bad}"])
+
+
+def test_train_folds_and_ensemble_flags_reach_the_config():
+    from skinray.cli import _parser, build_config
+
+    cfg = build_config(_parser().parse_args(["train", "--folds", "3", "--ensemble"]))
+    assert cfg.train.folds == 3 and cfg.train.ensemble is True
+    assert build_config(_parser().parse_args(["train"])).train.ensemble is False
+    with pytest.raises(SkinrayError, match="ensemble needs folds"):
+        build_config(_parser().parse_args(["train", "--ensemble"]))

@@ -54,3 +54,60 @@ def test_diagnosis_target_model_exports_the_readout(tmp_path) -> None:
 def test_diagnosis_target_needs_both_kinds_of_diagnosis(flags) -> None:
     with pytest.raises(SkinrayError, match="benign and malignant diagnoses"):
         build_model(32, alpha=0.35, weights=None, dx_classes=7, malignant_dx=flags)
+
+
+def _members(n: int, dx_classes: int = 7, malignant_dx: list[bool] | None = None) -> list:
+    import keras
+
+    members = []
+    for i in range(n):
+        keras.utils.set_random_seed(10 + i)
+        m = build_model(32, alpha=0.35, weights=None, dx_classes=dx_classes, malignant_dx=malignant_dx,
+                        name=f"member_{i + 1}")
+        for layer in ("logit", "dx_logits"):  # untrained heads output ~0: give each member its own spread
+            if not isinstance(m.get_layer(layer), malignant_readout_layer()):
+                kernel, bias = m.get_layer(layer).get_weights()
+                shift = np.random.default_rng(i).normal(0, 2, bias.shape).astype(np.float32)
+                m.get_layer(layer).set_weights([kernel * 1e4 * (i + 1), bias + shift])
+        members.append(m)
+    return members
+
+
+@pytest.mark.parametrize("malignant_dx", [None, MALIGNANT])
+def test_ensemble_outputs_the_members_mean_logits_in_keras_model_keras_and_onnx(tmp_path, malignant_dx) -> None:
+    """One graph for k fold models: logit and dx_logits are the members' means, loaded back in safe mode and
+    exported to ONNX within the parity limit; its members are found again for Grad-CAM."""
+    from skinray.artifact import ONNX_PARITY_LIMIT
+    from skinray.inference import OnnxEngine
+    from skinray.model import build_ensemble, load_keras, members_of
+
+    members = _members(3, malignant_dx=malignant_dx)
+    ensemble = build_ensemble(members)
+    x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    each = [forward(m, x) for m in members]
+    out = forward(ensemble, x)
+    for key in ("logit", "dx_logits"):
+        np.testing.assert_allclose(out[key], np.mean([e[key] for e in each], axis=0), rtol=1e-5, atol=1e-5)
+    assert np.std([e["logit"] for e in each], axis=0).min() > 1e-3  # the members really differ
+    assert [m.name for m in members_of(ensemble)] == ["member_1", "member_2", "member_3"]
+    assert members_of(members[0]) == [members[0]]
+
+    ensemble.save(str(tmp_path / "model.keras"))
+    again = load_keras(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(forward(again, x)["logit"], out["logit"], rtol=1e-5, atol=1e-5)
+    assert len(members_of(again)) == 3
+    names, parity = export_onnx(ensemble, str(tmp_path / "model.onnx"), 32, samples=x)
+    assert parity <= ONNX_PARITY_LIMIT * max(1.0, float(np.abs(out["logit"]).max()) / 100)
+    onnx = OnnxEngine(str(tmp_path / "model.onnx"), names, policy="batch").run(x)
+    np.testing.assert_allclose(onnx["logit"].reshape(-1), out["logit"], rtol=1e-4, atol=1e-3)
+
+
+def test_an_ensemble_needs_two_members_with_the_same_outputs() -> None:
+    from skinray.model import build_ensemble
+
+    one = _members(1)
+    with pytest.raises(SkinrayError, match="at least two members"):
+        build_ensemble(one)
+    other = build_model(32, alpha=0.35, weights=None, dx_classes=0, name="member_2")
+    with pytest.raises(SkinrayError, match="same outputs"):
+        build_ensemble([one[0], other])

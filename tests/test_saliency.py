@@ -43,3 +43,26 @@ def test_saliency_mass_is_on_the_lesion_for_most_flagged_images():
     on_lesion = sum(a > b for a, b in inside)
     assert on_lesion > len(flagged) / 2, inside
     assert overlay(xt[flagged[0]].astype(np.uint8), maps[0]).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("malignant_dx", [None, [True, False, True]])
+def test_an_ensemble_of_identical_members_has_its_members_map(malignant_dx):
+    """The ensemble's Grad-CAM is that of its mean logit: with two copies of one network it is that network's
+    map; with the diagnosis target the gradient runs through the diagnosis logits to the readout."""
+    import keras
+
+    from skinray.model import build_ensemble, build_model
+
+    x, _, _ = _lesions(4, 3)
+    dx = 3 if malignant_dx else 0
+    keras.utils.set_random_seed(0)
+    one = build_model(SIZE, alpha=0.35, weights=None, dx_classes=dx, malignant_dx=malignant_dx)
+    copies = []
+    for i in range(2):
+        copy = build_model(SIZE, alpha=0.35, weights=None, dx_classes=dx, malignant_dx=malignant_dx,
+                           name=f"member_{i + 1}")
+        copy.set_weights(one.get_weights())
+        copies.append(copy)
+    single = GradCam(one)(x)
+    assert single.shape == (4, SIZE, SIZE) and np.isfinite(single).all() and single.max() > 0
+    np.testing.assert_allclose(GradCam(build_ensemble(copies))(x), single, atol=1e-4)

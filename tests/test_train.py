@@ -12,7 +12,7 @@ from skinray.config import load_config
 from skinray.operating_point import sensitivity_lower_bound
 from skinray.train import train
 
-from conftest import run_cli, tiny_train_overrides
+from conftest import BUCKET, run_cli, tiny_train_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
         prepared, ray_session, tmp_path, monkeypatch):
     """train.folds: two fold models score every train+val image out of fold, the operating point and flip band are
     fitted on those scores, the final model trains on all of train+val for the chosen epochs; a re-run reads the
-    finished folds back instead of running them."""
+    finished folds back instead of running them; train.ensemble exports the same fold models as one graph."""
     import pandas as pd
 
     import skinray.train as train_module
@@ -154,9 +154,74 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
         raise Started(args[4])
 
     monkeypatch.setattr(train_module, "_run", first_run)
+    storage_path = os.path.join(str(tmp_path / "m"), "_ray")
     with pytest.raises(Started, match=f"^{meta.training['run_name']}-final$"):
-        train(load_config(overrides={**over, "train.out": str(tmp_path / "m2"),
-                                     "train.storage_path": os.path.join(str(tmp_path / "m"), "_ray")}))
+        train(load_config(overrides={**over, "train.out": str(tmp_path / "m2"), "train.storage_path": storage_path}))
+
+    # train.ensemble on the same folds starts no Ray Train run at all: the fold models are read back from their
+    # runs and exported as one graph; its operating point is the same out-of-fold fit
+    ens = train(load_config(overrides={**over, "train.ensemble": True, "train.out": str(tmp_path / "e"),
+                                       "train.storage_path": storage_path}))
+    assert ens.training["run_name"] == meta.training["run_name"]
+    assert ens.calibration == op.calibration and ens.threshold == op.threshold and ens.tta_band == meta.tta_band
+    assert ens.architecture["ensemble"]["members"] == 2 and ens.history == [] and ens.training["best_epoch"] is None
+    assert ens.validation["scores"].startswith("out-of-fold scores (2 lesion-grouped folds")
+    assert ens.architecture["ensemble"]["member_best_epochs"] == [f["best_epoch"] for f in cv["per_fold"]]
+
+    # its graph is the mean of the two fold models' logits, each as the fold scored its held-out rows with
+    from ray.train import Result
+
+    from skinray.inference import OnnxEngine
+    from skinray.model import build_model, forward
+    from skinray.train_loop import CheckpointSaver
+
+    artifact = ModelArtifact.open(str(tmp_path / "e"))
+    cfg = load_config(overrides=over)
+    x = _pixels(rows.head(6), cfg)
+    engine = OnnxEngine(artifact.path("model.onnx"), {"logit": artifact.meta.outputs.logit}, policy="batch")
+    members = []
+    for f in range(2):
+        member = build_model(cfg.image.size, cfg.train.alpha, None, cfg.train.dense_units, cfg.train.dropout,
+                             freeze_base=True, dx_classes=len(artifact.diagnoses))
+        done = Result.from_path(os.path.join(storage_path, f"{meta.training['run_name']}-fold{f + 1}of2"))
+        CheckpointSaver.load_best(done.checkpoint, member)
+        members.append(forward(member, x)["logit"])
+        held = rows[folds == f].head(1)  # the fold's stored held-out score (first view): this model's
+        np.testing.assert_allclose(results[f].views[0, 0], forward(member, _pixels(held, cfg))["logit"][0],
+                                   atol=1e-3)
+    np.testing.assert_allclose(engine.run(x)["logit"].reshape(-1), np.mean(members, axis=0), atol=1e-4)
+
+    # a fold run kept on S3 (as on a multi-node cluster) is read back the same way
+    from skinray import storage
+    from skinray.cross_validation import FoldResult
+    from skinray.train import _restore_fold, _Setup
+
+    fold_run = f"{meta.training['run_name']}-fold2of2"
+    storage.upload_dir(os.path.join(storage_path, fold_run), f"s3://{BUCKET}/cv-runs/{fold_run}")
+    s3_setup = _Setup(build_model(cfg.image.size, cfg.train.alpha, None, cfg.train.dense_units, cfg.train.dropout,
+                                  freeze_base=True, dx_classes=len(artifact.diagnoses)),
+                      meta.training["run_name"], f"s3://{BUCKET}/cv-runs", "none", [], None)
+    assert _restore_fold(cfg, s3_setup, fold_run, results[1])
+    np.testing.assert_allclose(forward(s3_setup.model, x)["logit"], members[1], atol=1e-6)
+    other_epoch = FoldResult(1, 2, results[1].isic_id, results[1].views, results[1].best_epoch + 7, [])
+    assert not _restore_fold(cfg, s3_setup, fold_run, other_epoch)  # not the model these scores came from
+
+    # and it is scored like any model: calibrated probabilities, the diagnosis, Grad-CAM of the mean logit
+    from skinray.predict import predict
+
+    sheet = str(tmp_path / "sheet.png")
+    got = predict(str(tmp_path / "e"), rows["image_uri"].head(3).tolist(), sheet=sheet, explain=True)
+    assert got["error"].isna().all() and got["prob_malignant"].between(0, 1).all() and os.path.getsize(sheet) > 0
+    assert "dx_pred" in got.columns
+
+
+def _pixels(rows, cfg) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinray.train_data import decode_rows
+
+    with ThreadPoolExecutor(2) as pool:
+        return decode_rows(rows, cfg.storage, cfg.image, pool)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -246,3 +311,17 @@ def test_operating_point_settings_keep_the_run_name():
     for changed in ("train.target=diagnosis", "train.epochs=5", "image.size=192",
                     "image.color_constancy=shades_of_gray", "train.photometric_augment=true"):
         assert run_name(load_config(sets=[changed]), "f" * 64) != run_name(base, "f" * 64), changed
+
+
+def test_a_fold_whose_run_is_gone_is_run_again_for_an_ensemble(tmp_path, caplog):
+    """The fold's scores were kept but its Ray Train run was deleted: an ensemble member cannot be rebuilt from
+    them, so the fold is trained and scored again (not exported from a different model)."""
+    from skinray.cross_validation import FoldResult
+    from skinray.model import build_model
+    from skinray.train import _restore_fold, _Setup
+
+    cfg = load_config()
+    setup = _Setup(build_model(32, alpha=0.35, weights=None), "train-x", str(tmp_path / "_ray"), "none", [], None)
+    done = FoldResult(0, 2, ["a"], np.zeros((1, 1)), 3, [{"epoch": 3, "val_auc": 0.7}])
+    assert _restore_fold(cfg, setup, "train-x-fold1of2", done) is False
+    assert "fold 1/2: its model cannot be read back" in caplog.text and "running the fold again" in caplog.text
