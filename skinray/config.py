@@ -158,6 +158,10 @@ class TrainConfig(_Section):
     # Costs k trainings (one fewer) and k forward passes per view when scoring; the fold runs are shared with the
     # same training without it, so switching it on after a cross-validation trains nothing.
     ensemble: bool = False
+    # with folds and the sensitivity policy: the threshold must also meet target_sensitivity (and the diagnosis
+    # targets) as a threshold_confidence prediction bound over the folds' own sensitivities, which spread by the
+    # trained networks' differences as well as by the images; lower thresholds, a promise about the next network
+    threshold_fold_spread: bool = False
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)
@@ -190,6 +194,10 @@ class TrainConfig(_Section):
             raise ValueError("folds must be 0 (choose on the val split) or at least 2")
         if self.ensemble and not self.folds:
             raise ValueError("ensemble needs folds (at least 2): the ensemble's members are the fold models")
+        if self.threshold_fold_spread and not (self.folds and self.threshold_policy == "sensitivity"
+                                               and self.threshold_confidence is not None):
+            raise ValueError("threshold_fold_spread needs folds (at least 2), threshold_policy 'sensitivity' and a "
+                             "threshold_confidence")
         return self
 
 

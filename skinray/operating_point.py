@@ -8,7 +8,8 @@ demo's images at the top of the ranking). On the validation split this module fi
 * a **threshold** on that probability, chosen by a policy (a sensitivity target promised with a confidence bound,
   Youden's J, or a fixed 0.5), lowered where needed so that named diagnoses (melanoma) reach their own
   sensitivity targets too: a threshold that meets 0.85 overall can still miss a third of melanomas when
-  carcinomas, which score higher, carry the overall figure.
+  carcinomas, which score higher, carry the overall figure. With cross-validation the threshold can also be made to
+  hold across the folds' networks, not only across images (:func:`spread_bound`).
 
 Both are stored in the model directory (``skinray.json``: :class:`Calibration`, :class:`ThresholdChoice`), applied
 by :meth:`OperatingPoint.apply` wherever a model scores, and put into words by :func:`describe`.
@@ -72,6 +73,21 @@ class DiagnosisSensitivity(BaseModel):
     met: bool | None = None  # None: no image of this diagnosis in the validation split, so no promise
 
 
+class FoldSpread(BaseModel):
+    """The stored threshold in each fold of a cross-validation (``train.threshold_fold_spread``): what a promise
+    that covers the spread between trained networks, not only the sampling of images, rests on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folds: int = Field(ge=2)
+    sensitivity: list[float]  # per fold, at the stored threshold
+    prediction_bound: float  # :func:`spread_bound`: one more network's sensitivity, at the threshold's confidence
+    between_network_sd: float = 0.0  # the folds' spread less the images' (random-effects estimate)
+    diagnoses: dict[str, list[float]] = Field(default_factory=dict)  # per named diagnosis, per fold (with images)
+    diagnosis_bounds: dict[str, float] = Field(default_factory=dict)
+    lowered: bool = False  # counting the spread lowered the threshold below the one the pooled bound gives
+
+
 class ThresholdChoice(BaseModel):
     """The decision threshold on ``prob_malignant`` and what it gave on the validation split."""
 
@@ -87,6 +103,7 @@ class ThresholdChoice(BaseModel):
     target_met: bool | None = None
     diagnoses: dict[str, DiagnosisSensitivity] | None = None  # per-diagnosis targets, when any were asked for
     lowered_for: list[str] | None = None  # the diagnoses whose targets lowered the policy's threshold
+    fold_spread: FoldSpread | None = None  # cross-validated models with train.threshold_fold_spread
 
     @field_validator("threshold")
     @classmethod
@@ -221,6 +238,71 @@ def _threshold_catching(scores: np.ndarray, target: float, confidence: float | N
     return float(desc[k]), bool(ok.any())
 
 
+def spread_bound(caught: np.ndarray, n: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lower bound, between-network SD) on the sensitivity of one more trained network, from K groups (folds, each
+    scored by its own network) that caught ``caught`` (K × thresholds) of their ``n`` (K) positives.
+
+    Why: the folds' sensitivities at one threshold spread by the networks' differences as well as by the images (on
+    HAM10000 twice the binomial spread), and the final model is one more draw. The between-network variance is the
+    folds' variance less their mean binomial variance (a random-effects estimate, floored at 0); the bound is the
+    pooled sensitivity less ``z(confidence)`` times √(between · (1 + 1/K) + pooled binomial variance). Folds that
+    agree give the pooled images' bound back.
+    """
+    from scipy.stats import norm
+
+    n = np.asarray(n, dtype=float)
+    s = caught / n[:, None]
+    pooled = caught.sum(axis=0) / n.sum()
+    between = np.maximum(0.0, s.var(axis=0, ddof=1) - (s * (1.0 - s) / n[:, None]).mean(axis=0))
+    spread = between * (1.0 + 1.0 / len(n)) + pooled * (1.0 - pooled) / n.sum()
+    return pooled - float(norm.ppf(confidence)) * np.sqrt(spread), np.sqrt(between)
+
+
+def _caught_per_group(scores: np.ndarray, groups: np.ndarray, thresholds: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(positives caught per group (rows) at each threshold (columns), positives per group); groups without
+    positives left out."""
+    caught, n = [], []
+    for g in np.unique(groups):
+        s = np.sort(scores[groups == g])
+        if len(s):
+            caught.append(len(s) - np.searchsorted(s, thresholds, side="left"))
+            n.append(len(s))
+    return np.asarray(caught, dtype=float).reshape(len(n), len(thresholds)), np.asarray(n, dtype=float)
+
+
+def _threshold_across_groups(scores: np.ndarray, groups: np.ndarray, target: float, confidence: float
+                             ) -> float | None:
+    """The highest threshold at and below which :func:`spread_bound` reaches ``target`` (the bound need not fall
+    monotonically, so a lucky peak above a gap does not count); None with fewer than two groups holding positives."""
+    desc = np.sort(scores)[::-1]
+    caught, n = _caught_per_group(scores, groups, desc)
+    if len(n) < 2:
+        return None
+    short = np.flatnonzero(spread_bound(caught, n, confidence)[0] < float(target) - ROC_TOL)
+    k = int(short[-1]) + 1 if len(short) else 0
+    return float(desc[min(k, len(desc) - 1)])
+
+
+def _fold_spread(y: np.ndarray, p: np.ndarray, groups: np.ndarray, t: float, confidence: float,
+                 codes: np.ndarray | None, targets: dict[str, float], lowered: bool) -> FoldSpread | None:
+    def at_t(mask: np.ndarray) -> tuple[list[float], float, float] | None:
+        caught, n = _caught_per_group(p[mask], groups[mask], np.array([t]))
+        if len(n) < 2:
+            return None
+        bound, sd = spread_bound(caught, n, confidence)
+        return [float(v) for v in caught[:, 0] / n], float(bound[0]), float(sd[0])
+
+    overall = at_t(y == 1)
+    if overall is None:
+        return None
+    per_dx = {name: at_t((y == 1) & (codes == name)) for name in targets}
+    per_dx = {name: v for name, v in per_dx.items() if v is not None}
+    return FoldSpread(folds=len(np.unique(groups)), sensitivity=overall[0], prediction_bound=overall[1],
+                      between_network_sd=overall[2], diagnoses={k: v[0] for k, v in per_dx.items()},
+                      diagnosis_bounds={k: v[1] for k, v in per_dx.items()}, lowered=lowered)
+
+
 def _diagnosis_sensitivity(p: np.ndarray, dx: np.ndarray, name: str, target: float, threshold: float,
                            confidence: float | None) -> DiagnosisSensitivity:
     scores = p[dx == name]
@@ -236,7 +318,7 @@ def _diagnosis_sensitivity(p: np.ndarray, dx: np.ndarray, name: str, target: flo
 def choose_threshold(
     y_true: ArrayLike, prob: ArrayLike, policy: str = "youden", target_sensitivity: float | None = None,
     confidence: float | None = None, dx: ArrayLike | None = None,
-    diagnosis_targets: dict[str, float] | None = None,
+    diagnosis_targets: dict[str, float] | None = None, groups: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Pick an operating threshold on validation data and report the sensitivity/specificity it gives there.
 
@@ -245,6 +327,9 @@ def choose_threshold(
     data, not about the validation split); fixed: 0.5. ``diagnosis_targets`` (``{"mel": 0.80}``, with ``dx`` the
     rows' diagnoses) lower a youden or sensitivity threshold until each named diagnosis' malignant images reach their
     own target, with the same confidence; a diagnosis absent from ``dx`` is reported with n = 0 and no promise.
+    ``groups`` (the fold of each row, with out-of-fold scores) lowers a sensitivity threshold with a confidence
+    further, until :func:`spread_bound` over the folds (overall and per named diagnosis) reaches each target too: a
+    promise about the next trained network, not only the next images.
     Thresholds are clipped into (0, 1) and measured after clipping, so the numbers are honest.
     """
     y, p = validate(y_true, prob)
@@ -262,8 +347,14 @@ def choose_threshold(
         for name, target in targets.items():
             if not (0.0 < float(target) <= 1.0):
                 raise ValueError(f"diagnosis target for {name!r} must be in (0, 1], got {target!r}")
+    spread = groups is not None and policy == "sensitivity" and confidence is not None
+    if spread:
+        g = np.asarray(groups)
+        if g.shape != y.shape or len(np.unique(g)) < 2:
+            raise ValueError("groups need one group per row and at least two groups")
     n_pos = int(y.sum())
     lowered: list[str] = []
+    spread_lowered = False
     codes = np.asarray(dx, dtype=object) if targets else None
     if policy == "fixed":
         t, targets = DEFAULT_THRESHOLD, {}
@@ -282,6 +373,13 @@ def choose_threshold(
                 own, _ = _threshold_catching(scores, float(target), confidence)
                 if own < t:
                     t, lowered = own, [*lowered, name]
+        if spread:
+            masks = [y == 1] + [(codes == name) & (y == 1) for name in targets]
+            goals = [float(target_sensitivity)] + [float(v) for v in targets.values()]
+            for mask, goal in zip(masks, goals):
+                own = _threshold_across_groups(p[mask], g[mask], goal, float(confidence)) if mask.any() else None
+                if own is not None and own < t:
+                    t, spread_lowered = own, True
         t = float(np.clip(t, *THRESHOLD_CLIP))
     tm = threshold_metrics(y, p, t)
     out: dict[str, Any] = {
@@ -299,6 +397,8 @@ def choose_threshold(
         out.update(diagnoses={name: _diagnosis_sensitivity(p[y == 1], codes[y == 1], name, float(target), t,
                                                            confidence) for name, target in targets.items()},
                    lowered_for=lowered)
+    if spread:
+        out["fold_spread"] = _fold_spread(y, p, g, t, float(confidence), codes, targets, spread_lowered)
     return out
 
 
@@ -307,14 +407,16 @@ def choose_threshold(
 
 def fit(y_val: ArrayLike, logits_val: ArrayLike, calibration: str, policy: str,
         target_sensitivity: float | None, confidence: float | None, dx_val: ArrayLike | None = None,
-        diagnosis_targets: dict[str, float] | None = None) -> tuple[OperatingPoint, dict[str, Any] | None]:
-    """Calibration, threshold and the validation report, all from the validation split's logits."""
+        diagnosis_targets: dict[str, float] | None = None, groups: ArrayLike | None = None,
+        ) -> tuple[OperatingPoint, dict[str, Any] | None]:
+    """Calibration, threshold and the validation report, all from the validation split's logits (with ``groups``,
+    out-of-fold logits and their folds: see :func:`choose_threshold`)."""
     y = as_labels(y_val)
     cal = fit_calibration(y, logits_val, calibration)
     prob = OperatingPoint(cal, ThresholdChoice(threshold=0.5, policy="fixed")).apply(logits_val).prob
     both = two_classes(y)
     if both and policy != "fixed":
-        choice = choose_threshold(y, prob, policy, target_sensitivity, confidence, dx_val, diagnosis_targets)
+        choice = choose_threshold(y, prob, policy, target_sensitivity, confidence, dx_val, diagnosis_targets, groups)
     else:
         choice = {"threshold": DEFAULT_THRESHOLD, "policy": "fixed" if both else "fixed (val split has one class)"}
     report = full_report(y, prob, choice["threshold"], n_boot=200) if both else None
@@ -346,4 +448,12 @@ def describe(threshold: ThresholdChoice) -> str:
             text += " (not reachable)"
         elif name in (threshold.lowered_for or []):
             text += " (lowered the threshold)"
+    spread = threshold.fold_spread
+    if spread is not None:
+        text += (f"; across {spread.folds} folds: sensitivity {min(spread.sensitivity):.3f}-"
+                 f"{max(spread.sensitivity):.3f} (between networks SD {spread.between_network_sd:.3f}), "
+                 f"{threshold.confidence or 0.95:.0%} bound for a new network {spread.prediction_bound:.3f}")
+        text += "".join(f", {name} {b:.3f}" for name, b in spread.diagnosis_bounds.items())
+        if spread.lowered:
+            text += " (the spread lowered the threshold)"
     return text

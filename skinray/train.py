@@ -46,7 +46,7 @@ MEMBER_WEIGHTS = "member_{n}.weights.h5"  # a fold model's best weights, on the 
 # Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
 # left) and refits the operating point in about a minute instead of training again.
 OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_confidence", "diagnosis_sensitivity",
-                        "calibration", "tta", "tta_near_threshold"}
+                        "calibration", "tta", "tta_near_threshold", "threshold_fold_spread"}
 # What is exported from the runs, not how any run trains: an ensemble of the fold models uses the same fold runs
 # as the cross-validated training without it, so switching it on after one trains nothing.
 EXPORT_KEYS = {"ensemble"}
@@ -304,9 +304,9 @@ def _restore_fold(cfg: SkinrayConfig, setup: _Setup, name: str, result: cross_va
 
 
 def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool: ThreadPoolExecutor,
-                    members_dir: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``train.folds`` fold runs over ``rows`` → every row's out-of-fold logits (rows × views) and the summary with
-    the epoch count they chose. A fold finished earlier is read back, not run again. With ``members_dir`` each fold
+                    members_dir: str | None = None) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """``train.folds`` fold runs over ``rows`` → every row's out-of-fold logits (rows × views), the summary with
+    the epoch count they chose, and each row's fold. A fold finished earlier is read back, not run again. With ``members_dir`` each fold
     model's best weights are also saved there (:data:`MEMBER_WEIGHTS`) for the ensemble."""
     t = cfg.train
     assignment = cross_validation.assign_folds(rows, t.folds, t.seed)
@@ -337,7 +337,7 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
         results.append(result)
     epochs, curve = cross_validation.choose_epochs(results)
     return (cross_validation.out_of_fold(assignment, results),
-            cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve))
+            cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve), assignment)
 
 
 def _ensemble(cfg: SkinrayConfig, setup: _Setup, members_dir: str) -> Any:
@@ -389,13 +389,13 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
 
     with tempfile.TemporaryDirectory() as out_dir, tempfile.TemporaryDirectory() as members_dir, \
             ThreadPoolExecutor(4) as pool:
-        cv, state, workers = None, None, {}
+        cv, state, workers, held_folds = None, None, {}, None
         if t.ensemble:
-            z_held, cv = _cross_validate(cfg, held_rows, setup, pool, members_dir)
+            z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool, members_dir)
             log.info("exporting the %d fold models as one ensemble (the mean of their logits)", t.folds)
             model = _ensemble(cfg, setup, members_dir)
         elif t.folds:
-            z_held, cv = _cross_validate(cfg, held_rows, setup, pool)
+            z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool)
             log.info("the folds chose %d epochs; training the final model on all %s train+val images", cv["epochs"],
                      f"{len(fit_rows):,}")
             # (its workers skip validation: every held-out row is in its training data)
@@ -416,7 +416,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
                                               t.target_sensitivity, t.threshold_confidence,
                                               dx_codes(held_rows).fillna("").to_numpy(object),
-                                              t.diagnosis_sensitivity)
+                                              t.diagnosis_sensitivity,
+                                              held_folds if t.threshold_fold_spread else None)
         band = views.fit_band(z_held) if t.tta and t.tta_near_threshold else None
         if band is not None:
             logits_held = views.combine(z_held, views.for_model(True, band, op))  # what scoring will produce

@@ -43,6 +43,9 @@ def test_saved_yaml_reloads_identically(tmp_path):
     (["train.aux_diagnosis_weight=-1"], "train.aux_diagnosis_weight"),
     (["train.folds=1"], "folds must be 0"),
     (["train.ensemble=true"], "ensemble needs folds"),
+    (["train.threshold_fold_spread=true"], "threshold_fold_spread needs folds"),
+    (["train.folds=5", "train.threshold_fold_spread=true", "train.threshold_policy=youden"],
+     "threshold_fold_spread needs folds"),
 ])
 def test_invalid_values_name_the_key(bad, message):
     with pytest.raises(SkinrayError, match=message):

@@ -215,3 +215,64 @@ def test_fit_and_describe() -> None:
     assert O.describe(ThresholdChoice(threshold=0.5, policy="youden")) == "youden"
     unreachable = ThresholdChoice(**O.choose_threshold(y[:40], expit(z[:40]), "sensitivity", 0.99, confidence=0.95))
     assert "not reachable" in O.describe(unreachable)
+
+
+def _folds_that_disagree(seed: int = 4, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold scores from k networks that differ: each fold's positives are shifted by its own offset, so the
+    folds' sensitivities at one threshold spread more than their images alone would make them."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    folds = np.arange(n) % k
+    dx = rng.choice(np.array(["nv", "bcc", "mel"], dtype=object), size=n, p=[0.7, 0.15, 0.15])
+    y = (dx != "nv").astype(int)
+    offset = np.linspace(-0.9, 0.9, k)[folds]
+    return y, expit(rng.normal(np.where(y == 1, 1.5 + offset, -1.0), 1.0)), dx, folds
+
+
+def test_fold_spread_lowers_the_threshold_until_a_new_network_meets_the_targets() -> None:
+    """train.threshold_fold_spread: the chosen threshold is the highest at and below which the bound on a new
+    network's sensitivity (pooled, less the between-fold spread beyond the images') reaches the targets, overall
+    and for melanoma; the pooled images' bound alone sits higher."""
+    from scipy.stats import norm
+
+    y, p, dx, folds = _folds_that_disagree()
+    targets = {"mel": 0.8}
+    pooled = O.choose_threshold(y, p, "sensitivity", 0.85, 0.95, dx=dx, diagnosis_targets=targets)
+    c = O.choose_threshold(y, p, "sensitivity", 0.85, 0.95, dx=dx, diagnosis_targets=targets, groups=folds)
+    assert c["threshold"] < pooled["threshold"] and c["fold_spread"].lowered
+
+    def bound(t: float, mask: np.ndarray) -> float:  # written out: pooled − z·√(between·(1 + 1/K) + binomial)
+        s = np.array([np.mean(p[mask & (folds == f)] >= t) for f in range(5)])
+        n = np.array([np.sum(mask & (folds == f)) for f in range(5)])
+        pooled_s = np.mean(p[mask] >= t)
+        between = max(0.0, s.var(ddof=1) - np.mean(s * (1 - s) / n))
+        return pooled_s - norm.ppf(0.95) * np.sqrt(between * 1.2 + pooled_s * (1 - pooled_s) / mask.sum())
+
+    pos, mel = y == 1, dx == "mel"
+    spread = c["fold_spread"]
+    assert bound(c["threshold"], pos) >= 0.85 - 1e-9 and bound(c["threshold"], mel) >= 0.8 - 1e-9
+    assert spread.prediction_bound == pytest.approx(bound(c["threshold"], pos))
+    assert spread.diagnosis_bounds["mel"] == pytest.approx(bound(c["threshold"], mel))
+    assert spread.folds == 5 and len(spread.sensitivity) == 5 and spread.between_network_sd > 0.02
+    # the highest such threshold: the next positive score above it breaks one of the two bounds
+    above = np.sort(p[pos & (p > c["threshold"])])[0]
+    assert bound(above, pos) < 0.85 or bound(above, mel) < 0.8
+    text = O.describe(ThresholdChoice(**c))
+    assert "across 5 folds: sensitivity" in text and "bound for a new network" in text
+    assert "(the spread lowered the threshold)" in text
+    assert ThresholdChoice.model_validate_json(ThresholdChoice(**c).model_dump_json()) == ThresholdChoice(**c)
+
+
+def test_folds_that_agree_leave_the_pooled_threshold() -> None:
+    """Five networks that score alike (each fold the same images and scores): no spread between networks, and the
+    pooled images' exact bound, the stricter one, decides."""
+    y1, p1, dx1 = _carcinomas_carry_melanomas()
+    y, p, dx = np.tile(y1, 5), np.tile(p1, 5), np.tile(dx1, 5)
+    folds = np.repeat(np.arange(5), len(y1))
+    pooled = O.choose_threshold(y, p, "sensitivity", 0.7, 0.95, dx=dx, diagnosis_targets={"mel": 0.8})
+    c = O.choose_threshold(y, p, "sensitivity", 0.7, 0.95, dx=dx, diagnosis_targets={"mel": 0.8}, groups=folds)
+    assert c["threshold"] == pooled["threshold"] and not c["fold_spread"].lowered
+    assert c["fold_spread"].between_network_sd == 0.0
+    assert "fold_spread" not in O.choose_threshold(y, p, "youden", groups=folds)  # only the promised policy
+    with pytest.raises(ValueError, match="at least two groups"):
+        O.choose_threshold(y, p, "sensitivity", 0.7, 0.95, groups=np.zeros(len(y)))

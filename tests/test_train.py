@@ -159,11 +159,18 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
         train(load_config(overrides={**over, "train.out": str(tmp_path / "m2"), "train.storage_path": storage_path}))
 
     # train.ensemble on the same folds starts no Ray Train run at all: the fold models are read back from their
-    # runs and exported as one graph; its operating point is the same out-of-fold fit
+    # runs and exported as one graph; its operating point is fitted on the same out-of-fold scores, here with a
+    # sensitivity promise that also covers the spread between the fold networks (settings that train nothing)
     ens = train(load_config(overrides={**over, "train.ensemble": True, "train.out": str(tmp_path / "e"),
-                                       "train.storage_path": storage_path}))
+                                       "train.storage_path": storage_path, "train.threshold_policy": "sensitivity",
+                                       "train.threshold_fold_spread": True}))
     assert ens.training["run_name"] == meta.training["run_name"]
-    assert ens.calibration == op.calibration and ens.threshold == op.threshold and ens.tta_band == meta.tta_band
+    spread_op, _ = operating_point.fit(rows["label"].to_numpy(int), z.mean(axis=1), "platt", "sensitivity", 0.85,
+                                       0.95, dx_codes(rows).fillna("").to_numpy(object),
+                                       {"mel": 0.8, "melanoma": 0.8}, groups=folds)
+    assert ens.calibration == op.calibration and ens.threshold == spread_op.threshold
+    assert ens.threshold.fold_spread is not None and ens.threshold.fold_spread.folds == 2
+    assert ens.tta_band == meta.tta_band
     assert ens.architecture["ensemble"]["members"] == 2 and ens.history == [] and ens.training["best_epoch"] is None
     assert ens.validation["scores"].startswith("out-of-fold scores (2 lesion-grouped folds")
     assert ens.architecture["ensemble"]["member_best_epochs"] == [f["best_epoch"] for f in cv["per_fold"]]
