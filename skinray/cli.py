@@ -293,16 +293,11 @@ def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     from skinray.operating_point import describe
-    from skinray.train import train
+    from skinray.train import selection, train
 
     meta = train(cfg)
     auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
-    if cfg.train.ensemble:
-        chosen = f"ensemble of {cfg.train.folds} fold models, out-of-fold"
-    elif cfg.train.folds:
-        chosen = f"{meta.training['best_epoch']} epochs chosen by {cfg.train.folds} folds, out-of-fold"
-    else:
-        chosen = f"best epoch {meta.training['best_epoch']}, val"
+    chosen = f"{selection(meta)}, {'out-of-fold' if cfg.train.folds else 'val'}"
     console.say(f"model: {cfg.train.out}  {chosen} ROC-AUC "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}, threshold {meta.threshold.threshold:.3f} "
                 f"({describe(meta.threshold)})", out=cfg.train.out, best_epoch=meta.training["best_epoch"],

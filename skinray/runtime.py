@@ -106,12 +106,19 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose() or _interactive()
     ctx.print_on_execution_start = False
-    if not verbose():
-        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        # Ray Data logs the trace of whatever stops a plan; skinray reports it once, as one line or a traceback
-        logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
+    quiet_ray_loggers()
     return ray
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's Python loggers to errors only (a no-op with ``-v``). Importing Ray's libraries configures their
+    loggers, so this runs after ``ray.init`` and after any import of ``ray.train`` used without a cluster."""
+    if verbose():
+        return
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data logs the trace of whatever stops a plan; skinray reports it once, as one line or a traceback
+    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
 
 
 def _not_set_by_job(env: dict[str, str]) -> dict[str, str]:

@@ -33,14 +33,13 @@ from skinray.config import SkinrayConfig, TrainConfig
 from skinray.model import (ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, MEMBER_PREFIX, build_ensemble, build_model,
                            export_onnx, resolve_weights)
 from skinray.prepare import data_fingerprint, load_prepared
-from skinray.runtime import ensure_ray, quiet_env, verbose, versions
+from skinray.runtime import ensure_ray, quiet_env, quiet_ray_loggers, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
                                 malignant_diagnoses)
 from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
 VAL_BATCH = 64
-MEMBER_WEIGHTS = "member_{n}.weights.h5"  # a fold model's best weights, on the driver, until the ensemble is built
 
 
 # Fitted after the last epoch from the validation scores: a re-run that changes only these resumes (no epochs
@@ -280,12 +279,9 @@ def _restore_fold(cfg: SkinrayConfig, setup: _Setup, name: str, result: cross_va
     False when the run is gone or is not the one the fold's scores came from."""
     from ray.train import Result
 
+    quiet_ray_loggers()  # "a run snapshot was found", four lines per fold
     fs, path = storage.filesystem_for_libraries(setup.storage_path, cfg.storage)
-    ray_train_log = logging.getLogger("ray.train")
-    level = ray_train_log.level
     try:
-        if not verbose():  # "a run snapshot was found", four lines per fold
-            ray_train_log.setLevel(logging.WARNING)
         restored = Result.from_path(f"{path.rstrip('/')}/{name}", storage_filesystem=fs)
         if restored.checkpoint is None:
             raise RuntimeError("no checkpoint")
@@ -294,8 +290,6 @@ def _restore_fold(cfg: SkinrayConfig, setup: _Setup, name: str, result: cross_va
         log.warning("fold %d/%d: its model cannot be read back from %s (%s): running the fold again",
                     result.fold + 1, result.folds, name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return False
-    finally:
-        ray_train_log.setLevel(level)
     if state.best_epoch != result.best_epoch:
         log.warning("fold %d/%d: the run %s kept epoch %s, its scores are epoch %d's: running the fold again",
                     result.fold + 1, result.folds, name, state.best_epoch, result.best_epoch)
@@ -303,11 +297,21 @@ def _restore_fold(cfg: SkinrayConfig, setup: _Setup, name: str, result: cross_va
     return True
 
 
+def _member(cfg: SkinrayConfig, setup: _Setup, n: int) -> Any:
+    """A copy of the fold model now in ``setup.model``, named as ensemble member ``n``."""
+    t = cfg.train
+    member = build_model(cfg.image.size, t.alpha, None, t.dense_units, t.dropout, freeze_base=True,
+                         input_scaling=t.input_scaling, dx_classes=len(setup.dx_classes),
+                         malignant_dx=setup.malignant_dx, name=f"{MEMBER_PREFIX}{n}")
+    member.set_weights(setup.model.get_weights())
+    return member
+
+
 def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool: ThreadPoolExecutor,
-                    members_dir: str | None = None) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+                    members: list[Any] | None = None) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
     """``train.folds`` fold runs over ``rows`` → every row's out-of-fold logits (rows × views), the summary with
-    the epoch count they chose, and each row's fold. A fold finished earlier is read back, not run again. With ``members_dir`` each fold
-    model's best weights are also saved there (:data:`MEMBER_WEIGHTS`) for the ensemble."""
+    the epoch count they chose, and each row's fold. A fold finished earlier is read back, not run again. With
+    ``members`` (a list) each fold model is appended to it, for the ensemble."""
     t = cfg.train
     assignment = cross_validation.assign_folds(rows, t.folds, t.seed)
     run_dir = storage.join(setup.storage_path, setup.name)
@@ -317,7 +321,7 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
         ids = held["isic_id"].astype(str).tolist()
         fold_name = f"{setup.name}-fold{fold + 1}of{t.folds}"
         result = cross_validation.load_fold(run_dir, fold, t.folds, ids, 3 if t.tta else 1, cfg.storage)
-        if result is not None and members_dir and not _restore_fold(cfg, setup, fold_name, result):
+        if result is not None and members is not None and not _restore_fold(cfg, setup, fold_name, result):
             result = None
         if result is None:
             kept = rows[assignment != fold]
@@ -330,8 +334,8 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
                 z = _held_out_views(os.path.join(d, ONNX_FILE), names, held, cfg, pool)
             result = cross_validation.FoldResult(fold, t.folds, ids, z, int(state.best_epoch or 0), state.history)
             cross_validation.save_fold(run_dir, result, cfg.storage)
-        if members_dir:
-            setup.model.save_weights(os.path.join(members_dir, MEMBER_WEIGHTS.format(n=fold + 1)))
+        if members is not None:
+            members.append(_member(cfg, setup, fold + 1))
         log.info("%s: best epoch %d, held-out AUC %s", label, result.best_epoch,
                  "n/a" if result.best_auc is None else f"{result.best_auc:.4f}")
         results.append(result)
@@ -340,17 +344,12 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
             cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve), assignment)
 
 
-def _ensemble(cfg: SkinrayConfig, setup: _Setup, members_dir: str) -> Any:
-    """The fold models as one Keras model that averages their logits (:func:`skinray.model.build_ensemble`)."""
-    t = cfg.train
-    members = []
-    for i in range(t.folds):
-        member = build_model(cfg.image.size, t.alpha, None, t.dense_units, t.dropout, freeze_base=True,
-                             input_scaling=t.input_scaling, dx_classes=len(setup.dx_classes),
-                             malignant_dx=setup.malignant_dx, name=f"{MEMBER_PREFIX}{i + 1}")
-        member.load_weights(os.path.join(members_dir, MEMBER_WEIGHTS.format(n=i + 1)))
-        members.append(member)
-    return build_ensemble(members)
+def selection(meta: ModelMeta) -> str:
+    """How the exported weights were chosen, in words: the last line of ``train`` and of ``skinray train``."""
+    cv, best = meta.training.get("cross_validation"), meta.training.get("best_epoch")
+    if meta.architecture.get("ensemble"):
+        return f"an ensemble of {cv['folds']} fold models"
+    return f"{best} epochs chosen by {cv['folds']} folds" if cv else f"best epoch {best}"
 
 
 def train(cfg: SkinrayConfig) -> ModelMeta:
@@ -387,13 +386,13 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     setup = _Setup(model, name, storage_path, _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg),
                    dx_classes, malignant_dx)
 
-    with tempfile.TemporaryDirectory() as out_dir, tempfile.TemporaryDirectory() as members_dir, \
-            ThreadPoolExecutor(4) as pool:
+    with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
         cv, state, workers, held_folds = None, None, {}, None
         if t.ensemble:
-            z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool, members_dir)
+            members: list[Any] = []
+            z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool, members)
             log.info("exporting the %d fold models as one ensemble (the mean of their logits)", t.folds)
-            model = _ensemble(cfg, setup, members_dir)
+            model = build_ensemble(members)
         elif t.folds:
             z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool)
             log.info("the folds chose %d epochs; training the final model on all %s train+val images", cv["epochs"],
@@ -459,12 +458,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         )
         model_id, meta = artifact.write(out_dir, t.out, meta, cfg.storage)
     flips = (held_report or {}).get("views")
-    if state is None:
-        chosen = f"an ensemble of {t.folds} fold models"
-    else:
-        chosen = (f"{state.best_epoch} epochs chosen by {t.folds} folds" if t.folds
-                  else f"best epoch {state.best_epoch}")
-    log.info("model %s written to %s (%s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out, chosen,
+    log.info("model %s written to %s (%s, threshold %.3f, ONNX parity %.1e%s)", model_id, t.out, selection(meta),
              op.threshold.threshold, parity,
              f"; flips near the threshold: {flips['views_per_image']:.2f} views per held-out image" if flips else "")
     return meta
