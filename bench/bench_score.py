@@ -246,6 +246,7 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
         "commit_seconds": summary.record["commit_seconds"],  # writing the table's data files + the one Delta commit
         "wall_summary": summary.wall_seconds,  # run.json: start .. last part written
         "startup": summary.record["startup_seconds"],
+        "actors_ready": summary.record.get("actors_ready_seconds"),  # [first, last] actor with its model loaded
         "steady_summary": summary.images_per_second_steady,
         "overall_summary": summary.images_per_second_overall,
         **_steady_from_trace(trace, summary.record["actors"]),
@@ -392,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     def mean_rate(*runs: dict[str, Any]) -> float:
         return round(sum(r["images_per_second"] for r in runs) / len(runs), 2)
 
+    def ready_text(run: dict[str, Any]) -> str:
+        return "–" if not run["actors_ready"] else " / ".join(f"{v:g}" for v in run["actors_ready"])
+
     def mean_cpu(*runs: dict[str, Any]) -> float:
         return round(sum(r["cpu_s_per_image"] for r in runs) / len(runs), 4)
 
@@ -399,14 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     b_n = mean_rate(b1, b2)  # bracketing (a) on N
     throughput = [
         {"stage": "(a) pipeline: score(), N", "images": a["images"], "wall s": a["wall_total"],
-         "start-up s": a["startup"], "img/s (run.json steady)": a["steady_summary"],
+         "start-up s": a["startup"], "actors ready s": ready_text(a), "img/s (run.json steady)": a["steady_summary"],
          "img/s (trace steady)": a["steady_trace"], "img/s incl. start-up": a["overall_summary"],
          "CPU-s/img": a["cpu_s_per_image"], "commit s": a["commit_seconds"]},
     ]
     if big:
         throughput.append(
             {"stage": f"(a) pipeline: score(), {args.mem_factor}N", "images": big["images"],
-             "wall s": big["wall_total"], "start-up s": big["startup"], "img/s (run.json steady)": big["steady_summary"],
+             "wall s": big["wall_total"], "start-up s": big["startup"], "actors ready s": ready_text(big),
+             "img/s (run.json steady)": big["steady_summary"],
              "img/s (trace steady)": big["steady_trace"], "img/s incl. start-up": big["overall_summary"],
              "CPU-s/img": big["cpu_s_per_image"], "commit s": big["commit_seconds"]})
     for i, r in enumerate(b_runs, 1):

@@ -55,8 +55,8 @@ class InferenceConfig(_Section):
     # None = as the model was calibrated (skinray.json "tta", flips near the threshold when it has a "tta_band");
     # true = flips for every image; false = one view
     tta: bool | None = None
-    # auto: each scoring actor times one image per call against whole batches on its first batches and keeps the
-    # faster (recorded in run.json); per_image / batch force one
+    # auto: each scoring actor times one image per call against whole batches on two batches after its first (the
+    # untimed warm-up) and keeps the faster (recorded in run.json); per_image / batch force one
     batch_policy: Literal["auto", "per_image", "batch"] = "auto"
     # the Ray Data actor pool that evaluate and score run the predictor in: sized from here, not from the nodes
     # alive at start (a cluster that scales from zero has none)

@@ -16,19 +16,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -52,6 +39,18 @@ ONE_CLASS_WARNING = (
 )
 
 ArrayLike = Any  # list, numpy array or pandas Series
+
+
+# --- scikit-learn, imported on first use ---------------------------------------------------------------------
+
+
+def sklearn_metrics() -> Any:
+    """``sklearn.metrics``, imported on first use: a scoring actor applies an operating point and computes no
+    metric, and importing scikit-learn (with scipy.stats) cost each actor about 1 s of CPU before its first
+    batch (bench/RESULTS.md, time to the first row)."""
+    import sklearn.metrics
+
+    return sklearn.metrics
 
 
 # --- validation and conversion ---------------------------------------------------------------------------------
@@ -134,27 +133,28 @@ def threshold_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> d
     Undefined ratios (e.g. recall with no positives) are None rather than 0, so they are not mistaken for
     a bad model.
     """
+    sk = sklearn_metrics()
     y, p = validate(y_true, prob)
     t = check_threshold(threshold)
     pred = (p >= t).astype(np.int64)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    tn, fp, fn, tp = sk.confusion_matrix(y, pred, labels=[0, 1]).ravel()
     nan = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined cases are reported as None below
-        sens = recall_score(y, pred, pos_label=1, zero_division=nan)
-        spec = recall_score(y, pred, pos_label=0, zero_division=nan)
+        sens = sk.recall_score(y, pred, pos_label=1, zero_division=nan)
+        spec = sk.recall_score(y, pred, pos_label=0, zero_division=nan)
         out = {
             "threshold": t,
             "n": int(len(y)),
-            "accuracy": accuracy_score(y, pred),
-            "precision": precision_score(y, pred, pos_label=1, zero_division=nan),
+            "accuracy": sk.accuracy_score(y, pred),
+            "precision": sk.precision_score(y, pred, pos_label=1, zero_division=nan),
             "recall": sens,
             "sensitivity": sens,
             "specificity": spec,
-            "npv": precision_score(y, pred, pos_label=0, zero_division=nan),
-            "f1": f1_score(y, pred, pos_label=1, zero_division=nan),
+            "npv": sk.precision_score(y, pred, pos_label=0, zero_division=nan),
+            "f1": sk.f1_score(y, pred, pos_label=1, zero_division=nan),
             # needs both classes: with one class sklearn would silently return the single recall
-            "balanced_accuracy": balanced_accuracy_score(y, pred) if two_classes(y) else None,
+            "balanced_accuracy": sk.balanced_accuracy_score(y, pred) if two_classes(y) else None,
             "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         }
     return {k: (v if isinstance(v, dict) else _py(v)) for k, v in out.items()}
@@ -183,12 +183,14 @@ def expected_calibration_error(y_true: ArrayLike, prob: ArrayLike, n_bins: int =
 
 
 def _sens_at_spec(y: np.ndarray, p: np.ndarray, spec_target: float = SPEC_TARGET) -> float:
-    fpr, tpr, _ = roc_curve(y, p, pos_label=1, drop_intermediate=False)
+    sk = sklearn_metrics()
+    fpr, tpr, _ = sk.roc_curve(y, p, pos_label=1, drop_intermediate=False)
     return float(tpr[fpr <= 1.0 - spec_target + ROC_TOL].max())  # (0, 0) is always on the curve
 
 
 def _spec_at_sens(y: np.ndarray, p: np.ndarray, sens_target: float = SENS_TARGET) -> float:
-    fpr, tpr, _ = roc_curve(y, p, pos_label=1, drop_intermediate=False)
+    sk = sklearn_metrics()
+    fpr, tpr, _ = sk.roc_curve(y, p, pos_label=1, drop_intermediate=False)
     return float((1.0 - fpr[tpr >= sens_target - ROC_TOL]).max())  # (1, 1) is always on the curve
 
 
@@ -197,6 +199,7 @@ def ranking_metrics(y_true: ArrayLike, prob: ArrayLike) -> dict:
 
     With a single class the metrics that need both classes are None (see full_report for the warning).
     """
+    sk = sklearn_metrics()
     y, p = validate(y_true, prob)
     both = two_classes(y)
     n_pos = int(y.sum())
@@ -204,10 +207,10 @@ def ranking_metrics(y_true: ArrayLike, prob: ArrayLike) -> dict:
         "n": int(len(y)),
         "n_pos": n_pos,
         "prevalence": n_pos / len(y),
-        "roc_auc": roc_auc_score(y, p) if both else None,
-        "pr_auc": average_precision_score(y, p, pos_label=1) if both else None,
-        "brier": brier_score_loss(y, p, pos_label=1),
-        "log_loss": log_loss(y, p, labels=[0, 1]),
+        "roc_auc": sk.roc_auc_score(y, p) if both else None,
+        "pr_auc": sk.average_precision_score(y, p, pos_label=1) if both else None,
+        "brier": sk.brier_score_loss(y, p, pos_label=1),
+        "log_loss": sk.log_loss(y, p, labels=[0, 1]),
         "ece": expected_calibration_error(y, p, ECE_BINS),
         "sensitivity_at_90_specificity": _sens_at_spec(y, p) if both else None,
         "specificity_at_90_sensitivity": _spec_at_sens(y, p) if both else None,
@@ -275,6 +278,7 @@ def paired_auc_gain(y_true: ArrayLike, score_new: ArrayLike, score_ref: ArrayLik
     cancels it, so the interval is far narrower than the difference of two separate intervals. Scores may be
     logits (any real numbers): AUC only ranks them.
     """
+    sk = sklearn_metrics()
     y = as_labels(y_true)
     new, ref = (_vector(s, name, "numeric scores") for s, name in ((score_new, "score_new"), (score_ref, "score_ref")))
     if not (len(y) == len(new) == len(ref)):
@@ -294,7 +298,7 @@ def paired_auc_gain(y_true: ArrayLike, score_new: ArrayLike, score_ref: ArrayLik
     g = np.concatenate(gains)
     g = g[np.isfinite(g)]
     lo, hi = np.quantile(g, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(roc_auc_score(y, new) - roc_auc_score(y, ref)), float(lo), float(hi)
+    return float(sk.roc_auc_score(y, new) - sk.roc_auc_score(y, ref)), float(lo), float(hi)
 
 
 # --- reports ---------------------------------------------------------------------------------------------------
@@ -345,6 +349,7 @@ def grouped_report(
 
     Missing group values form their own group with ``group: None``. Age bands come out in age order.
     """
+    sk = sklearn_metrics()
     missing = [c for c in (by, label_col, prob_col) if c not in df.columns]
     if missing:
         raise ValueError(f"grouped_report: column(s) {missing} not in DataFrame (has {list(df.columns)})")
@@ -365,7 +370,7 @@ def grouped_report(
         ix = np.asarray(groups[g])
         y, p = y_all[ix], p_all[ix]
         tm = threshold_metrics(y, p, t)
-        auc = roc_auc_score(y, p) if (len(y) >= min_n and two_classes(y)) else None
+        auc = sk.roc_auc_score(y, p) if (len(y) >= min_n and two_classes(y)) else None
         cm = tm["confusion"]
         rows.append(
             {
@@ -421,6 +426,7 @@ def multiclass_report(y_true: ArrayLike, pred: ArrayLike, classes: list[str]) ->
 
     Rows whose true diagnosis is missing or not one of ``classes`` are counted in ``unscored`` and left out.
     """
+    sk = sklearn_metrics()
     truth = np.asarray(y_true, dtype=object)
     predicted = np.asarray(pred, dtype=object)
     if len(truth) != len(predicted):
@@ -430,7 +436,7 @@ def multiclass_report(y_true: ArrayLike, pred: ArrayLike, classes: list[str]) ->
     out: dict[str, Any] = {"classes": list(classes), "n": int(known.sum()), "unscored": int((~known).sum())}
     if not len(t):
         return {**out, "balanced_accuracy": None, "accuracy": None, "recall": {}, "confusion": []}
-    cm = confusion_matrix(t, p, labels=list(classes))
+    cm = sk.confusion_matrix(t, p, labels=list(classes))
     support = cm.sum(axis=1)
     recall = {c: (_py(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     present = [r for r in recall.values() if r is not None]

@@ -23,12 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from scipy.optimize import minimize_scalar
 from scipy.special import expit
-from sklearn.metrics import roc_curve
 
-from skinray.metrics import (DEFAULT_THRESHOLD, ROC_TOL, ArrayLike, as_labels, full_report, threshold_metrics,
-                             two_classes, validate)
+from skinray.metrics import (DEFAULT_THRESHOLD, ROC_TOL, ArrayLike, as_labels, full_report, sklearn_metrics,
+                             threshold_metrics, two_classes, validate)
 
 THRESHOLD_POLICIES = ("youden", "sensitivity", "fixed")
 THRESHOLD_CLIP = (1e-6, 1.0 - 1e-6)  # chosen thresholds live strictly inside (0, 1); roc_curve's first is +inf
@@ -167,6 +165,8 @@ def fit_temperature(y_true: ArrayLike, logits: ArrayLike) -> float:
     def nll(t: float) -> float:  # mean binary cross-entropy in its numerically stable form
         s = z / t
         return float(np.mean(np.logaddexp(0.0, s) - yf * s))
+
+    from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(nll, bounds=TEMPERATURE_BOUNDS, method="bounded", options={"xatol": 1e-5})
     return float(res.x)
@@ -362,7 +362,7 @@ def choose_threshold(
         if not two_classes(y):
             raise ValueError(f"choose_threshold(policy={policy!r}) needs both classes in y_true")
         if policy == "youden":
-            fpr, tpr, thr = roc_curve(y, p, pos_label=1, drop_intermediate=False)
+            fpr, tpr, thr = sklearn_metrics().roc_curve(y, p, pos_label=1, drop_intermediate=False)
             t = float(thr[int(np.argmax(tpr - fpr))])  # first maximum = highest threshold among ties
         else:
             t, _ = _threshold_catching(p[y == 1], float(target_sensitivity), confidence)

@@ -244,6 +244,8 @@ def run_page(page: RunPage) -> str:
         {"": "table version", "value": r.get("table_version", "not committed")},
         {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds', 0)} s / "
                                                   f"{r.get('commit_seconds', 'n/a')} s"},
+        {"": "scoring actors ready (first / last)",
+         "value": " / ".join(f"{v} s" for v in r["actors_ready_seconds"]) if r.get("actors_ready_seconds") else "n/a"},
         {"": "images per second (steady / overall)",
          "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},
         {"": "rows per node", "value": counts(r.get("rows_by_node"))},

@@ -198,9 +198,25 @@ def versions() -> dict[str, str]:
 
 
 def dataset_from_frame(df: Any, blocks: int) -> Any:
-    """``ray.data.from_pandas`` in ``blocks`` pieces (its own ``override_num_blocks`` breaks on pandas 3)."""
+    """``df``'s rows as a Ray dataset in ``blocks`` pieces, built in this process.
+
+    ``ray.data.from_pandas`` computes each block's metadata in a remote task: for 10,000 rows in 157 blocks a worker
+    booted and spent ~5 CPU-s on it just as the scoring actors started, 2-3 s of the time to the first rows on 2
+    CPUs (bench/RESULTS.md). ``from_items`` computes it here. The rows pass through Arrow first, so a missing value
+    of any pandas dtype becomes a null; a frame Arrow cannot type (a column mixing numbers and text) keeps
+    ``from_pandas``.
+    """
+    import pyarrow as pa
     import ray
 
     blocks = max(1, min(int(blocks), len(df)))
-    step = -(-len(df) // blocks) if len(df) else 1
+    records = None
+    if len(df):
+        try:
+            records = pa.Table.from_pandas(df, preserve_index=False).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+    if records is not None:
+        return ray.data.from_items(records, override_num_blocks=blocks)
+    step = -(-len(df) // blocks) if len(df) else 1  # (from_pandas's own override_num_blocks breaks on pandas 3)
     return ray.data.from_pandas([df.iloc[i : i + step] for i in range(0, max(len(df), 1), step)])

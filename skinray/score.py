@@ -52,16 +52,17 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
                 lease: runs.Lease) -> dict[str, Any]:
     """Runs the Ray Data plan over ``todo`` and stages its rows part by part; returns timing and placement."""
     s = cfg.score
+    started = time.time()  # the time to the first rows counts building the plan (Ray's block metadata) too
     ds, actors = inference.predict_dataset(todo, s.model, cfg, s.batch_size)
     writer = staging.PartWriter(out, run_id, cfg.storage)
     nodes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     n_views: Counter[int] = Counter()
+    ready: set[float] = set()  # when each actor had its model loaded
     buffer: list[pd.DataFrame] = []
     done = buffered = 0
     first_at: float | None = None
     first_rows = 0
-    started = time.time()
 
     def flush() -> None:
         nonlocal buffer, buffered
@@ -79,6 +80,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
         nodes.update(batch["_node_id"].astype(str).tolist())
         modes.update(batch["_batch_mode"].astype(str).tolist())
         n_views.update({int(k): int(v) for k, v in batch["_views"].value_counts().items()})
+        ready.update(batch["_ready_at"].tolist())
         buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
         buffered += len(batch)
         done += len(batch)
@@ -96,6 +98,9 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
     return {"actors": actors, "rows_by_node": dict(nodes), "batch_modes": dict(modes),
             "views": {str(k): v for k, v in sorted(n_views.items())},  # rows by views averaged (0: not scored)
             "startup_seconds": round((first_at or finished) - started, 2), "images_per_second_steady": steady,
+            # the first and the last actor ready (Ray worker started, skinray imported, model opened): the rest of
+            # the start-up is the first batch
+            "actors_ready_seconds": [round(min(ready) - started, 2), round(max(ready) - started, 2)] if ready else None,
             "images_per_second_overall": round(len(todo) / max(finished - started, 1e-9), 1)}
 
 

@@ -395,8 +395,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             model = build_ensemble(members)
         elif t.folds:
             z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool)
-            log.info("the folds chose %d epochs; training the final model on all %s train+val images", cv["epochs"],
-                     f"{len(fit_rows):,}")
+            log.info("the folds chose %d epochs; the final model trains (or resumes) on all %s train+val images",
+                     cv["epochs"], f"{len(fit_rows):,}")
             # (its workers skip validation: every held-out row is in its training data)
             state, workers = _run(cfg, fit_rows, held_rows, setup, f"{name}-final", "final", last_epoch=cv["epochs"])
         else:

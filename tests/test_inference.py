@@ -60,7 +60,9 @@ def test_auto_batch_policy_times_both_and_keeps_one(random_graph):
     engine = OnnxEngine(path, names, policy="auto")
     x = _x(8, 64)
     assert engine.mode is None
-    first = engine.run(x)
+    first = engine.run(x)  # the session's warm-up: not timed, so the first rows come back after one pass
+    assert engine._probes == 0 and engine.last_mode == "batch" and not any(engine._timings.values())
+    engine.run(x)
     engine.run(x)
     assert engine.mode in ("per_image", "batch") and all(t > 0 for t in engine._timings.values())
     fixed = OnnxEngine(path, names, policy="batch").run(x)
@@ -76,6 +78,7 @@ def test_flips_near_the_threshold_are_a_follow_up_not_a_probe(random_graph):
     center = float(np.median(z))
     views = Views(tta=True, band=float(np.quantile(np.abs(z - center), 0.75)), center=center)
     engine = OnnxEngine(path, names, policy="auto")
+    run(engine, x[:1], views)  # the untimed warm-up batch
     out = run(engine, x, views)
     assert 4 <= int((out[VIEWS] == 3).sum()) < 16  # enough images near the threshold to have been a probe
     assert engine._probes == 1 and engine.last_mode == "probing" and engine.mode is None
@@ -183,3 +186,15 @@ def test_what_stops_the_plan_reaches_the_user_as_one_line():
             assert expected in str(raised.value) and len(str(raised.value).splitlines()) == 1
     with pytest.raises(ValueError):  # a bug keeps its traceback
         list(pipeline_batches(_FailingPlan(ValueError("boom")), cfg))
+
+
+def test_a_scoring_actor_imports_neither_scikit_learn_nor_tensorflow():
+    """What an actor imports is what it pays before its first batch: scikit-learn (with scipy.stats) cost each actor
+    about 0.9 s of CPU, TensorFlow more, and scoring needs neither (metrics import them on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, skinray.inference; "
+            "print(sorted(m for m in ('sklearn', 'tensorflow', 'keras', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -105,12 +105,14 @@ def test_the_stage_logs_one_structured_event(tmp_path, sample, ray_session):
             events.append(getattr(record, "event", None))
 
     logger = logging.getLogger("skinray.prepare")
-    handler = Collect()
+    handler, level = Collect(), logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # on its own, not only after a test that set up the console
     try:
         report = _prepare(f"{sample['local']}/metadata.csv", f"{sample['local']}/images", str(tmp_path / "out"))
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     done = [e for e in events if e and "kept" in e]
     assert len(done) == 1 and done[0]["kept"] == report.kept and done[0]["rejected"] == report.rejected
 

@@ -103,6 +103,9 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     assert {"temperature", "bias"} <= set(summary.record["calibration"])
     assert summary.record["tta"] is True and summary.status == "succeeded" and summary.table_version == 1
     assert sum(summary.record["rows_by_node"].values()) == summary.rows
+    # the start-up split where the actors had their model loaded: the first one before any row came back
+    first, last = summary.record["actors_ready_seconds"]
+    assert 0 <= first <= summary.record["startup_seconds"] and first <= last, summary.record
     # the batch policy measured per actor: every row says how its call ran
     modes = summary.record["batch_modes"]
     assert sum(modes.values()) == summary.rows and set(modes) <= {"probing", "per_image", "batch"}, modes

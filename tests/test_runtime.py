@@ -1,0 +1,45 @@
+"""skinray.runtime: the in-process dataset every Ray Data stage starts from."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from skinray.runtime import dataset_from_frame
+
+pytestmark = pytest.mark.slow
+
+
+def _plain(values):
+    return [None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else v for v in values]
+
+
+def _rows(ds) -> pd.DataFrame:
+    return pd.DataFrame(ds.take_all()).sort_values("input_row").reset_index(drop=True)
+
+
+def test_a_frame_becomes_blocks_row_for_row_with_missing_values_as_nulls(ray_session):
+    df = pd.DataFrame({
+        "input_row": np.arange(7),
+        "image_uri": ["a.jpg", "b.jpg", None, "d.jpg", "e.jpg", "f.jpg", "g.jpg"],
+        "label": [1.0, np.nan, 0.0, 1.0, np.nan, 0.0, 1.0],
+        "dx": pd.array(["mel", pd.NA, "nv", "nv", "bcc", None, "nv"], dtype="string"),
+        "age": pd.array([40, None, 55, None, 70, 35, 80], dtype="Int64"),
+        "input_error": None,  # every row: a column of nulls
+    })
+    ds = dataset_from_frame(df, 3)
+    assert ds.num_blocks() == 3 and ds.count() == 7
+    got = _rows(ds)
+    assert got["input_row"].tolist() == list(range(7))
+    for col in ("image_uri", "label", "dx", "age", "input_error"):
+        assert _plain(got[col].tolist()) == _plain(df[col].tolist()), col
+
+
+def test_a_frame_arrow_cannot_type_and_an_empty_one_still_become_datasets(ray_session):
+    mixed = pd.DataFrame({"input_row": np.arange(5), "note": [1, "two", 3.5, None, "5"]})
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):  # the from_pandas path, then
+        pa.Table.from_pandas(mixed)
+    ds = dataset_from_frame(mixed, 2)
+    assert ds.num_blocks() == 2
+    assert _plain(_rows(ds)["note"].tolist()) == [1, "two", 3.5, None, "5"]
+    assert dataset_from_frame(mixed.iloc[:0], 4).count() == 0
