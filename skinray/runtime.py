@@ -197,21 +197,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+IN_PROCESS_ROWS = 100_000  # dataset_from_frame's rows pass through Python dicts (~1 KB each) up to this many
+
+
 def dataset_from_frame(df: Any, blocks: int) -> Any:
     """``df``'s rows as a Ray dataset in ``blocks`` pieces, built in this process.
 
     ``ray.data.from_pandas`` computes each block's metadata in a remote task: for 10,000 rows in 157 blocks a worker
     booted and spent ~5 CPU-s on it just as the scoring actors started, 2-3 s of the time to the first rows on 2
     CPUs (bench/RESULTS.md). ``from_items`` computes it here. The rows pass through Arrow first, so a missing value
-    of any pandas dtype becomes a null; a frame Arrow cannot type (a column mixing numbers and text) keeps
-    ``from_pandas``.
+    of any pandas dtype becomes a null. A frame Arrow cannot type (a column mixing numbers and text) keeps
+    ``from_pandas``, and so does one above :data:`IN_PROCESS_ROWS`: its rows as dicts would cost the driver ~1 GB
+    per million, and against a run that long the metadata tasks are a small cost.
     """
     import pyarrow as pa
     import ray
 
     blocks = max(1, min(int(blocks), len(df)))
     records = None
-    if len(df):
+    if 0 < len(df) <= IN_PROCESS_ROWS:
         try:
             records = pa.Table.from_pandas(df, preserve_index=False).to_pylist()
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):

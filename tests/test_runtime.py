@@ -5,6 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from skinray import runtime
 from skinray.runtime import dataset_from_frame
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,10 @@ def _rows(ds) -> pd.DataFrame:
     return pd.DataFrame(ds.take_all()).sort_values("input_row").reset_index(drop=True)
 
 
-def test_a_frame_becomes_blocks_row_for_row_with_missing_values_as_nulls(ray_session):
+@pytest.mark.parametrize("in_process", [True, False])
+def test_a_frame_becomes_blocks_row_for_row_with_missing_values_as_nulls(ray_session, monkeypatch, in_process):
+    if not in_process:  # a frame above the in-process limit goes through from_pandas: the same rows
+        monkeypatch.setattr(runtime, "IN_PROCESS_ROWS", 3)
     df = pd.DataFrame({
         "input_row": np.arange(7),
         "image_uri": ["a.jpg", "b.jpg", None, "d.jpg", "e.jpg", "f.jpg", "g.jpg"],
