@@ -40,8 +40,8 @@ class OnnxEngine:
     """An ONNX Runtime session that runs either one image per call or whole batches, whichever is faster here.
 
     On 2-core CPU hosts one image per call measured fastest on one machine and whole batches on another
-    (bench/RESULTS.md), so with ``policy="auto"`` the engine times both on its first batches and keeps the faster.
-    GPUs always run whole batches.
+    (bench/RESULTS.md), so with ``policy="auto"`` the engine times both on two batches after its first (the untimed
+    warm-up of both call shapes) and keeps the faster. GPUs always run whole batches.
     """
 
     name = "onnx"

@@ -1,4 +1,4 @@
-"""skinray.runtime: the in-process dataset every Ray Data stage starts from."""
+"""skinray.runtime: the dataset that scoring, evaluation and prepare start their Ray Data plans from."""
 
 import numpy as np
 import pandas as pd
