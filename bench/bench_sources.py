@@ -144,7 +144,7 @@ def figures(y: np.ndarray, z: np.ndarray, mel: np.ndarray, op: operating_point.O
             with_ece: bool) -> dict[str, Any]:
     s = op.apply(z)
     auc = float(metrics.sklearn_metrics().roc_auc_score(y, z))
-    lo, hi = metrics.bootstrap_auc_ci(y, z, n_boot=n_boot)
+    lo, hi = metrics.bootstrap_auc_ci(y, s.prob, n_boot=n_boot)  # calibration is monotonic: the same ranking
     pos, neg = y == 1, y == 0
     return {"n": int(len(y)), "roc_auc": round(auc, 3), "ci": f"[{lo:.3f}, {hi:.3f}]",
             "sensitivity": round(float(s.malignant[pos].mean()), 3),
@@ -201,12 +201,22 @@ def run_ham_only(data: dict[str, pd.DataFrame], feats: dict[str, np.ndarray], n_
 
 def paired(data: dict[str, pd.DataFrame], new: dict[str, np.ndarray], ref: dict[str, np.ndarray],
            n_boot: int) -> dict[str, str]:
+    """Paired AUC gain per source on the images both arms scored (HAM10000: its test split)."""
     out = {}
     for name in data:
-        if name == "ham10000" and len(new[name]) != len(ref[name]):
-            continue
-        ok = np.isfinite(new[name]) & np.isfinite(ref[name])
-        g, lo, hi = metrics.paired_auc_gain(data[name]["label"].to_numpy()[ok], new[name][ok], ref[name][ok], n_boot)
+        rows = data[name]
+        test = (rows["split"] == "test").to_numpy()
+
+        def on_test(z: np.ndarray) -> np.ndarray:
+            return z[test] if len(z) == len(rows) and len(z) != int(test.sum()) else z
+
+        a, b = new[name], ref[name]
+        if len(a) != len(b):
+            a, b = on_test(a), on_test(b)
+        y = rows["label"].to_numpy()[test] if len(a) == int(test.sum()) and len(a) != len(rows) else \
+            rows["label"].to_numpy()
+        ok = np.isfinite(a) & np.isfinite(b)
+        g, lo, hi = metrics.paired_auc_gain(y[ok], a[ok], b[ok], n_boot)
         out[name] = f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
     return out
 

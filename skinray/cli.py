@@ -15,6 +15,7 @@ from skinray import SkinrayError, __version__, console
 from skinray.config import InferenceConfig, SkinrayConfig, load_config
 
 DEFAULTS = SkinrayConfig()
+EXIT_DATA = 3  # the command ran, and the data says no (a promise not held): do not retry
 
 
 def _default(key: str) -> str:
@@ -101,9 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     p = add("prepare", "check, clean and split a manifest into prepared/ (manifest, rejects, report)", """
         skinray prepare --manifest data/sample/metadata.csv --images data/sample/images --out out/prepared
         skinray prepare --manifest ../shared/data/ham10000/HAM10000_metadata.csv \\
-            --images ../shared/data/ham10000/images --out out/ham-prepared""")
-    p.add_argument("--manifest", help="CSV, Parquet or JSON-lines manifest, local or s3:// (required)")
+            --images ../shared/data/ham10000/images --out out/ham-prepared
+        skinray prepare --out out/pooled \\
+            --source ham10000 ../shared/data/ham10000/HAM10000_metadata.csv ../shared/data/ham10000/images \\
+            --source isic2017 ../shared/data/isic2017/metadata.csv ../shared/data/isic2017/images""")
+    p.add_argument("--manifest", help="CSV, Parquet or JSON-lines manifest, local or s3:// (required unless "
+                   "--source is given)")
     p.add_argument("--images", help="folder of the images, used by the image template (default: none)")
+    p.add_argument("--source", dest="sources", nargs="+", action="append", metavar="NAME MANIFEST [IMAGES]",
+                   help="one labelled source of several (repeatable, instead of --manifest): every row keeps NAME, "
+                   "and the split is stratified by label and source (default: none; config prepare.sources)")
     p.add_argument("--out", help="output folder or prefix (required)")
     p.add_argument("--schema", choices=["auto", "isic", "ham10000"], help="manifest columns " +
                    _default("manifest.schema"))
@@ -115,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         skinray train --prepared out/prepared --out out/model --workers 2
         skinray train --prepared out/prepared --out out/model --head-epochs 6 --fine-tune-epochs 0
         skinray train --prepared out/prepared --out out/model --weights none --image-size 96 --set train.alpha=0.35
-        skinray train --prepared s3://b/prepared --out s3://b/models/m1 --gpu --workers 4""")
+        skinray train --prepared s3://b/prepared --out s3://b/models/m1 --gpu --workers 4
+        skinray train --prepared clinic/prepared --out out/model-clinic --init-model out/model""")
     p.add_argument("--prepared", help="a prepare output folder (required)")
     p.add_argument("--out", help="model directory to write (required)")
     p.add_argument("--workers", type=int, help="Ray Train workers " + _default("train.workers"))
@@ -131,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input side in pixels " + _default("image.size"))
     p.add_argument("--weights", help="imagenet | none | local or s3 path to a no-top MobileNetV2 weights file " +
                    _default("train.weights"))
+    p.add_argument("--init-model", metavar="MODEL", help="start from a skinray model directory instead of ImageNet: "
+                   "its fine-tuned base, a new head and operating point (e.g. a clinic's own archive) "
+                   + _default("train.init_model"))
     p.add_argument("--folds", type=int, help="k >= 2: choose the epoch count and fit the operating point on k-fold "
                    "out-of-fold scores of train+val, then train on all of it (k + 1 trainings) "
                    + _default("train.folds"))
@@ -142,13 +154,36 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", "metrics, report and plots for a model on one split of a prepared dataset", """
         skinray evaluate --model out/model --prepared out/prepared --out out/report
-        skinray evaluate --model out/model --prepared out/prepared --out out/val-report --split val""")
+        skinray evaluate --model out/model --prepared out/prepared --out out/val-report --split val
+        skinray evaluate --model out/model --prepared out/isic2017-prepared --out out/isic2017 --split all""")
     p.add_argument("--model", help="model directory (required)")
     p.add_argument("--prepared", help="a prepare output folder (required)")
     p.add_argument("--out", help="report folder to write (required)")
-    p.add_argument("--split", choices=["train", "val", "test"], help="which split " + _default("evaluate.split"))
+    p.add_argument("--split", choices=["train", "val", "test", "all"], help="which split; all: every row, for a "
+                   "source the model never saw " + _default("evaluate.split"))
     tta(p)
     pool(p)
+
+    def labelled(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model directory (required)")
+        p.add_argument("--labelled", metavar="MANIFEST", help="a manifest of the clinic's labelled images, read as "
+                       "prepare reads one (required)")
+        p.add_argument("--images", help="folder of those images, used by the image template (default: none)")
+        tta(p)
+        pool(p)
+
+    p = add("validate", "check a model's promises (sensitivity, melanoma, specificity, AUC, calibration) on a clinic's "
+            "own labelled images; exit 3 when one is not held", """
+        skinray validate --model out/model --labelled clinic/labels.csv --images clinic/images
+        skinray validate --model s3://b/models/m1 --labelled s3://b/clinic/labels.parquet --out out/validation""")
+    labelled(p)
+    p.add_argument("--out", help="folder for validation.json and validation.md (default: none)")
+
+    p = add("calibrate", "refit a model's calibration and threshold on a clinic's labelled images into a new model "
+            "directory (the network unchanged)", """
+        skinray calibrate --model out/model --labelled clinic/labels.csv --images clinic/images --out out/model-clinic""")
+    labelled(p)
+    p.add_argument("--out", help="the new model directory (required)")
 
     p = add("score", "score an image set (manifest or folder) into the scores table (Delta Lake)", """
         skinray score --model out/model --input data/sample/images --out out/nightly
@@ -241,6 +276,7 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
     "train": {"prepared": "train.prepared", "out": "train.out", "workers": "train.workers", "gpu": "train.use_gpu",
               "epochs": "train.epochs", "fine_tune_epochs": "train.fine_tune_epochs",
               "batch_size": "train.batch_size", "image_size": "image.size", "weights": "train.weights",
+              "init_model": "train.init_model",
               "folds": "train.folds", "ensemble": "train.ensemble", "run_name": "train.run_name"},
     "evaluate": {"model": "evaluate.model", "prepared": "evaluate.prepared", "out": "evaluate.out",
                  "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS},
@@ -249,6 +285,9 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
               "engine": "inference.engine", "tta": "inference.tta", "batch_size": "score.batch_size",
               **POOL_FLAGS},
     "predict": {"engine": "inference.engine", "tta": "inference.tta"},
+    **{command: {"model": f"{command}.model", "labelled": f"{command}.labelled", "images": f"{command}.images",
+                 "out": f"{command}.out", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS}
+       for command in ("validate", "calibrate")},
 }
 
 
@@ -256,6 +295,10 @@ def build_config(args: argparse.Namespace) -> SkinrayConfig:
     overrides: dict[str, Any] = {"storage.endpoint_url": args.endpoint_url, "storage.region": args.region}
     for flag, key in FLAG_TO_KEY.get(args.command, {}).items():
         overrides[key] = getattr(args, flag, None)
+    if getattr(args, "sources", None):
+        if any(len(s) not in (2, 3) for s in args.sources):
+            raise SkinrayError("--source takes NAME MANIFEST [IMAGES]")
+        overrides["prepare.sources"] = [dict(zip(("name", "manifest", "images"), s)) for s in args.sources]
     if args.command == "score" and args.input_root:
         if not args.date:
             raise SkinrayError("--input-root needs --date")
@@ -286,9 +329,13 @@ def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
     lines = [f"kept {r.kept:,} of {r.rows_in:,} rows; rejected {r.rejected:,} {r.rejected_by_reason}"]
     lines += [f"  {name:5s} {s['rows']:>7,} rows ({s['share']:.1%}), malignant {s['malignant_fraction']}"
               for name, s in r.splits.items()]
+    if len(r.sources) > 1:
+        lines += [f"  source {name}: kept {s['kept']:,} of {s['rows_in']:,}, {s['malignant']:,} malignant; "
+                  + ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()) for name, s in r.sources.items()]
+    lines += [f"warning: {w}" for w in r.record.get("warnings", [])]
     lines.append(f"lesions shared between splits: {r.lesions_in_two_splits}; wrote {cfg.prepare.out}")
     console.say("\n".join(lines), rows_in=r.rows_in, kept=r.kept, rejected=r.rejected,
-                rejected_by_reason=r.rejected_by_reason, splits=r.splits, out=cfg.prepare.out)
+                rejected_by_reason=r.rejected_by_reason, splits=r.splits, sources=r.sources, out=cfg.prepare.out)
 
 
 def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -315,6 +362,27 @@ def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
                 f"specificity {f(r.specificity)} at threshold {r.threshold:.3f}\nreport: {cfg.evaluate.out}/report.md",
                 split=r.split, n=r.n, roc_auc=auc, roc_auc_ci95=r.roc_auc_ci95, sensitivity=r.sensitivity,
                 specificity=r.specificity, threshold=r.threshold, out=cfg.evaluate.out)
+
+
+def _cmd_validate(args: argparse.Namespace, cfg: SkinrayConfig) -> int:
+    from skinray.validate import validate
+
+    v = validate(cfg)
+    console.say("\n".join([p.describe() for p in v.checked] + [f"verdict: {v.verdict}"]),
+                promises=[p.record() for p in v.checked], verdict=v.verdict, held=not v.failed,
+                scored=v.record["scored"], not_scored=v.record["not_scored"])
+    return EXIT_DATA if v.failed else 0
+
+
+def _cmd_calibrate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
+    from skinray.calibrate import calibrate
+    from skinray.operating_point import describe
+
+    meta = calibrate(cfg)
+    before = meta.data["calibrated_on"]["threshold_before"]
+    console.say(f"model: {cfg.calibrate.out}  threshold {before:.3f} → {meta.threshold.threshold:.3f} "
+                f"({describe(meta.threshold)}), refitted on {meta.data['calibrated_on']['scored']} images",
+                out=cfg.calibrate.out, threshold=meta.threshold.threshold, threshold_before=before)
 
 
 def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -398,8 +466,9 @@ def _cmd_demo(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
                    workers=args.workers, base_config=cfg).text)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, SkinrayConfig], None]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, SkinrayConfig], int | None]] = {
     "synth": _cmd_synth, "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
+    "validate": _cmd_validate, "calibrate": _cmd_calibrate,
     "score": _cmd_score, "predict": _cmd_predict, "query": _cmd_query, "report": _cmd_report, "export": _cmd_export,
     "doctor": _cmd_doctor, "demo": _cmd_demo,
 }
@@ -417,12 +486,11 @@ def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
 
             checks = run_checks(args.command, cfg)
             console.log.info("preflight: %d checks passed", len(checks.checks))
-        COMMANDS[args.command](args, cfg)
+        return COMMANDS[args.command](args, cfg) or 0
     except SkinrayError as exc:
         console.error(str(exc), args.log_format)
         return 2
     except KeyboardInterrupt:
         console.error("interrupted", args.log_format)
         return 130
-    return 0
 

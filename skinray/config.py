@@ -81,9 +81,23 @@ class MetricsConfig(_Section):
     bootstrap: int = Field(1000, ge=0)  # resamples for the ROC-AUC confidence interval (evaluate and score)
 
 
+SOURCE_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class SourceConfig(_Section):
+    """One labelled image source of a multi-source prepared dataset (a clinic, an archive, a dermoscope era)."""
+
+    name: str = Field(pattern=SOURCE_NAME)
+    manifest: str
+    images: str | None = None  # root of this source's images; used by ``manifest.image_template``
+
+
 class PrepareConfig(_Section):
     manifest: str | None = None
     images: str | None = None  # root of the images; used by ``manifest.image_template``
+    # several sources in one dataset (instead of manifest/images): each row keeps its source's name, and the split
+    # is stratified by label and source; one manifest with a ``source`` column keeps that column's values
+    sources: list[SourceConfig] = Field(default_factory=list)
     out: str | None = None
     seed: int = 42
     val_fraction: float = Field(0.08, gt=0, lt=0.5)
@@ -105,6 +119,8 @@ class TrainConfig(_Section):
     # the seed recipe stays reproducible). Either way it is a layer inside the model, so scoring needs no setting.
     input_scaling: Literal["mobilenet", "unit"] = "mobilenet"
     weights: str = "imagenet"  # imagenet | none | a local or s3 path to a weights file
+    # a skinray model directory to start from instead (its fine-tuned base; a new head; its preprocessing and alpha)
+    init_model: str | None = None
     dropout: float = Field(0.3, ge=0, lt=1)
     dense_units: int = Field(64, ge=1)
     augment: bool = True
@@ -205,8 +221,19 @@ class EvaluateConfig(_Section):
     model: str | None = None
     prepared: str | None = None
     out: str | None = None
-    split: Literal["train", "val", "test"] = "test"
+    # all: every row (a source the model never trained on, prepared on its own, is held out as a whole)
+    split: Literal["train", "val", "test", "all"] = "test"
     batch_size: int = Field(64, ge=1)
+
+
+class LabelledConfig(_Section):
+    """A model against a clinic's labelled images: ``validate`` checks its promises on them, ``calibrate`` refits its
+    calibration and threshold on them into a new model directory (``out``)."""
+
+    model: str | None = None
+    labelled: str | None = None  # a manifest of labelled images (the columns prepare reads)
+    images: str | None = None  # root of the images, used by manifest.image_template
+    out: str | None = None  # validate: a folder for validation.json and validation.md; calibrate: the new model
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -260,6 +287,8 @@ class ScoreConfig(_Section):
 
 
 class SkinrayConfig(_Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     recipe: str | None = None  # the named recipe this config started from (skinray/recipes/NAME.yaml)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
@@ -269,6 +298,8 @@ class SkinrayConfig(_Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    validate_: LabelledConfig = Field(default_factory=LabelledConfig, alias="validate")
+    calibrate: LabelledConfig = Field(default_factory=LabelledConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
 
     def to_yaml(self) -> str:

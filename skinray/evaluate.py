@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, inference, metrics, plots, review_page, storage, views
+from skinray import SkinrayError, inference, metrics, plots, promises, review_page, storage, views
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
@@ -26,7 +26,7 @@ from skinray.train_data import dx_codes
 log = logging.getLogger("skinray.evaluate")
 PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_malignant", "predicted", "confidence",
                       "threshold", "dx_pred", "dx_probs", "error", "dx", "age_approx", "sex", "anatom_site_general",
-                      "lesion_id"]
+                      "lesion_id", "source"]
 
 
 def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
@@ -46,7 +46,7 @@ def in_training_data(model_data: dict[str, Any], split: str, fingerprint: str) -
     """Whether ``split`` of the prepared dataset with this fingerprint is in the model's training data: the train
     split always, the val split too for a cross-validated model (``train.folds``). Figures on it are not held out."""
     trained = model_data.get("trained_on_splits") or ["train"]
-    return split in trained and model_data.get("fingerprint") == fingerprint
+    return (split in trained or split == "all") and model_data.get("fingerprint") == fingerprint
 
 
 def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list[str]) -> str:
@@ -100,8 +100,29 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
                          f"{with_ci(g.get('sensitivity'), g.get('sensitivity_ci95'))} | "
                          f"{with_ci(g.get('specificity'), g.get('specificity_ci95'))} |")
         lines.append("")
+    lines += _sources_markdown(report.get("sources") or {}, f)
     lines += [f"![{p}]({p})" for p in pngs]
     return "\n".join(lines) + "\n"
+
+
+def _sources_markdown(sources: dict[str, dict[str, Any]], f: Any) -> list[str]:
+    """Every headline figure per source, with its interval: a pooled figure hides the source a model fails on."""
+    if not sources:
+        return []
+
+    def ci(fig: dict[str, Any], name: str) -> str:
+        bounds = fig.get(f"{name}_ci95")
+        return f(fig.get(name)) + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "")
+
+    lines = ["## By source", "", "| source | n | malignant | melanoma | ROC-AUC [95% CI] | sensitivity | "
+             "melanoma sensitivity | specificity | ECE |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, fig in sources.items():
+        lines.append(f"| {name} | {fig['n']} | {fig['n_pos']} | {fig['n_melanoma']} | {ci(fig, 'roc_auc')} | "
+                     f"{ci(fig, 'sensitivity')} | {ci(fig, 'melanoma_sensitivity')} | {ci(fig, 'specificity')} | "
+                     f"{f(fig.get('ece'))} |")
+    lines += ["", "ECE depends on how common malignancy is: on a source enriched in melanoma it does not carry over "
+              "to practice (ROC-AUC and sensitivity do).", ""]
+    return lines
 
 
 def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
@@ -112,7 +133,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     art = ModelArtifact.open(e.model, st)
     inference.check_engine(art, cfg.inference.engine)
     df = load_prepared(e.prepared, st)
-    rows = df[df["split"] == e.split]
+    rows = df if e.split == "all" else df[df["split"] == e.split]
     if rows.empty:
         raise SkinrayError(f"{e.prepared}: the {e.split} split is empty")
     seen = in_training_data(art.meta.data, e.split, data_fingerprint(e.prepared, st))
@@ -132,6 +153,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     }
     if "dx" in ok and ok["dx"].notna().any():  # which diagnoses are missed (malignant) or flagged (benign)
         report["groups"]["dx"] = metrics.grouped_report(ok, "dx", thr)
+    report["sources"] = promises.by_source(ok, thr, cfg.metrics.bootstrap)
     if art.diagnoses:
         codes = dx_codes(ok)
         truth = codes.astype(object).where(codes.notna(), None)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from skinray import SkinrayError, images, paths, schema, split, storage
-from skinray.config import ImageConfig, SkinrayConfig
+from skinray.config import ImageConfig, PrepareConfig, SkinrayConfig, SourceConfig
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, versions
 from skinray.results import PrepareReport
 from skinray.storage import StorageConfig
@@ -111,32 +114,93 @@ def _report_counts(n_in: int, kept: pd.DataFrame, rejects: pd.DataFrame) -> dict
     }
 
 
-def prepare(cfg: SkinrayConfig) -> PrepareReport:
-    """Run the whole stage; returns the report (also written to ``report.json``)."""
-    p = cfg.prepare
+def _inputs(p: PrepareConfig) -> list[SourceConfig]:
+    """The sources to read: ``prepare.sources``, or the one ``prepare.manifest`` (named by its folder)."""
+    if p.sources and p.manifest:
+        raise SkinrayError("give --manifest or --source, not both")
+    if p.sources:
+        names = [s.name for s in p.sources]
+        if len(set(names)) != len(names):
+            raise SkinrayError(f"source names must be distinct: {names}")
+        return list(p.sources)
     if not p.manifest:
-        raise SkinrayError("prepare needs --manifest")
-    if not p.out:
-        raise SkinrayError("prepare needs --out")
-    started = time.time()
-    if not storage.exists(p.manifest, cfg.storage):
-        raise SkinrayError(f"manifest not found: {p.manifest}")
-    raw = schema.read_manifest(p.manifest, cfg.storage)
+        raise SkinrayError("prepare needs --manifest (or --source NAME MANIFEST [IMAGES], once per source)")
+    folder = posixpath.basename(posixpath.dirname(storage.normalize(p.manifest).rstrip("/"))) or "default"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", folder)[:64]
+    return [SourceConfig(name=name, manifest=p.manifest, images=p.images)]
+
+
+def _read_source(src: SourceConfig, named: bool, cfg: SkinrayConfig) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """One source's rows in canonical columns, its image root in ``_images``, and the raw columns (templates)."""
+    if not storage.exists(src.manifest, cfg.storage):
+        raise SkinrayError(f"manifest not found: {src.manifest}")
+    raw = schema.read_manifest(src.manifest, cfg.storage)
     if raw.empty:
-        raise SkinrayError(f"manifest {p.manifest} has no rows")
+        raise SkinrayError(f"manifest {src.manifest} has no rows")
+    m = cfg.manifest
+    canon = schema.to_canonical(raw, m.schema_name, m.malignant_dx)
+    # a named source names every row; one manifest keeps its own source column where it has one
+    canon["source"] = src.name if named else canon["source"].where(canon["source"].notna(), src.name)
+    canon["_images"] = storage.normalize(src.images) if src.images else None
+    log.info("read %s rows (%s schema) from %s", f"{len(raw):,}", canon.attrs["schema"], src.manifest)
+    return canon, raw.astype("string").fillna("").to_dict("records")
+
+
+def _read_sources(cfg: SkinrayConfig) -> tuple[pd.DataFrame, list[dict[str, str]], dict[str, str]]:
+    """Every source's rows in one frame (``_row`` numbers them), their raw columns and each source's schema."""
+    inputs = _inputs(cfg.prepare)
+    parts = [_read_source(src, bool(cfg.prepare.sources), cfg) for src in inputs]
+    canon = pd.concat([c for c, _ in parts], ignore_index=True)
+    canon["_row"] = np.arange(len(canon))
+    raw_cols = [row for _, rows in parts for row in rows]
+    return canon, raw_cols, {src.name: c.attrs["schema"] for src, (c, _) in zip(inputs, parts)}
+
+
+def _per_source(canon: pd.DataFrame, kept: pd.DataFrame, reason: pd.Series) -> dict[str, dict[str, Any]]:
+    """Rows in, kept, rejected, malignant and split sizes of each source: what a reader of a pooled dataset checks."""
+    out = {}
+    for name, rows in canon.groupby("source", sort=True, dropna=False):
+        part = kept[kept["source"] == name]
+        out[str(name)] = {"rows_in": int(len(rows)), "kept": int(len(part)),
+                          "rejected": int(reason.loc[rows.index].notna().sum()),
+                          "malignant": int(part["label"].sum()),
+                          "lesion_grouped": bool(rows["lesion_id"].notna().any()),
+                          "splits": {s: int((part["split"] == s).sum()) for s in split.SPLITS}}
+    return out
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """Every input row with its reject reason (None = kept): what prepare splits, and what ``validate`` and
+    ``calibrate`` score a clinic's labelled images from."""
+
+    rows: pd.DataFrame  # canonical columns, ``_row``, ``image_uri`` (None where the row never got one)
+    reason: pd.Series  # reject reason per row, None for a kept row
+    schemas: dict[str, str]  # source → manifest schema
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        kept = self.rows.loc[self.reason.isna()].copy()
+        kept["label"] = kept["label"].astype(int)
+        return kept
+
+    @property
+    def rejects(self) -> pd.DataFrame:
+        rejects = self.rows.loc[self.reason.notna(), ["isic_id", "image_uri"]].copy()
+        rejects["reason"] = self.reason[self.reason.notna()]
+        return rejects[schema.REJECT_COLUMNS].reset_index(drop=True)
+
+
+def clean(cfg: SkinrayConfig) -> Cleaned:
+    """Read every source, reject rows for their manifest faults, then decode-check the rest's images on Ray Data."""
     m = cfg.manifest
     paths.template_fields(m.image_template)  # a broken template is one error for the run, not one per row
-    canon = schema.to_canonical(raw, m.schema_name, m.malignant_dx)
-    used_schema = canon.attrs["schema"]
-    log.info("read %s rows (%s schema) from %s", f"{len(raw):,}", used_schema, p.manifest)
-    canon["_row"] = np.arange(len(canon))
-    raw_cols = raw.astype("string").fillna("").to_dict("records")
+    canon, raw_cols, schemas = _read_sources(cfg)
     reason = _manifest_rejects(canon, raw_cols, m.image_template)
 
-    images_root = storage.normalize(p.images) if p.images else None
     todo = canon[reason.isna()].copy()
-    resolved = [paths.resolve_image_uri(rid, ref, images_root, m.image_template, raw_cols[i])
-                for i, rid, ref in zip(todo["_row"], todo["isic_id"], todo["_image_ref"])]
+    resolved = [paths.resolve_image_uri(rid, ref, root, m.image_template, raw_cols[i])
+                for i, rid, ref, root in zip(todo["_row"], todo["isic_id"], todo["_image_ref"], todo["_images"])]
     todo["image_uri"] = [r[0] for r in resolved]
     todo["image_root"] = [r[1] for r in resolved]
     canon["image_uri"] = None
@@ -146,20 +210,27 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
     checked = check_images(todo, cfg).set_index("_row")
     image_reason = checked["reason"].reindex(canon["_row"]).to_numpy()
     reason = reason.where(reason.notna(), pd.Series(image_reason, index=canon.index))
-
-    rejects = canon.loc[reason.notna(), ["isic_id", "image_uri"]].copy()
-    rejects["reason"] = reason[reason.notna()]
-    kept = canon.loc[reason.isna()].copy()
-    if kept.empty:
+    if reason.notna().all():
         raise SkinrayError(
-            f"no usable rows in {p.manifest}: all {len(canon)} rejected "
-            f"({rejects['reason'].value_counts().to_dict()})"
+            f"no usable rows in {', '.join(s.manifest for s in _inputs(cfg.prepare))}: all {len(canon)} rejected "
+            f"({reason.value_counts().to_dict()})"
         )
+    return Cleaned(canon, reason, schemas)
 
-    kept["label"] = kept["label"].astype(int)
+
+def prepare(cfg: SkinrayConfig) -> PrepareReport:
+    """Run the whole stage; returns the report (also written to ``report.json``)."""
+    p = cfg.prepare
+    if not p.out:
+        raise SkinrayError("prepare needs --out")
+    started = time.time()
+    cleaned = clean(cfg)
+    canon, reason, schemas = cleaned.rows, cleaned.reason, cleaned.schemas
+    kept, rejects = cleaned.kept, cleaned.rejects
     lesion_grouped = bool(kept["lesion_id"].notna().any())
     kept["lesion_id"] = kept["lesion_id"].fillna(kept["isic_id"])
-    kept["split"] = split.assign_splits(kept["label"], kept["lesion_id"], p.val_fraction, p.test_fraction, p.seed)
+    kept["split"] = split.assign_splits(kept["label"], kept["lesion_id"], p.val_fraction, p.test_fraction, p.seed,
+                                        strata=kept["source"])
 
     train_ages = kept.loc[kept["split"] == "train", "age_approx"]
     median_age = float(train_ages.median()) if train_ages.notna().any() else float(kept["age_approx"].median())
@@ -173,12 +244,12 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
     kept["age_approx"] = kept["age_approx"].fillna(median_age).astype("float32")
     kept["anatom_site_general"] = kept["anatom_site_general"].fillna("unknown")
     kept = kept.sort_values("_row")[schema.CANONICAL_COLUMNS].reset_index(drop=True)
-    rejects = rejects[schema.REJECT_COLUMNS].reset_index(drop=True)
 
     report: dict[str, Any] = {
         "manifest": p.manifest,
         "images": p.images,
-        "schema": used_schema,
+        "schema": "+".join(sorted(set(schemas.values()))),
+        "sources": _per_source(canon, kept, reason),
         **_report_counts(len(canon), kept, rejects),
         "lesion_grouped": lesion_grouped,
         "lesions": int(kept["lesion_id"].nunique()),
@@ -190,8 +261,13 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
         "seconds": round(time.time() - started, 2),
         "versions": versions(),
     }
+    warnings = [f"source {name}: no lesion ids, so each image counts as its own lesion; two images of one lesion "
+                "can land in two splits and make its test figures optimistic"
+                for name, s in report["sources"].items() if not s["lesion_grouped"]]
     if kept["label"].nunique() < 2:
-        report["warnings"] = ["only one class is present: a classifier cannot be trained on this data"]
+        warnings.append("only one class is present: a classifier cannot be trained on this data")
+    if warnings:
+        report["warnings"] = warnings
 
     out = p.out
     storage.write_parquet(pa.Table.from_pandas(kept, preserve_index=False), storage.join(out, "manifest.parquet"),
@@ -217,6 +293,8 @@ def load_prepared(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
     if not storage.exists(storage.join(uri, "report.json"), storage_cfg):
         raise SkinrayError(f"{uri} is not a prepared dataset (no report.json): run `skinray prepare` first")
     df = storage.read_parquet(storage.join(uri, "manifest.parquet"), storage_cfg).to_pandas()
+    if "source" not in df:  # prepared before sources were recorded: one source, named by the folder it came from
+        df["source"] = "unnamed"
     missing = set(schema.CANONICAL_COLUMNS) - set(df.columns)
     if missing:
         raise SkinrayError(f"{uri}/manifest.parquet lacks columns {sorted(missing)}")

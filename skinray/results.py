@@ -28,6 +28,7 @@ class PrepareReport:
     lesions: int
     lesions_in_two_splits: int
     schema: str
+    sources: dict[str, dict[str, Any]]  # source → rows_in, kept, rejected, malignant, lesion_grouped, splits
     record: dict[str, Any] = field(repr=False)  # report.json
 
     @classmethod

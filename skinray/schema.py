@@ -30,6 +30,7 @@ CANONICAL_COLUMNS = [
     "sex",
     "anatom_site_general",
     "lesion_id",
+    "source",
     "split",
 ]
 REJECT_COLUMNS = ["isic_id", "image_uri", "reason"]
@@ -62,6 +63,23 @@ ISIC_SITES = {
     "palms/soles",
     "oral/genital",
     "torso",
+}
+# The ISIC Archive's diagnosis names → HAM10000's codes, so that one lesion type is one class across sources (the
+# diagnosis output, the per-diagnosis threshold floors and the per-diagnosis figures all key on these codes).
+ISIC_DX_TO_CODE = {
+    "melanoma": "mel",
+    "nevus": "nv",
+    "basal cell carcinoma": "bcc",
+    "actinic keratosis": "akiec",
+    "squamous cell carcinoma": "akiec",
+    "intraepithelial carcinoma": "akiec",
+    "seborrheic keratosis": "bkl",
+    "pigmented benign keratosis": "bkl",
+    "solar lentigo": "bkl",
+    "lentigo nos": "bkl",
+    "lichenoid keratosis": "bkl",
+    "dermatofibroma": "df",
+    "vascular lesion": "vasc",
 }
 IMAGE_URI_COLUMNS = ("image_uri", "image_path", "image", "path", "file")
 MANIFEST_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json",
@@ -147,6 +165,15 @@ def detect_schema(columns: Iterable[str]) -> str:
     )
 
 
+def dx_code(name: object) -> object:
+    """An ISIC Archive diagnosis name as its HAM10000 code (``melanoma`` → ``mel``); codes and unknown names pass
+    through lower-cased, a missing one stays missing."""
+    if not isinstance(name, str):
+        return name
+    key = name.strip().lower()
+    return ISIC_DX_TO_CODE.get(key, key)
+
+
 def _text(s: pd.Series | None, n: int) -> pd.Series:
     if s is None:
         return pd.Series([None] * n, dtype="object")
@@ -214,7 +241,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
             label = pd.Series(pd.NA, index=df.index, dtype="Int64")
         out["label"] = label
         dx_col = next((c for c in ("diagnosis", "diagnosis_3", "diagnosis_2", "dx") if c in df), None)
-        out["dx"] = _text(df[dx_col], n) if dx_col else None
+        out["dx"] = _text(df[dx_col], n).map(dx_code) if dx_col else None
         out["age_approx"] = _age(get("age_approx"), n)
         site = _text(get("anatom_site_general"), n).astype("string").str.lower()
         out["anatom_site_general"] = site.astype("object").where(site.notna(), None)
@@ -226,6 +253,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
     out["sex"] = sex.where(sex.isin(["male", "female"]), "unknown").fillna("unknown").astype("object")
     lesion = _text(get("lesion_id"), n)
     out["lesion_id"] = lesion
+    out["source"] = _text(get("source"), n)
     uri_col = next((c for c in IMAGE_URI_COLUMNS if c in df), None)
     out["_image_ref"] = _text(df[uri_col], n) if uri_col else None
     out.attrs["schema"] = schema

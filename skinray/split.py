@@ -6,6 +6,8 @@ its label into the test score, so whole lesions are assigned, and each label str
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
@@ -18,21 +20,30 @@ def assign_splits(
     val_fraction: float = 0.08,
     test_fraction: float = 0.20,
     seed: int = 42,
+    strata: pd.Series | None = None,
 ) -> pd.Series:
-    """Split names for each row: groups never straddle splits; per label, shares track the targets.
+    """Split names for each row: groups never straddle splits; per label (and per ``strata`` value, e.g. the
+    source of each row), shares track the targets.
 
-    Greedy by group: within each label stratum (a group's majority label) groups are shuffled by ``seed`` and
-    each goes to the split that is furthest below its target image count. The error is at most one group.
+    Greedy by group: within each stratum (a group's majority label, and the ``strata`` value of its first row) groups are
+    shuffled by ``seed`` and each goes to the split that is furthest below its target image count. The error is at
+    most one group per stratum. With ``strata`` each stratum draws from its own generator (seeded by ``seed``, the
+    label and the stratum's name), so adding a source never moves another source's images between splits.
     """
-    if len(labels) != len(groups):
-        raise ValueError("labels and groups differ in length")
+    if len(labels) != len(groups) or (strata is not None and len(strata) != len(labels)):
+        raise ValueError("labels, groups and strata differ in length")
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
-    frame = pd.DataFrame({"label": np.asarray(labels, dtype=int), "group": np.asarray(groups, dtype=object)})
-    per_group = frame.groupby("group", sort=True).agg(size=("label", "size"), label=("label", "mean"))
-    per_group["stratum"] = (per_group["label"] >= 0.5).astype(int)
+    frame = pd.DataFrame({"label": np.asarray(labels, dtype=int), "group": np.asarray(groups, dtype=object),
+                          "extra": "" if strata is None else np.asarray(strata, dtype=object)})
+    frame["extra"] = frame["extra"].astype("string").fillna("")
+    per_group = frame.groupby("group", sort=True).agg(size=("label", "size"), label=("label", "mean"),
+                                                      extra=("extra", "first"))
+    per_group["stratum"] = list(zip((per_group["label"] >= 0.5).astype(int), per_group["extra"]))
     rng = np.random.default_rng(seed)
     chosen: dict[object, str] = {}
-    for _, stratum in per_group.groupby("stratum", sort=True):
+    for (label, extra), stratum in per_group.groupby("stratum", sort=True):
+        if strata is not None:
+            rng = np.random.default_rng([seed, int(label), zlib.crc32(str(extra).encode())])
         order = rng.permutation(len(stratum))
         names = stratum.index.to_numpy()[order]
         sizes = stratum["size"].to_numpy()[order]

@@ -30,12 +30,13 @@ import pandas as pd
 from skinray import SkinrayError, artifact, cross_validation, drift, images, operating_point, storage, views
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
+from skinray.init_model import start_from
 from skinray.model import (ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, MEMBER_PREFIX, build_ensemble, build_model,
                            export_onnx, resolve_weights)
 from skinray.prepare import data_fingerprint, load_prepared
 from skinray.runtime import ensure_ray, quiet_env, quiet_ray_loggers, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
-                                malignant_diagnoses)
+                                malignant_diagnoses, source_counts)
 from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
@@ -358,10 +359,13 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     The operating point (calibration, threshold, flip band) is fitted on held-out scores: the val split's, or with
     ``train.folds`` every train+val image's out-of-fold scores, the final model then trained on all of train+val.
     """
-    t = cfg.train
-    if not t.prepared or not t.out:
+    if not cfg.train.prepared or not cfg.train.out:
         raise SkinrayError("train needs --prepared and --out")
     started = time.time()
+    init = None
+    if cfg.train.init_model:
+        cfg, init = start_from(cfg)
+    t = cfg.train
     tr, va = check_splits(load_prepared(t.prepared, cfg.storage), cfg)
     weights_arg, weights_source = resolve_weights(t.weights, cfg.storage)
     # what the exported model trains on, and the rows its operating point is fitted on (never the same model's)
@@ -435,7 +439,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             recipe=cfg.recipe,
             architecture=_architecture(t, dx_classes, malignant_dx, cv),
-            weights_source=weights_source,
+            weights_source=f"the base of skinray model {init['model_id']} ({init['model']})" if init else weights_source,
             preprocessing=Preprocessing.from_config(cfg.image),
             outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes),
             calibration=op.calibration,
@@ -451,7 +455,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             data={"prepared": t.prepared, "fingerprint": fingerprint, "train_rows": int(len(fit_rows)),
                   "trained_on_splits": ["train", "val"] if t.folds else ["train"],
                   "val_rows": int(len(va)), "held_out_rows": int(len(held_rows)),
-                  "train_malignant": int(fit_rows["label"].sum())},
+                  "train_malignant": int(fit_rows["label"].sum()), "sources": source_counts(fit_rows, held_rows),
+                  **({"initialised_from": init} if init else {})},
             history=state.history if state else [],
             validation=held_report,
             versions=versions(),

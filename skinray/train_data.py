@@ -147,3 +147,16 @@ def malignant_diagnoses(tr: pd.DataFrame, classes: list[str]) -> list[bool]:
     ``manifest.malignant_dx``, ISIC's ``benign_malignant``) instead of a second list to keep in step."""
     share = tr.assign(_dx=dx_codes(tr)).dropna(subset=["_dx"]).groupby("_dx")["label"].mean()
     return [bool(share.get(c, 0.0) >= 0.5) for c in classes]
+
+
+def source_counts(fit_rows: pd.DataFrame, held_rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Images (and malignant ones) of each source the model trained on and fitted its operating point on: what its
+    figures can speak for (the model card)."""
+    out: dict[str, dict[str, int]] = {}
+    for key, rows in (("trained_on", fit_rows), ("held_out", held_rows)):
+        for name, part in rows.groupby(rows["source"].astype("string").fillna("unnamed"), sort=True):
+            entry = out.setdefault(str(name), {"trained_on": 0, "trained_on_malignant": 0, "held_out": 0})
+            entry[key] = int(len(part))
+            if key == "trained_on":
+                entry["trained_on_malignant"] = int(part["label"].sum())
+    return out

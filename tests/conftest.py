@@ -139,3 +139,44 @@ def assert_png(path: str) -> None:
     with Image.open(path) as im:
         assert im.format == "PNG"
         assert im.width > 100 and im.height > 100
+
+
+@pytest.fixture(scope="session")
+def labelled_set(tmp_path_factory) -> dict:
+    """A clinic's own labelled images: another synthetic set (other seed, more malignant), ids of its own."""
+    import pandas as pd
+
+    from skinray.synth import generate
+
+    root = tmp_path_factory.mktemp("clinic")
+    generate(str(root), 160, image_size=64, schema="isic", malignant_fraction=0.45, seed=11)
+    meta = pd.read_csv(root / "metadata.csv")
+    small = meta[meta["benign_malignant"] == "malignant"].head(4)
+    small = pd.concat([small, meta[meta["benign_malignant"] == "benign"].head(8)])
+    small.to_csv(root / "small.csv", index=False)
+    return {"manifest": str(root / "metadata.csv"), "small": str(root / "small.csv"), "images": str(root / "images"),
+            "n": len(meta), "malignant": int((meta["benign_malignant"] == "malignant").sum())}
+
+
+@pytest.fixture(scope="session")
+def promising_model(model_dir, tmp_path_factory) -> str:
+    """The session model with the default's kind of promises: sensitivity 0.8 at 90% confidence, a melanoma floor,
+    and a validation ROC-AUC bound of 0.99 that a small synthetic network cannot keep on other images."""
+    import os
+    import shutil
+    import tempfile
+
+    from skinray import artifact
+    from skinray.operating_point import DiagnosisSensitivity
+
+    art = artifact.ModelArtifact.open(model_dir)
+    thr = art.meta.threshold.model_copy(update={
+        "policy": "sensitivity", "target_sensitivity": 0.8, "confidence": 0.9,
+        "diagnoses": {"mel": DiagnosisSensitivity(target=0.7, n=10)}})
+    validation = {**(art.meta.validation or {}), "roc_auc_ci95": [0.99, 1.0]}
+    out = str(tmp_path_factory.mktemp("promising"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in art.meta.files:
+            shutil.copyfile(os.path.join(art.local_dir, name), os.path.join(tmp, name))
+        artifact.write(tmp, out, art.meta.model_copy(update={"threshold": thr, "validation": validation}))
+    return out

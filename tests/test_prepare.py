@@ -70,6 +70,68 @@ def test_ham10000_schema_with_image_template(tmp_path, ray_session):
     assert report.record["lesion_grouped"]
 
 
+def _second_source(tmp_path, n=80, seed=5):
+    """A HAM10000-schema source with ids of its own (synth ids start again at 0) and no lesion ids."""
+    import os
+
+    from skinray.synth import generate
+
+    generate(str(tmp_path / "b"), n, image_size=48, schema="ham10000", seed=seed, malignant_fraction=0.4)
+    meta = pd.read_csv(tmp_path / "b" / "metadata.csv")
+    for old in meta["image_id"]:
+        os.rename(tmp_path / "b" / "images" / f"{old}.jpg", tmp_path / "b" / "images" / f"B{old}.jpg")
+    meta["image_id"] = "B" + meta["image_id"]
+    meta["lesion_id"] = None
+    meta.to_csv(tmp_path / "b" / "metadata.csv", index=False)
+    return meta
+
+
+def test_several_sources_keep_their_name_and_split_by_label_and_source(tmp_path, sample, ray_session):
+    b = _second_source(tmp_path)
+    s = sample["summary"]
+    out = str(tmp_path / "pooled")
+    cfg = load_config(overrides={"prepare.out": out, "prepare.sources": [
+        {"name": "clinic-a", "manifest": f"{sample['local']}/metadata.csv", "images": f"{sample['local']}/images"},
+        {"name": "clinic-b", "manifest": str(tmp_path / "b" / "metadata.csv"), "images": str(tmp_path / "b" / "images")},
+    ]})
+    report = prepare(cfg)
+    kept = load_prepared(out)
+    rejects = storage.read_parquet(storage.join(out, "rejects.parquet")).to_pandas()
+    assert report.rows_in == s["n"] + len(b) == len(kept) + len(rejects)  # every row of both, once
+    assert report.schema == "ham10000+isic"
+    assert set(kept["source"]) == {"clinic-a", "clinic-b"}
+    assert (kept.loc[kept.isic_id.str.startswith("B"), "source"] == "clinic-b").all()
+    assert report.sources["clinic-b"]["kept"] == len(b) and report.sources["clinic-a"]["rows_in"] == s["n"]
+    assert report.sources["clinic-a"]["lesion_grouped"] and not report.sources["clinic-b"]["lesion_grouped"]
+    assert any("clinic-b: no lesion ids" in w for w in report.record["warnings"])
+    assert report.lesions_in_two_splits == 0 and (kept.groupby("lesion_id")["split"].nunique() == 1).all()
+    # stratified by label and source: every (source, label) stratum reaches train and test near its share
+    for (source, label), part in kept.groupby(["source", "label"]):
+        shares = part["split"].value_counts(normalize=True)
+        assert shares.get("train", 0) > 0.5 and shares.get("test", 0) > 0.08, (source, label, shares.to_dict())
+    # ISIC diagnosis names are read as the HAM10000 codes: one lesion type is one class across sources
+    assert "melanoma" not in set(kept["dx"].dropna()) and "mel" in set(kept.loc[kept.source == "clinic-a", "dx"])
+    # a --source flag is NAME MANIFEST [IMAGES]; a single --manifest is named by its folder
+    assert report.sources == json.loads(storage.read_text(f"{out}/report.json"))["sources"]
+    one = _prepare(f"{sample['local']}/metadata.csv", f"{sample['local']}/images", str(tmp_path / "one"))
+    assert list(one.sources) == [sample["local"].rstrip("/").rsplit("/", 1)[-1]]
+
+
+def test_source_flags(sample):
+    from skinray.cli import _parser, build_config
+    from skinray import SkinrayError
+
+    args = _parser().parse_args(["prepare", "--out", "o", "--source", "a", "m.csv", "imgs", "--source", "b",
+                                 "s3://x/m.parquet"])
+    cfg = build_config(args)
+    assert [(s.name, s.manifest, s.images) for s in cfg.prepare.sources] == [("a", "m.csv", "imgs"),
+                                                                            ("b", "s3://x/m.parquet", None)]
+    with pytest.raises(SkinrayError, match="NAME MANIFEST"):
+        build_config(_parser().parse_args(["prepare", "--out", "o", "--source", "a"]))
+    with pytest.raises(SkinrayError, match="sources.0.name"):
+        build_config(_parser().parse_args(["prepare", "--out", "o", "--source", "a/../b", "m.csv"]))
+
+
 def test_template_columns_are_checked_like_ids(tmp_path, sample, ray_session):
     """A column the image template reads may not lead out of --images (``../`` or an absolute path)."""
     import shutil

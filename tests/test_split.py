@@ -38,3 +38,18 @@ def test_every_row_gets_a_split_and_index_is_kept():
     split = assign_splits(labels, groups)
     assert split.index.equals(labels.index)
     assert set(split) <= {"train", "val", "test"} and split.notna().all()
+
+
+def test_adding_a_source_moves_no_image_of_another():
+    rng = np.random.default_rng(4)
+    n = 1200
+    a = pd.DataFrame({"label": (rng.random(n) < 0.25).astype(int), "lesion": [f"a{i // 2}" for i in range(n)],
+                      "source": "a"})
+    b = pd.DataFrame({"label": (rng.random(300) < 0.5).astype(int), "lesion": [f"b{i}" for i in range(300)],
+                      "source": "b"})
+    alone = assign_splits(a["label"], a["lesion"], strata=a["source"])
+    both = pd.concat([a, b], ignore_index=True)
+    pooled = assign_splits(both["label"], both["lesion"], strata=both["source"])
+    assert (pooled.iloc[:n].to_numpy() == alone.to_numpy()).all()
+    shares = pd.crosstab(both["source"], pooled, normalize="index")
+    assert ((shares["test"] - 0.2).abs() < 0.03).all() and ((shares["val"] - 0.08).abs() < 0.03).all()

@@ -33,6 +33,9 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     assert meta.tta is True and meta.validation["n"] == meta.data["val_rows"]
     assert meta.architecture["input_scaling"].startswith("[-1, 1]")
     assert len(meta.data["fingerprint"]) == 64 and meta.data["trained_on_splits"] == ["train"]
+    (source, counts), = meta.data["sources"].items()  # one source, named by the manifest's folder
+    assert counts["trained_on"] == meta.data["train_rows"] and counts["held_out"] == meta.data["val_rows"]
+    assert counts["trained_on_malignant"] == meta.data["train_malignant"]
     assert meta.versions["ray"] and meta.weights_source.startswith("none")
     assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json"}
     assert len(art.model_id) == 16
@@ -289,6 +292,26 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
     assert meta.architecture["input_scaling"] == "[0, 1]"
     assert meta.training["config"]["train"]["class_weight"] == "balanced"
     assert keras_model.get_layer("unit_scaling")
+
+
+def test_init_model_starts_from_a_models_base_with_a_new_head(model_dir, prepared, ray_session, tmp_path):
+    from skinray.model import base_of
+
+    over = tiny_train_overrides(prepared, str(tmp_path / "m2"))
+    for key in ("train.weights", "train.alpha", "image.size"):  # adopted from the model it starts from
+        del over[key]
+    over.update({"train.init_model": model_dir, "train.epochs": 1})
+    meta = train(load_config(overrides=over))
+    start = ModelArtifact.open(model_dir)
+    assert meta.data["initialised_from"]["model_id"] == start.model_id
+    assert meta.weights_source.startswith(f"the base of skinray model {start.model_id}")
+    assert meta.preprocessing.size == 32 and meta.architecture["alpha"] == 0.35
+    before, after = base_of(start.load_keras()), base_of(ModelArtifact.open(str(tmp_path / "m2")).load_keras())
+    # the head phase trains a new head on the frozen base: the base is the starting model's, weight for weight
+    for a, b in zip(before.get_weights(), after.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SkinrayError, match="--weights or --init-model"):
+        train(load_config(overrides={**over, "train.weights": "none"}))
 
 
 def test_diagnosis_target_without_diagnoses_is_one_clear_error(prepared, tmp_path):
