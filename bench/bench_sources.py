@@ -41,7 +41,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
-from skinray import images, metrics, operating_point, schema, split  # noqa: E402
+from skinray import images, metrics, ood, operating_point, schema, split  # noqa: E402
 from skinray.config import ImageConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -67,10 +67,31 @@ def load_rows(name: str) -> pd.DataFrame:
     canon["label"] = canon["label"].astype(int)
     canon["path"] = [str(DATA / name / folder / f"{i}.jpg") for i in canon["isic_id"]]
     canon["lesion_id"] = canon["lesion_id"].fillna(canon["isic_id"])
-    canon["split"] = split.assign_splits(canon["label"], canon["lesion_id"], seed=42).to_numpy()
     canon["source"] = name
+    # as `skinray prepare --source NAME` splits it: a model's test split is the same images here
+    canon["split"] = split.assign_splits(canon["label"], canon["lesion_id"], seed=42, strata=canon["source"]).to_numpy()
     canon["melanoma"] = canon["dx"].astype("string").str.lower().isin(MELANOMA).to_numpy()
     return canon
+
+
+def model_extractor(model_dir: str) -> tuple[Any, str]:
+    """A trained skinray model's own pooled features (the guard's input), and the preprocessing it was trained
+    with (as a variant name)."""
+    import tensorflow as tf
+
+    from skinray.artifact import ModelArtifact
+    from skinray.model import with_features
+
+    art = ModelArtifact.open(model_dir)
+    net = with_features(art.load_keras())
+
+    @tf.function(reduce_retracing=True)
+    def run(x: Any) -> Any:
+        return net(x, training=False)[-1]
+
+    pre = art.meta.preprocessing
+    variant = pre.resize + ("+sog" if pre.color_constancy == "shades_of_gray" else "")
+    return (lambda x: run(tf.constant(x, tf.float32)).numpy()), variant
 
 
 def extractor(weights: str) -> Any:
@@ -100,8 +121,8 @@ def features(arrays: list[np.ndarray] | Any, forward: Any, batch: int = 64) -> n
     return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)
 
 
-def cached_features(rows: pd.DataFrame, variant: str, forward: Any, workdir: Path) -> np.ndarray:
-    path = workdir / f"features-{rows['source'].iloc[0]}-{variant}.npy"
+def cached_features(rows: pd.DataFrame, variant: str, forward: Any, workdir: Path, tag: str = "") -> np.ndarray:
+    path = workdir / f"features-{rows['source'].iloc[0]}-{tag or variant}.npy"
     if path.exists():
         return np.load(path)
     cfg = variant_config(variant)
@@ -265,14 +286,7 @@ def ood_images(ham: pd.DataFrame, cfg: ImageConfig, n: int = 60) -> dict[str, li
 
 def ood_scores(x_tr: np.ndarray, y_tr: np.ndarray, head: Any) -> dict[str, Any]:
     """Candidate scores (higher = less like the training images), each a function of pooled features."""
-    means = np.stack([x_tr[y_tr == c].mean(0) for c in (0, 1)])
-    centred = x_tr - means[y_tr]
-    cov = centred.T @ centred / len(x_tr) + 1e-3 * np.eye(x_tr.shape[1])
-    precision = np.linalg.inv(cov)
-
-    def mahalanobis(f: np.ndarray) -> np.ndarray:
-        d = np.stack([np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means])
-        return d.min(0)
+    mahalanobis = ood.fit_stats(x_tr, y_tr).score  # what the product ships (skinray.ood)
 
     def energy(f: np.ndarray) -> np.ndarray:
         z = head.decision_function(f)
@@ -320,13 +334,23 @@ def main() -> None:
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS)
     ap.add_argument("--workdir", default=os.path.join(DEFAULT_WORKDIR, "sources"))
     ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--model", help="a trained model directory: the out-of-distribution screen on its own features "
+                    "(its preprocessing; no leave-one-source-out)")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = {name: load_rows(name) for name in SOURCES}
     log("sources: " + ", ".join(f"{n} {len(d)} ({int(d['label'].sum())} malignant)" for n, d in data.items()))
-    forward = extractor(args.weights)
     results: dict[str, Any] = {}
+    if args.model:
+        forward, variant = model_extractor(args.model)
+        tag = f"model-{Path(args.model).name}-{variant}"
+        feats = {n: cached_features(d, variant, forward, workdir, tag) for n, d in data.items()}
+        results[f"out-of-distribution scores on the features of {args.model}: AUROC vs HAM10000 test / share "
+                "flagged at the 95%-of-val threshold"] = run_ood(data, feats, variant, forward)
+        print_results("Out-of-distribution images on a trained model's features", results, {})
+        return
+    forward = extractor(args.weights)
     base_ref: dict[str, np.ndarray] | None = None
     for variant in args.variants:
         feats = {n: cached_features(d, variant, forward, workdir) for n, d in data.items()}

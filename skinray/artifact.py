@@ -2,7 +2,9 @@
 stage that scores.
 
     model.keras    Keras 3 (loads with safe_mode=True): the reference, and what ``--engine tf`` runs
-    model.onnx     what scoring runs by default; outputs ``logit`` and, with a diagnosis head, ``dx_logits``
+    model.onnx     what scoring runs by default; outputs ``logit`` and, with a diagnosis head, ``dx_logits``, and
+                   with the out-of-distribution guard ``features``
+    ood.npz        the guard's statistics (skinray.ood), when the model has one
     config.yaml    the training config
     reference.json the validation split's profile (scores, metadata, image size and colour) for drift checks
     skinray.json   the typed, versioned description (:class:`ModelMeta`): preprocessing, outputs, the operating
@@ -25,11 +27,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinray import SkinrayError, storage
 from skinray.config import ImageConfig
 from skinray.metrics import CLASS_NAMES
+from skinray.ood import FILE as OOD_FILE
+from skinray.ood import OodGuard, Stats
 from skinray.operating_point import Calibration, OperatingPoint, ThresholdChoice
 from skinray.storage import StorageConfig
 
@@ -91,6 +95,7 @@ class Outputs(_Strict):
     logit: str = "logit"
     dx_logits: str | None = None
     diagnoses: list[str] = Field(default_factory=list)
+    features: str | None = None  # the pooled features, for the out-of-distribution guard (``ood``)
 
     @field_validator("diagnoses")
     @classmethod
@@ -126,6 +131,7 @@ class ModelMeta(BaseModel):
     tta_band: float | None = Field(None, ge=0)
     onnx: OnnxCheck | None = None
     int8: dict[str, Any] | None = None  # model.int8.onnx: how it was calibrated and what it changes (skinray.quantize)
+    ood: OodGuard | None = None  # the out-of-distribution guard (skinray.ood); None: trained before it
     files: dict[str, str] = Field(default_factory=dict)  # file name → SHA-256 (hex)
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -139,6 +145,13 @@ class ModelMeta(BaseModel):
         if v is not None and not math.isfinite(v):
             raise ValueError("must be a finite number of logits")
         return v
+
+    @model_validator(mode="after")
+    def _guard(self) -> ModelMeta:
+        if self.ood is not None and (self.outputs.features != self.ood.output or
+                                     (self.files and OOD_FILE not in self.files)):
+            raise ValueError(f"the guard needs the graph's features output and {OOD_FILE}")
+        return self
 
     @field_validator("files")
     @classmethod
@@ -282,6 +295,13 @@ class ModelArtifact:
         from skinray.model import load_keras
 
         return load_keras(self.path(MODEL_FILE))
+
+    def guard(self) -> Stats | None:
+        """The out-of-distribution guard's statistics (None for a model trained before the guard)."""
+        if self.meta.ood is None:
+            return None
+        with open(self.path(OOD_FILE), "rb") as f:
+            return Stats.from_bytes(f.read(), self.meta.ood.dims)
 
 
 def write(local_dir: str, out_uri: str, meta: ModelMeta, storage_cfg: StorageConfig | None = None

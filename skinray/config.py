@@ -119,6 +119,9 @@ class TrainConfig(_Section):
     # the seed recipe stays reproducible). Either way it is a layer inside the model, so scoring needs no setting.
     input_scaling: Literal["mobilenet", "unit"] = "mobilenet"
     weights: str = "imagenet"  # imagenet | none | a local or s3 path to a weights file
+    # the out-of-distribution guard (skinray.ood): the exported graph also outputs the pooled features, and the
+    # model directory holds their training statistics; off: no guard (as models trained before it)
+    ood_guard: bool = True
     # a skinray model directory to start from instead (its fine-tuned base; a new head; its preprocessing and alpha)
     init_model: str | None = None
     dropout: float = Field(0.3, ge=0, lt=1)

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, inference, metrics, plots, promises, review_page, storage, views
+from skinray import SkinrayError, inference, metrics, ood, plots, promises, review_page, storage, views
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.operating_point import describe
@@ -25,8 +25,8 @@ from skinray.train_data import dx_codes
 
 log = logging.getLogger("skinray.evaluate")
 PREDICTION_COLUMNS = ["isic_id", "image_uri", "label", "prob_malignant", "logit_malignant", "predicted", "confidence",
-                      "threshold", "dx_pred", "dx_probs", "error", "dx", "age_approx", "sex", "anatom_site_general",
-                      "lesion_id", "source"]
+                      "threshold", "dx_pred", "dx_probs", "ood_score", "out_of_distribution", "error", "dx",
+                      "age_approx", "sex", "anatom_site_general", "lesion_id", "source"]
 
 
 def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
@@ -69,6 +69,7 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
         f"(T = {cal.temperature:.3f}, bias {cal.bias:+.3f}); "
         f"scored with {views.Views.from_record(report).describe(report.get('views_per_image'))}.",
         "",
+        *_outside_lines(report.get("out_of_distribution") or {}),
         f"- ROC-AUC **{f(r['roc_auc'])}** (95% bootstrap CI {f(ci[0])}–{f(ci[1])}), PR-AUC {f(r['pr_auc'])}",
         f"- Brier {f(r['brier'])}, ECE {f(r['ece'])}, sensitivity at 90% specificity "
         f"{f(r['sensitivity_at_90_specificity'])}",
@@ -103,6 +104,13 @@ def _markdown(report: dict[str, Any], art: ModelArtifact, split: str, pngs: list
     lines += _sources_markdown(report.get("sources") or {}, f)
     lines += [f"![{p}]({p})" for p in pngs]
     return "\n".join(lines) + "\n"
+
+
+def _outside_lines(o: dict[str, Any]) -> list[str]:
+    if not o.get("guard"):
+        return [f"Out-of-distribution guard: {o.get('described', 'absent')}.", ""]
+    return [f"Out-of-distribution guard: {o['flagged']} of {o['scored']} images ({o['share']:.1%}) flagged as not "
+            "like the training images; every figure below is on the other (in-distribution) images.", ""]
 
 
 def _sources_markdown(sources: dict[str, dict[str, Any]], f: Any) -> list[str]:
@@ -143,7 +151,11 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     log.info("evaluating %s %s images with %s", f"{len(rows):,}", e.split, cfg.inference.engine)
     pred, views_per_image = predict_split(cfg, rows)
     failed = pred[pred["error"].notna()]
-    ok = pred[pred["error"].isna()]
+    scored = pred[pred["error"].isna()]
+    outside = scored["out_of_distribution"].fillna(False).astype(bool)
+    ok = scored[~outside]  # the figures are the in-distribution images'; the flagged share is reported beside them
+    if ok.empty:
+        raise SkinrayError(f"every scored image of the {e.split} split is out of distribution for this model")
     y, p, thr = ok["label"].to_numpy(int), ok["prob_malignant"].to_numpy(float), art.threshold
     report = metrics.full_report(y, p, thr, n_boot=cfg.metrics.bootstrap)
     ok = ok.assign(age_band=ok["age_approx"].map(metrics.age_band))
@@ -158,6 +170,9 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         codes = dx_codes(ok)
         truth = codes.astype(object).where(codes.notna(), None)
         report["diagnosis"] = metrics.multiclass_report(truth.to_numpy(), ok["dx_pred"].to_numpy(), art.diagnoses)
+    report["out_of_distribution"] = {"guard": art.meta.ood is not None, "flagged": int(outside.sum()),
+                                     "scored": int(len(scored)), "share": float(outside.mean()) if len(scored) else 0.0,
+                                     "described": ood.describe(art.meta.ood)}
     report.update(split=e.split, in_training_data=seen, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
                   **inference.resolve_views(art, cfg.inference.tta).record(), views_per_image=views_per_image)

@@ -18,7 +18,9 @@ from skinray import SkinrayError, artifact, quantize, storage, views
 from skinray.artifact import (CONFIG_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta,
                               Outputs, Preprocessing)
 from skinray.config import ImageConfig
-from skinray.model import DX_LOGITS, LOGIT, export_onnx, load_keras
+from skinray.model import DX_LOGITS, LOGIT, export_onnx, load_keras, with_features
+from skinray.ood import FEATURES
+from skinray.ood import FILE as OOD_FILE
 from skinray.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
 from skinray.runtime import import_tensorflow, versions
 from skinray.storage import StorageConfig
@@ -113,8 +115,12 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
         out_dir = os.path.join(work, "model")
         os.makedirs(out_dir)
         model.save(os.path.join(out_dir, MODEL_FILE))
-        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), preprocessing(fields).size)
-        for name in (CONFIG_FILE, REFERENCE_FILE):  # carried over as they are
+        guard = fields.get("ood")  # the guard's graph output is made again; its statistics carry over
+        names, parity = export_onnx(with_features(model) if guard else model, os.path.join(out_dir, ONNX_FILE),
+                                    preprocessing(fields).size)
+        if guard:
+            fields["ood"] = {**guard, "output": names[FEATURES]}
+        for name in (CONFIG_FILE, REFERENCE_FILE, OOD_FILE):  # carried over as they are
             if storage.exists(storage.join(src, name), storage_cfg):
                 with open(os.path.join(out_dir, name), "wb") as f:
                     f.write(storage.read_bytes(storage.join(src, name), storage_cfg))
@@ -122,7 +128,8 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
             fields["int8"] = _int8(out_dir, names, fields, int8_from, calibration_images, seed, storage_cfg)
         meta = ModelMeta(**{**fields, "created_at": created,
                             "outputs": Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS),
-                                               diagnoses=diagnoses if DX_LOGITS in names else []),
+                                               diagnoses=diagnoses if DX_LOGITS in names else [],
+                                               features=names.get(FEATURES)),
                             "onnx": {"parity_max_abs_diff": parity}, "versions": versions()})
         artifact.check_parity(parity)
         model_id, meta = artifact.write(out_dir, out_uri, meta, storage_cfg)

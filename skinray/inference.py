@@ -22,13 +22,16 @@ import pandas as pd
 from skinray import SkinrayError, images, storage, views
 from skinray.artifact import INT8_FILE, MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
-from skinray.model import DX_LOGITS, LOGIT, forward
+from skinray.model import DX_LOGITS, LOGIT, forward, with_features
+from skinray.ood import FEATURES
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, import_tensorflow, wait_for_gpus
 from skinray.storage import StorageConfig
 
 IO_THREADS = 8
 RESULT_COLUMNS = ["prob_malignant", "logit_malignant", "predicted", "confidence", "threshold", "dx_pred", "dx_probs",
-                  "error", "image_width", "image_height", "mean_red", "mean_green", "mean_blue"]
+                  "ood_score", "out_of_distribution", "error", "image_width", "image_height", "mean_red", "mean_green",
+                  "mean_blue"]
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # ``predicted`` of an image the guard flags: no benign/malignant call
 # where and how each row was scored (node, engine call, views averaged, when its actor had the model loaded); the
 # driver aggregates and drops them
 WORKER_COLUMNS = ["_node_id", "_batch_mode", "_views", "_ready_at"]
@@ -135,7 +138,8 @@ class TfEngine:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
             except RuntimeError:
                 pass  # already initialised in this process
-        self.model = artifact.load_keras()
+        model = artifact.load_keras()
+        self.model = with_features(model) if artifact.meta.ood is not None else model
 
     def run(self, x: np.ndarray, group: int = 1, follow_up: bool = False) -> dict[str, np.ndarray]:
         return forward(self.model, x)
@@ -168,6 +172,8 @@ def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = F
     outputs = {LOGIT: artifact.meta.outputs.logit}
     if artifact.meta.outputs.dx_logits:
         outputs[DX_LOGITS] = artifact.meta.outputs.dx_logits
+    if artifact.meta.ood is not None and engine != "onnx-int8":  # the int8 graph was quantized without it
+        outputs[FEATURES] = artifact.meta.outputs.features
     path = artifact.path(INT8_FILE if engine == "onnx-int8" else ONNX_FILE)
     return OnnxEngine(path, outputs, use_gpu=use_gpu, threads=threads, policy=policy)
 
@@ -201,6 +207,7 @@ class ImagePredictor:
         self.views = resolve_views(self.artifact, inference.tta)
         self.op = self.artifact.operating_point
         self.diagnoses = self.artifact.diagnoses
+        self.guard = self.artifact.guard() if inference.engine != "onnx-int8" else None
         self.pool = ThreadPoolExecutor(IO_THREADS)
         self.node_id = _node_id()
         self.ready_at = time.time()  # model loaded: run.json splits the time to the first rows here
@@ -231,10 +238,13 @@ class ImagePredictor:
         n_views = np.zeros(n, np.int8)  # views per row (0: not scored)
         dx_probs: list[str | None] = [None] * n
         dx_pred: list[str | None] = [None] * n
+        ood = np.full(n, np.nan)
         if ok:
             raw = views.run(self.engine, np.stack([decoded[i][0] for i in ok]).astype(np.float32), self.views)
             logit[ok] = raw[LOGIT]
             n_views[ok] = raw[views.VIEWS]
+            if self.guard is not None:
+                ood[ok] = self.guard.score(raw[FEATURES])
             if self.diagnoses and DX_LOGITS in raw:
                 probs = _softmax(raw[DX_LOGITS])
                 for j, i in enumerate(ok):
@@ -242,14 +252,18 @@ class ImagePredictor:
                     dx_probs[i] = json.dumps({d: round(float(p), 6) for d, p in zip(self.diagnoses, probs[j])})
         scored = self.op.apply(np.nan_to_num(logit))
         failed = np.isnan(logit)
+        outside = ~np.isnan(ood) & (ood > (self.artifact.meta.ood.threshold if self.guard is not None else np.inf))
+        call = np.where(outside, OUT_OF_DISTRIBUTION, np.where(scored.malignant, "malignant", "benign"))
         return pd.DataFrame({
-            "prob_malignant": np.where(failed, np.nan, scored.prob),
+            "prob_malignant": np.where(failed, np.nan, scored.prob),  # kept for an image out of distribution: audit
             "logit_malignant": np.where(failed, np.nan, scored.logit),
-            "predicted": np.where(failed, None, np.where(scored.malignant, "malignant", "benign")).astype(object),
+            "predicted": np.where(failed, None, call).astype(object),
             "confidence": np.where(failed, np.nan, scored.confidence),
             "threshold": np.full(n, self.op.threshold.threshold),
             "dx_pred": dx_pred,
             "dx_probs": dx_probs,
+            "ood_score": ood,
+            "out_of_distribution": pd.array(np.where(np.isnan(ood), None, outside), dtype="boolean"),
             "error": [d if isinstance(d, str) else None for d in decoded],
             "image_width": pd.array(np.where(size[:, 0] >= 0, size[:, 0], None), dtype="Int32"),
             "image_height": pd.array(np.where(size[:, 1] >= 0, size[:, 1], None), dtype="Int32"),

@@ -181,6 +181,29 @@ def build_ensemble(members: list[Any]) -> Any:
     return keras.Model(inputs, mean if len(mean) > 1 else mean[0], name=ENSEMBLE_NAME)
 
 
+def with_features(model: Any) -> Any:
+    """``model`` with a third output, ``features``: the pooled features its head reads (an ensemble: the mean of its
+    members'), for the out-of-distribution guard (:mod:`skinray.ood`). Same weights, same other outputs."""
+    import_tensorflow()
+    import keras
+
+    from skinray.ood import FEATURES
+
+    def parts(net: Any, inputs: Any) -> list[Any]:
+        wrapped = keras.Model(net.inputs, [*net.outputs, net.get_layer("gap").output])
+        out = wrapped(inputs)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
+    outs = [parts(m, inputs) for m in members_of(model)]
+    names = [*((LOGIT, DX_LOGITS)[: len(outs[0]) - 1]), FEATURES]
+    if len(outs) == 1:
+        merged = [keras.layers.Identity(name=n)(t) for n, t in zip(names, outs[0])]
+    else:
+        merged = [keras.layers.Average(name=n)([o[i] for o in outs]) for i, n in enumerate(names)]
+    return keras.Model(inputs, merged, name=model.name)
+
+
 def members_of(model: Any) -> list[Any]:
     """The single networks inside ``model``: its ensemble members, or the model itself."""
     import keras
@@ -211,13 +234,22 @@ def unfreeze_top(model: Any, n_layers: int) -> int:
     return count
 
 
+def output_names(model: Any) -> list[str]:
+    """Our names of the model's outputs, in order: ``logit``, then ``dx_logits`` and ``features`` where present."""
+    from skinray.ood import FEATURES
+
+    has_features = FEATURES in list(getattr(model, "output_names", None) or [])
+    heads = [LOGIT, DX_LOGITS][: len(model.outputs) - int(has_features)]
+    return heads + [FEATURES] * has_features
+
+
 def forward(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Keras forward pass → ``{"logit": (n,), "dx_logits": (n, K)}`` (the second only when the model has it)."""
+    """Keras forward pass → ``{"logit": (n,), "dx_logits": (n, K), "features": (n, D)}`` (the last two only when
+    the model has them)."""
     out = model(np.asarray(x, np.float32), training=False)
     outs = out if isinstance(out, (list, tuple)) else [out]
-    result = {LOGIT: np.asarray(outs[0], np.float32).reshape(-1)}
-    if len(outs) > 1:
-        result[DX_LOGITS] = np.asarray(outs[1], np.float32)
+    result = {name: np.asarray(value, np.float32) for name, value in zip(output_names(model), outs)}
+    result[LOGIT] = result[LOGIT].reshape(-1)
     return result
 
 
@@ -242,8 +274,7 @@ def export_onnx(model: Any, path: str, image_size: int, seed: int = 0,
     reference = forward(model, x)
     names: dict[str, str] = {}
     diff = 0.0
-    for meta, value in zip(session.get_outputs(), graph_outputs):
-        ours = LOGIT if value.reshape(len(x), -1).shape[1] == 1 and LOGIT not in names else DX_LOGITS
+    for ours, meta, value in zip(output_names(model), session.get_outputs(), graph_outputs):  # in the model's order
         names[ours] = meta.name
         diff = max(diff, float(np.max(np.abs(value.reshape(reference[ours].shape) - reference[ours]))))
     if set(names) != set(reference):

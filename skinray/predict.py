@@ -28,7 +28,7 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
     predictor = ImagePredictor(model_uri, storage_cfg, inference, image_guards or ImageConfig(), threads=0)
     result, decoded = predictor.score_uris(list(image_uris))
     df = pd.concat([pd.DataFrame({"image": list(image_uris)}),
-                    result[["prob_malignant", "predicted", "confidence", "dx_pred", "error"]]], axis=1)
+                    result[["prob_malignant", "predicted", "confidence", "dx_pred", "ood_score", "error"]]], axis=1)
     if not predictor.diagnoses:
         df = df.drop(columns=["dx_pred"])
     ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]

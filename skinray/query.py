@@ -29,6 +29,8 @@ PRESETS = {
         "SELECT scored_date, count(*) AS images, count(*) FILTER (WHERE error IS NULL) AS scored, "
         "count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
         "count(*) FILTER (WHERE predicted = 'malignant') AS flagged_malignant, "
+        "count(*) FILTER (WHERE predicted = 'benign') AS benign, "
+        "count(*) FILTER (WHERE predicted = 'out_of_distribution') AS out_of_distribution, "
         "round(avg(prob_malignant), 4) AS mean_prob FROM scores GROUP BY scored_date ORDER BY scored_date"
     ),
 }

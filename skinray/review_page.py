@@ -164,6 +164,9 @@ class RunPage:
     threshold_text: str
     plots: dict[str, bytes] = field(default_factory=dict)  # name → PNG
     saliency_note: str = ""
+    outside: list[Lesion] = field(default_factory=list)  # images the out-of-distribution guard flagged
+    outside_count: int = 0
+    guard_text: str = ""  # the guard in words, or that the model has none
 
 
 def _lesions(items: list[Lesion]) -> str:
@@ -227,6 +230,8 @@ def run_page(page: RunPage) -> str:
         card("inputs", r.get("rows")), card("scored", r.get("scored")),
         card("failed", r.get("failed"), "bad" if r.get("failed") else ""),
         card("flagged malignant", page.flagged_count, "bad" if page.flagged_count else "", "flagged-count"),
+        card("not like the training images", page.outside_count, "warn" if page.outside_count else "",
+             "outside-count"),
         card("drift", "yes" if drifted else ("no" if page.drift.get("reference") else "n/a"),
              "bad" if drifted else "ok"),
     ])
@@ -249,6 +254,11 @@ def run_page(page: RunPage) -> str:
         {"": "images per second (steady / overall)",
          "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},
         {"": "rows per node", "value": counts(r.get("rows_by_node"))},
+        {"": "out-of-distribution guard", "value": page.guard_text + (
+            f" — {ood['flagged']} of {ood['scored']} scored images flagged ({fmt(ood['share'])}, expected about "
+            f"{fmt(ood['expected_share'])})" + (": FAR MORE THAN EXPECTED — are these dermoscopy images of the kind "
+                                                 "the model was trained on?" if ood.get("high") else "")
+            if (ood := r.get("out_of_distribution") or {}).get("guard") else "")},
     ]
     failures = "".join(f"<p><b>{esc(reason)}</b> ({len(ids)}): <span class='mono'>"
                        f"{esc(', '.join(ids[:50]))}{' …' if len(ids) > 50 else ''}</span></p>"
@@ -258,6 +268,10 @@ def run_page(page: RunPage) -> str:
         f'<section id="flagged"><h2>Flagged lesions, most suspicious first</h2><p class="muted">{esc(page.saliency_note)}'
         f"</p>{_lesions(page.flagged)}</section>",
         f'<section id="borderline"><h2>Borderline: closest to the threshold</h2>{_lesions(page.borderline)}</section>',
+        f'<section id="out-of-distribution" data-count="{page.outside_count}"><h2>Not like the training images: '
+        f'review the image</h2><p class="muted">No benign/malignant call is made for these images (their '
+        f"probability is kept in the table for audit): {esc(page.guard_text)}.</p>"
+        f"{_lesions(page.outside)}</section>",
         _drift_section(page.drift),
         _trend_section(page.trend),
         f'<section id="health"><h2>Run health</h2>{table(health)}<h2 style="margin-top:14px">Failures by reason'

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import (SkinrayError, drift, inference, runs, score_inputs, score_report, scores_table, staging,
+from skinray import (SkinrayError, drift, inference, ood, runs, score_inputs, score_report, scores_table, staging,
                      storage)
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
@@ -175,6 +175,11 @@ def score(cfg: SkinrayConfig) -> RunRecord:
         result = result.merge(rows[["input_row", "image_root"]], on="input_row", how="left")
         summary.update(_outcome(result, cfg))
         scored = result[result["error"].isna()]
+        summary.update(out_of_distribution=ood.summary(scored, artifact.meta.ood))
+        if summary["out_of_distribution"].get("high"):
+            log.warning("run %s: %s of %s images are not like the training images (about %.0f%% expected)", run_id,
+                        summary["out_of_distribution"]["flagged"], len(scored),
+                        100 * summary["out_of_distribution"]["expected_share"])
         summary.update(flagged=int((scored["predicted"] == "malignant").sum()),
                        mean_prob=round(float(scored["prob_malignant"].mean()), 6) if len(scored) else None,
                        drift=drift.compare(artifact.reference(), scored, s.drift_psi, s.drift_ks_alpha))
@@ -194,6 +199,7 @@ def score(cfg: SkinrayConfig) -> RunRecord:
         commit_meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "flagged",
                                                "mean_prob", "model_id", "input", "engine", "threshold")}
         commit_meta["drifted"] = summary["drift"]["drifted"]
+        commit_meta["out_of_distribution"] = summary["out_of_distribution"].get("flagged")
         commit_started = time.time()
         summary["table_version"] = (scores_table.run_version(out, run_id, st) if committed else
                                     scores_table.commit_run(out, run_id, date, staged.rows, commit_meta, st,

@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, images, metrics, plots, review_page, runs, scores_table, storage
+from skinray import SkinrayError, images, metrics, ood, plots, review_page, runs, scores_table, storage
 from skinray.artifact import MODEL_FILE, ModelArtifact
 from skinray.config import SkinrayConfig
+from skinray.inference import OUT_OF_DISTRIBUTION
 from skinray.operating_point import describe
 from skinray.runs import run_dir
 
 log = logging.getLogger("skinray.report")
 PAGE = "report.html"
+OUTSIDE_CSV = "out_of_distribution.csv"  # every image the guard flagged
 LABELLED_PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")  # with labels
 BORDERLINE = 12
 TREND_RUNS = 30
@@ -35,6 +37,14 @@ TREND_RUNS = 30
 
 def top_suspicious(scored: pd.DataFrame, k: int) -> pd.DataFrame:
     return scored.sort_values(["logit_malignant", "input_row"], ascending=[False, True]).head(k)
+
+
+def out_of_distribution(scored: pd.DataFrame) -> pd.DataFrame:
+    """The images the guard flagged, least like the training images first."""
+    if "out_of_distribution" not in scored:
+        return scored.iloc[:0]
+    flagged = scored[scored["out_of_distribution"].fillna(False).astype(bool)]
+    return flagged.sort_values(["ood_score", "input_row"], ascending=[False, True])
 
 
 def borderline(scored: pd.DataFrame, threshold: float, k: int, exclude: pd.Index) -> pd.DataFrame:
@@ -68,7 +78,11 @@ def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | Non
                           plots.plot_pr(y, prob, os.path.join(tmp, "pr.png")),
                           plots.plot_confusion(y, prob, threshold, os.path.join(tmp, "confusion.png")),
                           plots.plot_calibration(y, prob, os.path.join(tmp, "calibration.png"))]
-            top = top_suspicious(scored, cfg.score.top_k)
+            outside = out_of_distribution(scored)
+            if len(outside):
+                storage.write_text(storage.join(folder, OUTSIDE_CSV), outside[
+                    ["isic_id", "image_uri", "ood_score", "prob_malignant", "dx_pred"]].to_csv(index=False), st)
+            top = top_suspicious(scored[scored["predicted"] != OUT_OF_DISTRIBUTION], cfg.score.top_k)
             if len(top) and artifact is not None:
                 storage.write_text(storage.join(folder, "top_suspicious.csv"),
                                    top[["isic_id", "image_uri", "prob_malignant", "logit_malignant", "predicted",
@@ -169,11 +183,13 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
               run: dict[str, Any], pngs: dict[str, bytes]) -> tuple[review_page.RunPage, float | None]:
     scored = df[df["error"].isna()]
     flagged_rows = top_suspicious(scored[scored["predicted"] == "malignant"], cfg.score.top_k)
-    near = borderline(scored, float(run["threshold"]), BORDERLINE, flagged_rows.index)
+    outside_rows = out_of_distribution(scored)
+    near = borderline(scored.drop(index=outside_rows.index), float(run["threshold"]), BORDERLINE, flagged_rows.index)
     cam, note = _saliency(artifact, cfg)
     k = cfg.score.explain_top_k
     flagged, t1 = _cards(flagged_rows.head(k) if cam else flagged_rows, artifact, cfg, cam)
     near_cards, t2 = _cards(near.head(k) if cam else near, artifact, cfg, cam)
+    outside, _ = _cards(outside_rows.head(cfg.score.top_k), artifact, cfg, None)
     timings = t1 + t2
     failures = {str(reason): group["isic_id"].astype(str).tolist() for reason, group in
                 df[df["error"].notna()].assign(_r=lambda d: d["error"].str.split(":").str[0]).groupby("_r")}
@@ -184,7 +200,8 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
         borderline=near_cards, failures=failures, drift=run.get("drift") or {"reference": False},
         trend=_trend(out, run, cfg), threshold_text=threshold_text,
         plots={k_: v for k_, v in pngs.items() if k_ in LABELLED_PLOTS} if run.get("metrics") else {},
-        saliency_note=note)
+        saliency_note=note, outside=outside, outside_count=int(len(outside_rows)),
+        guard_text=ood.describe(artifact.meta.ood) if artifact is not None else "unknown (the model cannot be opened)")
     return page, (round(float(np.mean(timings)), 4) if timings else None)
 
 

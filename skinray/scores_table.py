@@ -49,6 +49,8 @@ SCHEMA = pa.schema([
     ("threshold", pa.float64()),
     ("dx_pred", pa.string()),
     ("dx_probs", pa.map_(pa.string(), pa.float64())),
+    ("ood_score", pa.float64()),  # the out-of-distribution guard (skinray.ood); null for models without one
+    ("out_of_distribution", pa.bool_()),
     ("model_id", pa.string()),
     ("scored_at", pa.timestamp("us", tz="UTC")),
     ("error", pa.string()),
@@ -66,6 +68,7 @@ SCHEMA = pa.schema([
     ("lesion_id", pa.string()),
 ])
 FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION])  # partition values live in the log
+ADDED_COLUMNS = ("ood_score", "out_of_distribution")  # added to a table made before them, at its next commit
 STAT_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp, pa.types.is_string)
 
 
@@ -95,7 +98,7 @@ def _open_or_create(uri: str, storage_cfg: StorageConfig | None) -> Any:
 
     table = _load(uri, storage_cfg)
     if table is not None:
-        return table
+        return _with_added_columns(table, uri, storage_cfg)
     try:
         DeltaTable.create(uri, SCHEMA, mode="ignore", partition_by=[PARTITION], name="skinray_scores",
                           description="skinray scores: one commit per scoring run",
@@ -104,6 +107,18 @@ def _open_or_create(uri: str, storage_cfg: StorageConfig | None) -> Any:
         if _load(uri, storage_cfg) is None:
             raise SkinrayError(f"cannot create the scores table {uri}: {str(exc).splitlines()[0]}") from exc
     return _load(uri, storage_cfg)
+
+
+def _with_added_columns(table: Any, uri: str, storage_cfg: StorageConfig | None) -> Any:
+    """A table made before :data:`ADDED_COLUMNS` gains them (null in its earlier rows) in one schema commit."""
+    from deltalake import Schema
+
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in Schema.from_arrow(SCHEMA).fields if f.name in ADDED_COLUMNS and f.name not in have]
+    if missing:
+        table.alter.add_columns(missing)
+        table = _load(uri, storage_cfg)
+    return table
 
 
 def app_id(run_id: str) -> str:
@@ -279,6 +294,8 @@ def to_rows(df: pd.DataFrame) -> pa.Table:
             columns.append(pa.array([None if _missing(v) else str(v) for v in values], f.type))
         elif pa.types.is_integer(f.type):
             columns.append(pa.array(pd.array(values, dtype="Int64"), pa.int64()).cast(f.type))
+        elif pa.types.is_boolean(f.type):
+            columns.append(pa.array([None if _missing(v) else bool(v) for v in values], f.type))
         elif pa.types.is_timestamp(f.type):
             columns.append(pa.array(pd.to_datetime(values, utc=True), f.type))
         else:

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, artifact, cross_validation, drift, images, operating_point, storage, views
+from skinray import SkinrayError, artifact, cross_validation, drift, images, ood, operating_point, storage, views
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.init_model import start_from
+from skinray.ood import FEATURES, OodGuard
 from skinray.model import (ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, MEMBER_PREFIX, build_ensemble, build_model,
-                           export_onnx, resolve_weights)
+                           export_onnx, resolve_weights, with_features)
 from skinray.prepare import data_fingerprint, load_prepared
 from skinray.runtime import ensure_ray, quiet_env, quiet_ray_loggers, verbose, versions
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
@@ -49,12 +50,13 @@ OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_con
                         "calibration", "tta", "tta_near_threshold", "threshold_fold_spread"}
 # What is exported from the runs, not how any run trains: an ensemble of the fold models uses the same fold runs
 # as the cross-validated training without it, so switching it on after one trains nothing.
-EXPORT_KEYS = {"ensemble"}
+EXPORT_KEYS = {"ensemble", "ood_guard"}
 
 
 # Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
 # re-run of an earlier training still resumes from its checkpoints.
-ADDED_SETTINGS = {"image": {"color_constancy": "none"}, "train": {"photometric_augment": False, "folds": 0}}
+ADDED_SETTINGS = {"image": {"color_constancy": "none"},
+                  "train": {"photometric_augment": False, "folds": 0, "init_model": None}}
 
 
 def _at_default(cfg: SkinrayConfig, section: str) -> set[str]:
@@ -166,19 +168,37 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return seen
 
 
-def _held_out_views(engine_path: str, outputs: dict[str, str], rows: pd.DataFrame, cfg: SkinrayConfig,
-                    pool: ThreadPoolExecutor) -> np.ndarray:
-    """Held-out logits through the exported graph, one column per view (the three flips with ``train.tta``, else
-    one): what scoring will produce, so calibration and threshold are fitted on it."""
+def _through_graph(engine_path: str, outputs: dict[str, str], rows: pd.DataFrame, cfg: SkinrayConfig,
+                   pool: ThreadPoolExecutor, flips: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows through the exported graph: logits, one column per view (the three flips with ``flips``, else one), and
+    the pooled features of the image itself (None without that output) — what scoring will produce, so the
+    operating point and the guard are fitted on it."""
     from skinray.inference import OnnxEngine
 
     engine = OnnxEngine(engine_path, outputs, threads=os.cpu_count() or 1, policy="batch")
+    logits, features = [], []
+    for i in range(0, len(rows), VAL_BATCH):
+        x = decode_rows(rows.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool)
+        out = views.all_views(engine, x) if flips else {k: v[:, None] for k, v in engine.run(x).items()}
+        logits.append(out[LOGIT].reshape(len(x), -1))
+        if FEATURES in out:
+            features.append(out[FEATURES][:, 0])
+    return np.concatenate(logits), (np.concatenate(features) if features else None)
 
-    def batch(x: np.ndarray) -> np.ndarray:
-        return views.all_views(engine, x)[LOGIT] if cfg.train.tta else engine.run(x)[LOGIT].reshape(-1, 1)
 
-    return np.concatenate([batch(decode_rows(rows.iloc[i:i + VAL_BATCH], cfg.storage, cfg.image, pool))
-                           for i in range(0, len(rows), VAL_BATCH)])
+def _fit_guard(out_dir: str, names: dict[str, str], fit_rows: pd.DataFrame, held_features: np.ndarray | None,
+               held_name: str, cfg: SkinrayConfig, pool: ThreadPoolExecutor) -> OodGuard | None:
+    """The out-of-distribution guard (:mod:`skinray.ood`): statistics of the training rows' features through the
+    exported graph, the threshold from the held-out rows'; written to ``ood.npz``."""
+    if held_features is None:
+        return None
+    log.info("fitting the out-of-distribution guard on %s training images", f"{len(fit_rows):,}")
+    _, train_features = _through_graph(os.path.join(out_dir, ONNX_FILE), names, fit_rows, cfg, pool, flips=False)
+    stats, guard = ood.fit(train_features, fit_rows["label"].to_numpy(int), held_features, names[FEATURES],
+                           held_name)
+    with open(os.path.join(out_dir, ood.FILE), "wb") as f:
+        f.write(stats.to_bytes())
+    return guard
 
 
 def _weights_for_workers(weights: str, local: str | None, storage_path: str, name: str, cfg: SkinrayConfig) -> str:
@@ -332,7 +352,7 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
             with tempfile.TemporaryDirectory() as d:
                 names, parity = export_onnx(setup.model, os.path.join(d, ONNX_FILE), cfg.image.size)
                 artifact.check_parity(parity)  # the held-out scores come from this graph
-                z = _held_out_views(os.path.join(d, ONNX_FILE), names, held, cfg, pool)
+                z, _ = _through_graph(os.path.join(d, ONNX_FILE), names, held, cfg, pool, t.tta)
             result = cross_validation.FoldResult(fold, t.folds, ids, z, int(state.best_epoch or 0), state.history)
             cross_validation.save_fold(run_dir, result, cfg.storage)
         if members is not None:
@@ -408,13 +428,18 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         train_seconds = time.time() - started
         model.save(os.path.join(out_dir, MODEL_FILE))
         samples = decode_rows(held_rows.head(8), cfg.storage, cfg.image, pool)
-        names, parity = export_onnx(model, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
+        graph = with_features(model) if t.ood_guard else model
+        names, parity = export_onnx(graph, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
         artifact.check_parity(parity)
         y_held = held_rows["label"].to_numpy(int)
-        if not t.folds:  # calibration and threshold are fitted on the scores scoring will produce: this graph's
-            log.info("scoring %s validation images%s for calibration and threshold", f"{len(va):,}",
+        held_features = None
+        if not t.folds or t.ood_guard:  # calibration and threshold are fitted on what scoring will produce
+            log.info("scoring %s held-out images%s through the exported graph", f"{len(held_rows):,}",
                      " with flip TTA" if t.tta else "")
-            z_held = _held_out_views(os.path.join(out_dir, ONNX_FILE), names, held_rows, cfg, pool)
+            z_graph, held_features = _through_graph(os.path.join(out_dir, ONNX_FILE), names, held_rows, cfg, pool,
+                                                    t.tta)
+            if not t.folds:
+                z_held = z_graph
         logits_held = z_held.mean(axis=1)
         op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
                                               t.target_sensitivity, t.threshold_confidence,
@@ -431,6 +456,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                                      else "the val split")
             if t.ensemble:  # the members' own held-out scores: each is one member's, the ensemble averages all
                 held_report["scores"] += ", one member each; the ensemble averages all members"
+        guard = _fit_guard(out_dir, names, fit_rows, held_features, "the val split" if not t.folds else
+                           "train+val (the final model's own training rows)", cfg, pool)
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
                            _validation_profile(held_rows, op.apply(logits_held).prob, cfg, pool))
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -441,7 +468,9 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             architecture=_architecture(t, dx_classes, malignant_dx, cv),
             weights_source=f"the base of skinray model {init['model_id']} ({init['model']})" if init else weights_source,
             preprocessing=Preprocessing.from_config(cfg.image),
-            outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes),
+            outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes,
+                            features=names.get(FEATURES)),
+            ood=guard,
             calibration=op.calibration,
             threshold=op.threshold,
             tta=t.tta,

@@ -18,6 +18,7 @@ import numpy as np
 
 from skinray import metrics
 from skinray.model import LOGIT
+from skinray.ood import FEATURES
 from skinray.operating_point import OperatingPoint
 
 VIEWS = "views"  # run()'s extra output: how many views each image's scores average (1 or 3)
@@ -102,7 +103,7 @@ def run(engine: Engine, x: np.ndarray, views: Views) -> dict[str, np.ndarray]:
         out = engine.run(x)
         return {**out, VIEWS: np.ones(len(x), np.int8)}
     if views.band is None:
-        out = {k: v.mean(axis=1) for k, v in all_views(engine, x).items()}
+        out = {k: v[:, 0] if k == FEATURES else v.mean(axis=1) for k, v in all_views(engine, x).items()}
         return {**out, VIEWS: np.full(len(x), 3, np.int8)}
     out = {k: np.array(v, copy=True) for k, v in engine.run(x).items()}
     near = views.near(out[LOGIT])
@@ -111,6 +112,8 @@ def run(engine: Engine, x: np.ndarray, views: Views) -> dict[str, np.ndarray]:
         xs = x[near]
         more = engine.run(_stacked(flips(xs)[1:]), group=2, follow_up=True)
         for k, v in more.items():
+            if k == FEATURES:  # the guard reads the image as it is, whatever views its logit averages
+                continue
             v = v.reshape((len(xs), 2) + v.shape[1:])
             out[k][near] = (first[k] + v[:, 0] + v[:, 1]) / 3.0
     return {**out, VIEWS: np.where(near, 3, 1).astype(np.int8)}

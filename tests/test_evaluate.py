@@ -23,7 +23,11 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     pred = pd.read_parquet(os.path.join(out, "predictions.parquet"))
     test_rows = pd.read_parquet(os.path.join(prepared, "manifest.parquet")).query("split == 'test'")
     assert len(pred) == len(test_rows) and set(pred.isic_id) == set(test_rows.isic_id)
-    ok = pred[pred.error.isna()]
+    outside = pred.out_of_distribution.fillna(False).astype(bool)
+    ok = pred[pred.error.isna() & ~outside]  # the figures are the in-distribution images'
+    o = report.record["out_of_distribution"]
+    assert o["guard"] and o["flagged"] == int(outside.sum()) and o["scored"] == int(pred.error.isna().sum())
+    assert (pred.loc[outside, "predicted"] == "out_of_distribution").all()
     y, p = ok.label.to_numpy(), ok.prob_malignant.to_numpy()
     thr = report.threshold
     yhat = (p >= thr).astype(int)
@@ -44,6 +48,9 @@ def test_metrics_equal_sklearn_on_written_predictions(model_dir, prepared, tmp_p
     assert report.record["in_training_data"] is False  # the test split: held out
     assert json.load(open(os.path.join(out, "metrics.json")))["n"] == len(ok)
     assert "ROC-AUC" in open(os.path.join(out, "report.md")).read()
+    assert "Out-of-distribution guard:" in open(os.path.join(out, "report.md")).read()
+    (source, fig), = report.record["sources"].items()  # one source: its figures are the whole split's
+    assert fig["n"] == len(ok) and fig["roc_auc"] == pytest.approx(report.roc_auc)
     # scored as the model was fitted: flips near its threshold only, and the report says how many views that took
     assert report.record["tta"] is True and report.record["tta_band"] is not None
     assert 1.0 <= report.record["views_per_image"] <= 3.0
