@@ -31,6 +31,10 @@ def images_needed(target: float, confidence: float | None) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log(target)) if target < 1 else 10**9
 
 
+def _confidence(confidence: float | None) -> str:
+    return f"at {confidence:.0%} confidence" if confidence is not None else "on these images"
+
+
 def _check_size(scores: labelled.LabelledScores, art: ModelArtifact) -> None:
     thr = art.meta.threshold
     y, dx = scores.y, scores.dx
@@ -41,13 +45,13 @@ def _check_size(scores: labelled.LabelledScores, art: ModelArtifact) -> None:
         need = images_needed(thr.target_sensitivity, thr.confidence)
         if int(y.sum()) < need:
             raise SkinrayError(f"{scores.manifest}: {int(y.sum())} malignant images cannot promise sensitivity "
-                               f"{thr.target_sensitivity} at {thr.confidence:.0%} confidence: at least {need} needed")
+                               f"{thr.target_sensitivity} {_confidence(thr.confidence)}: at least {need} needed")
     for name, floor in (thr.diagnoses or {}).items():
         have = int(((dx == name) & (y == 1)).sum())
         need = images_needed(floor.target, thr.confidence)
         if have < need:
             raise SkinrayError(f"{scores.manifest}: {have} malignant {name} images cannot promise its floor "
-                               f"{floor.target} at {thr.confidence or 0:.0%} confidence: at least {need} needed")
+                               f"{floor.target} {_confidence(thr.confidence)}: at least {need} needed")
 
 
 def calibrate(cfg: SkinrayConfig) -> ModelMeta:
@@ -67,12 +71,13 @@ def calibrate(cfg: SkinrayConfig) -> ModelMeta:
                                       thr.policy, thr.target_sensitivity, thr.confidence, scores.dx,
                                       {name: d.target for name, d in (thr.diagnoses or {}).items()} or None)
     if op.threshold.target_met is False:
-        raise SkinrayError(f"{scores.manifest}: no threshold keeps sensitivity {thr.target_sensitivity} at "
-                           f"{thr.confidence:.0%} confidence on these images")
+        raise SkinrayError(f"{c.labelled}: no threshold keeps sensitivity {thr.target_sensitivity} "
+                           f"{_confidence(thr.confidence)} on these images")
     if report is not None:
         report["scores"] = f"a clinic's labelled images ({c.labelled})"
     provenance = {"labelled": c.labelled, "fingerprint": scores.fingerprint, "scored": int(len(y)),
                   "malignant": int(y.sum()), "not_scored": int(len(scores.not_scored)),
+                  "out_of_distribution": int(len(scores.outside)),
                   "from_model": art.uri, "from_model_id": art.model_id,
                   "threshold_before": thr.threshold, "calibration_before": art.meta.calibration.model_dump(),
                   "validation_before": art.meta.validation,

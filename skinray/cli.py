@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("calibrate", "refit a model's calibration and threshold on a clinic's labelled images into a new model "
             "directory (the network unchanged)", """
-        skinray calibrate --model out/model --labelled clinic/labels.csv --images clinic/images --out out/model-clinic""")
+        skinray calibrate --model out/model --labelled clinic/labels.csv --images clinic/images \\
+            --out out/model-clinic""")
     labelled(p)
     p.add_argument("--out", help="the new model directory (required)")
 

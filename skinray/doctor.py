@@ -192,7 +192,8 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
     """The checks a job's own arguments need; raises one :class:`SkinrayError` naming every failure."""
     report = Report()
     if command == "prepare":
-        for uri in filter(None, (cfg.prepare.manifest, cfg.prepare.images)):
+        sources = [u for src in cfg.prepare.sources for u in (src.manifest, src.images)]
+        for uri in filter(None, (cfg.prepare.manifest, cfg.prepare.images, *sources)):
             check_uri(report, uri, cfg)
         if cfg.prepare.out:
             check_uri(report, cfg.prepare.out, cfg, must_exist=False)
@@ -201,6 +202,8 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
             check_uri(report, cfg.train.prepared, cfg)
         if cfg.train.out:
             check_uri(report, cfg.train.out, cfg, must_exist=False)
+        if cfg.train.init_model:
+            check_model(report, cfg.train.init_model, cfg)
         if cfg.train.use_gpu:
             check_gpu(report, cfg, cfg.train.gpu_wait_seconds, need_tf=True, need_ort=False)
     elif command == "evaluate":
@@ -208,6 +211,12 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
             check_model(report, cfg.evaluate.model, cfg)
         if cfg.evaluate.prepared:
             check_uri(report, cfg.evaluate.prepared, cfg)
+    elif command in ("validate", "calibrate"):
+        section = cfg.validate_ if command == "validate" else cfg.calibrate
+        if section.model:
+            check_model(report, section.model, cfg)
+        for uri in filter(None, (section.labelled, section.images)):
+            check_uri(report, uri, cfg)
     elif command == "score":
         s = cfg.score
         if s.model:
@@ -216,7 +225,7 @@ def preflight(command: str, cfg: SkinrayConfig) -> Report:
             check_uri(report, s.input, cfg)
         if s.out:
             check_uri(report, s.out, cfg, must_exist=False)
-    if command in ("evaluate", "score") and cfg.inference.use_gpu:  # the actor pool's GPUs
+    if command in ("evaluate", "score", "validate", "calibrate") and cfg.inference.use_gpu:  # the actor pool's GPUs
         check_gpu(report, cfg, cfg.inference.gpu_wait_seconds, need_ort=cfg.inference.engine.startswith("onnx"),
                   need_tf=cfg.inference.engine == "tf")
     if report.failed:

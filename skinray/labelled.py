@@ -22,12 +22,14 @@ log = logging.getLogger("skinray.labelled")
 
 @dataclass(frozen=True)
 class LabelledScores:
-    """Scored rows (``label``, ``dx``, ``source``, ``prob_malignant``, ``raw_logit``) and every row not scored."""
+    """Scored rows the model makes a call on (``label``, ``dx``, ``source``, ``prob_malignant``, ``raw_logit``), the
+    rows its out-of-distribution guard set apart, and every row not scored."""
 
     manifest: str
     fingerprint: str  # SHA-256 of the manifest's bytes: which images a check or a refit rests on
     scored: pd.DataFrame
     not_scored: pd.DataFrame  # isic_id, image_uri, reason (rejected by the checks, or failed to score)
+    outside: pd.DataFrame  # scored, but not like the training images: no call is made on them, none is judged
 
     @property
     def y(self) -> np.ndarray:
@@ -56,10 +58,12 @@ def score(cfg: SkinrayConfig, art: ModelArtifact, manifest: str | None, images: 
     failed = pred["error"].notna()
     not_scored = pd.concat([rejects, pred.loc[failed, ["isic_id", "image_uri"]].assign(
         reason=pred.loc[failed, "error"].str.split(":").str[0])], ignore_index=True)
-    scored = pred[~failed].reset_index(drop=True)
+    outside = pred["out_of_distribution"].fillna(False).astype(bool) & ~failed
+    scored = pred[~failed & ~outside].reset_index(drop=True)
     cal = art.meta.calibration  # the engine's own logit, before the model's calibration: what a refit starts from
     scored["raw_logit"] = (scored["logit_malignant"].to_numpy(float) - cal.bias) * cal.temperature
-    return LabelledScores(manifest, _fingerprint(manifest, cfg), scored, not_scored)
+    return LabelledScores(manifest, _fingerprint(manifest, cfg), scored, not_scored,
+                          pred[outside].reset_index(drop=True))
 
 
 def _fingerprint(manifest: str, cfg: SkinrayConfig) -> str:

@@ -31,6 +31,8 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
                     result[["prob_malignant", "predicted", "confidence", "dx_pred", "ood_score", "error"]]], axis=1)
     if not predictor.diagnoses:
         df = df.drop(columns=["dx_pred"])
+    if predictor.guard is None:  # a model trained before the out-of-distribution guard
+        df = df.drop(columns=["ood_score"])
     ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     if sheet and ok:
         captions = [f"{posixpath.basename(image_uris[i])}\n{result['prob_malignant'][i]:.3f} "

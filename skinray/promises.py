@@ -107,7 +107,7 @@ def promised(meta: Any) -> list[Promise]:
     thr, val = meta.threshold, meta.validation or {}
     out = []
     if thr.policy == "sensitivity" and thr.target_sensitivity is not None:
-        how = f"the threshold's target at {thr.confidence:.0%} confidence" if thr.confidence else "the threshold's target"
+        how = "the threshold's target" + (f" at {thr.confidence:.0%} confidence" if thr.confidence else "")
         out.append(Promise("sensitivity", thr.target_sensitivity, "at least", how))
     elif thr.sensitivity is not None:
         out.append(Promise("sensitivity", thr.sensitivity, "at least", "held-out validation"))

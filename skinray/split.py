@@ -25,8 +25,8 @@ def assign_splits(
     """Split names for each row: groups never straddle splits; per label (and per ``strata`` value, e.g. the
     source of each row), shares track the targets.
 
-    Greedy by group: within each stratum (a group's majority label, and the ``strata`` value of its first row) groups are
-    shuffled by ``seed`` and each goes to the split that is furthest below its target image count. The error is at
+    Greedy by group: within each stratum (a group's majority label, and the ``strata`` value of its first row) groups
+    are shuffled by ``seed`` and each goes to the split that is furthest below its target image count. The error is at
     most one group per stratum. With ``strata`` each stratum draws from its own generator (seeded by ``seed``, the
     label and the stratum's name), so adding a source never moves another source's images between splits.
     """

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, artifact, cross_validation, drift, images, ood, operating_point, storage, views
+from skinray import (SkinrayError, artifact, cross_validation, drift, images, ood, operating_point, promises, storage,
+                     views)
 from skinray.artifact import MODEL_FILE, ONNX_FILE, REFERENCE_FILE, ModelMeta, Outputs, Preprocessing
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.init_model import start_from
@@ -365,6 +366,32 @@ def _cross_validate(cfg: SkinrayConfig, rows: pd.DataFrame, setup: _Setup, pool:
             cross_validation.summary(assignment, rows["label"].to_numpy(int), results, epochs, curve), assignment)
 
 
+def _operating_point(t: TrainConfig, held_rows: pd.DataFrame, z_held: np.ndarray, held_folds: np.ndarray | None
+                     ) -> tuple[operating_point.OperatingPoint, dict[str, Any] | None, float | None, np.ndarray]:
+    """Calibration, threshold and flip band from the held-out logits per view (what scoring will produce), the
+    held-out report with its figures per source, and the combined held-out logits."""
+    y_held = held_rows["label"].to_numpy(int)
+    logits_held = z_held.mean(axis=1)
+    op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
+                                          t.target_sensitivity, t.threshold_confidence,
+                                          dx_codes(held_rows).fillna("").to_numpy(object),
+                                          t.diagnosis_sensitivity,
+                                          held_folds if t.threshold_fold_spread else None)
+    band = views.fit_band(z_held) if t.tta and t.tta_near_threshold else None
+    if band is not None:
+        logits_held = views.combine(z_held, views.for_model(True, band, op))  # what scoring will produce
+        if held_report is not None:
+            held_report["views"] = views.check(y_held, z_held, op, band)
+    if held_report is not None:  # the model card's figures per source, on the held-out rows
+        held_report["sources"] = promises.by_source(
+            held_rows.assign(prob_malignant=op.apply(logits_held).prob), op.threshold.threshold, 200)
+        held_report["scores"] = (f"out-of-fold scores ({t.folds} lesion-grouped folds over train+val)" if t.folds
+                                 else "the val split")
+        if t.ensemble:  # the members' own held-out scores: each is one member's, the ensemble averages all
+            held_report["scores"] += ", one member each; the ensemble averages all members"
+    return op, held_report, band, logits_held
+
+
 def selection(meta: ModelMeta) -> str:
     """How the exported weights were chosen, in words: the last line of ``train`` and of ``skinray train``."""
     cv, best = meta.training.get("cross_validation"), meta.training.get("best_epoch")
@@ -431,7 +458,6 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         graph = with_features(model) if t.ood_guard else model
         names, parity = export_onnx(graph, os.path.join(out_dir, ONNX_FILE), cfg.image.size, samples=samples)
         artifact.check_parity(parity)
-        y_held = held_rows["label"].to_numpy(int)
         held_features = None
         if not t.folds or t.ood_guard:  # calibration and threshold are fitted on what scoring will produce
             log.info("scoring %s held-out images%s through the exported graph", f"{len(held_rows):,}",
@@ -440,22 +466,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                                                     t.tta)
             if not t.folds:
                 z_held = z_graph
-        logits_held = z_held.mean(axis=1)
-        op, held_report = operating_point.fit(y_held, logits_held, t.calibration, t.threshold_policy,
-                                              t.target_sensitivity, t.threshold_confidence,
-                                              dx_codes(held_rows).fillna("").to_numpy(object),
-                                              t.diagnosis_sensitivity,
-                                              held_folds if t.threshold_fold_spread else None)
-        band = views.fit_band(z_held) if t.tta and t.tta_near_threshold else None
-        if band is not None:
-            logits_held = views.combine(z_held, views.for_model(True, band, op))  # what scoring will produce
-            if held_report is not None:
-                held_report["views"] = views.check(y_held, z_held, op, band)
-        if held_report is not None:
-            held_report["scores"] = (f"out-of-fold scores ({t.folds} lesion-grouped folds over train+val)" if t.folds
-                                     else "the val split")
-            if t.ensemble:  # the members' own held-out scores: each is one member's, the ensemble averages all
-                held_report["scores"] += ", one member each; the ensemble averages all members"
+        op, held_report, band, logits_held = _operating_point(t, held_rows, z_held, held_folds)
         guard = _fit_guard(out_dir, names, fit_rows, held_features, "the val split" if not t.folds else
                            "train+val (the final model's own training rows)", cfg, pool)
         storage.write_json(os.path.join(out_dir, REFERENCE_FILE),
@@ -466,7 +477,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             recipe=cfg.recipe,
             architecture=_architecture(t, dx_classes, malignant_dx, cv),
-            weights_source=f"the base of skinray model {init['model_id']} ({init['model']})" if init else weights_source,
+            weights_source=(f"the base of skinray model {init['model_id']} ({init['model']})" if init
+                            else weights_source),
             preprocessing=Preprocessing.from_config(cfg.image),
             outputs=Outputs(logit=names[LOGIT], dx_logits=names.get(DX_LOGITS), diagnoses=dx_classes,
                             features=names.get(FEATURES)),

@@ -35,7 +35,9 @@ class Validation:
 def _markdown(record: dict[str, Any], checked: list[promises.Promise]) -> str:
     lines = [f"# Validation of model {record['model_id']} on {record['labelled']}", "",
              f"{record['scored']} images scored ({record['malignant']} malignant, {record['melanoma']} melanoma); "
-             f"{record['not_scored']} not scored {record['not_scored_by_reason']}. Threshold "
+             f"{record['not_scored']} not scored {record['not_scored_by_reason']}; "
+             f"{record['out_of_distribution']} set apart as not like the training images (no call is made on them, "
+             "so none is judged here). Threshold "
              f"{record['threshold']:.3f}.", "", f"**{record['verdict']}**", "",
              "| promise | promised | measured [95% CI] | status |", "| --- | --- | --- | --- |"]
     for p in checked:
@@ -65,7 +67,7 @@ def validate(cfg: SkinrayConfig) -> Validation:
     verdict = promises.verdict(checked)
     record = {"model": art.uri, "model_id": art.model_id, "labelled": v.labelled, "fingerprint": scores.fingerprint,
               "scored": fig["n"], "malignant": fig["n_pos"], "melanoma": fig["n_melanoma"],
-              "not_scored": int(len(scores.not_scored)),
+              "not_scored": int(len(scores.not_scored)), "out_of_distribution": int(len(scores.outside)),
               "not_scored_by_reason": {str(k): int(n) for k, n in scores.not_scored["reason"].value_counts().items()},
               "threshold": art.threshold, "figures": fig, "promises": [p.record() for p in checked],
               "verdict": verdict, "held": not any(p.status == "not held" for p in checked),

@@ -180,3 +180,19 @@ def promising_model(model_dir, tmp_path_factory) -> str:
             shutil.copyfile(os.path.join(art.local_dir, name), os.path.join(tmp, name))
         artifact.write(tmp, out, art.meta.model_copy(update={"threshold": thr, "validation": validation}))
     return out
+
+
+def second_source(tmp_path, n=80, seed=5):
+    """A HAM10000-schema source with ids of its own (synth ids start again at 0) and no lesion ids."""
+    import pandas as pd
+
+    from skinray.synth import generate
+
+    generate(str(tmp_path / "b"), n, image_size=48, schema="ham10000", seed=seed, malignant_fraction=0.4)
+    meta = pd.read_csv(tmp_path / "b" / "metadata.csv")
+    for old in meta["image_id"]:
+        os.rename(tmp_path / "b" / "images" / f"{old}.jpg", tmp_path / "b" / "images" / f"B{old}.jpg")
+    meta["image_id"] = "B" + meta["image_id"]
+    meta["lesion_id"] = None
+    meta.to_csv(tmp_path / "b" / "metadata.csv", index=False)
+    return meta

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -29,8 +30,9 @@ def test_calibrate_refits_the_threshold_on_local_images_and_keeps_the_network(pr
     for name in ("model.onnx", "model.keras"):
         assert after.meta.files[name] == before.meta.files[name]  # the network, byte for byte
     prov = after.meta.data["calibrated_on"]
-    assert prov["from_model_id"] == before.model_id and prov["scored"] == labelled_set["n"]
-    assert prov["malignant"] == labelled_set["malignant"] and len(prov["fingerprint"]) == 64
+    assert prov["from_model_id"] == before.model_id and len(prov["fingerprint"]) == 64
+    assert prov["scored"] + prov["out_of_distribution"] + prov["not_scored"] == labelled_set["n"]
+    assert prov["malignant"] <= labelled_set["malignant"] and prov["scored"] > labelled_set["n"] // 2
     t = after.meta.threshold
     assert t.policy == "sensitivity" and t.target_sensitivity == 0.8 and t.target_met
     assert t.sensitivity_lower_bound >= 0.8 and t.diagnoses["mel"].met
@@ -52,4 +54,6 @@ def test_too_small_a_set_is_refused_in_one_line(promising_model, labelled_set, r
                  labelled_set["images"], "--out", out]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skinray: error:")]
     assert len(errors) == 1 and not os.path.exists(out)  # progress lines above it; one error line, no traceback
-    assert "4 malignant images cannot promise sensitivity 0.8 at 90% confidence: at least 11 needed" in errors[0]
+    # (4 malignant rows; fewer when the guard sets some apart: no call is made on those, so none can be fitted)
+    assert re.search(r": [0-4] malignant images cannot promise sensitivity 0.8 at 90% confidence: at least 11 needed$",
+                     errors[0]), errors[0]

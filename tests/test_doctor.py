@@ -87,6 +87,21 @@ def test_job_preflight_names_every_failure_in_one_line(model_dir, s3_endpoint, t
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command, overrides", [
+    ("validate", {"validate.model": "NOPE", "validate.labelled": "s3://no-such-bucket-x/labels.csv"}),
+    ("calibrate", {"calibrate.model": "NOPE", "calibrate.labelled": "s3://no-such-bucket-x/labels.csv"}),
+    ("train", {"train.init_model": "NOPE", "train.prepared": "s3://no-such-bucket-x/p"}),
+    ("prepare", {"prepare.sources": [{"name": "a", "manifest": "s3://no-such-bucket-x/m.csv"}]}),
+])
+def test_preflight_checks_the_new_commands_inputs(command, overrides, s3_endpoint, tmp_path):
+    overrides = {k: str(tmp_path / "no-model") if v == "NOPE" else v for k, v in overrides.items()}
+    with pytest.raises(SkinrayError) as err:
+        doctor.preflight(command, load_config(overrides=overrides))
+    assert "no-such-bucket-x" in str(err.value)
+    if command != "prepare":
+        assert "not a skinray model directory" in str(err.value)
+
+
 @pytest.mark.parametrize("engine, ort, tf", [("onnx", True, False), ("onnx-int8", True, False), ("tf", False, True)])
 def test_gpu_preflight_checks_the_engine_the_job_runs(engine, ort, tf, monkeypatch):
     asked = {}

@@ -90,3 +90,38 @@ def test_a_split_the_model_trained_on_is_named_as_such():
     assert in_training_data(cross_validated, "val", "f") and not in_training_data(cross_validated, "test", "f")
     assert not in_training_data(cross_validated, "val", "another dataset")
     assert in_training_data({"fingerprint": "f"}, "train", "f")  # a model from before the field: train only
+
+
+def test_every_figure_per_source_and_a_source_held_out_whole(model_dir, sample, ray_session, tmp_path):
+    from conftest import second_source
+    from skinray.prepare import prepare
+
+    second_source(tmp_path)
+    pooled = str(tmp_path / "pooled")
+    prepare(load_config(overrides={"prepare.out": pooled, "prepare.sources": [
+        {"name": "clinic-a", "manifest": f"{sample['local']}/metadata.csv", "images": f"{sample['local']}/images"},
+        {"name": "clinic-b", "manifest": str(tmp_path / "b" / "metadata.csv"),
+         "images": str(tmp_path / "b" / "images")}]}))
+    out = str(tmp_path / "report")
+    report = evaluate(load_config(overrides={"evaluate.model": model_dir, "evaluate.prepared": pooled,
+                                             "evaluate.out": out, "metrics.bootstrap": 100}))
+    pred = pd.read_parquet(os.path.join(out, "predictions.parquet"))
+    called = pred[pred.error.isna() & ~pred.out_of_distribution.fillna(False).astype(bool)]
+    sources = report.record["sources"]
+    assert set(sources) == {"clinic-a", "clinic-b"}
+    for name, fig in sources.items():
+        rows = called[called.source == name]
+        assert fig["n"] == len(rows) and fig["n_pos"] == int(rows.label.sum())
+        if rows.label.nunique() == 2:
+            assert fig["roc_auc"] == pytest.approx(roc_auc_score(rows.label, rows.prob_malignant))
+            assert fig["roc_auc_ci95"][0] <= fig["roc_auc"] <= fig["roc_auc_ci95"][1]
+        flagged = rows.prob_malignant >= report.threshold
+        if rows.label.sum():
+            assert fig["sensitivity"] == pytest.approx(flagged[rows.label == 1].mean())
+    assert "## By source" in open(os.path.join(out, "report.md")).read()
+    # --split all: every row of a dataset, for a source the model never saw
+    whole = evaluate(load_config(overrides={"evaluate.model": model_dir, "evaluate.prepared": pooled,
+                                            "evaluate.out": str(tmp_path / "all"), "evaluate.split": "all",
+                                            "metrics.bootstrap": 50}))
+    kept = pd.read_parquet(os.path.join(pooled, "manifest.parquet"))
+    assert whole.record["out_of_distribution"]["scored"] + whole.failed == len(kept)

@@ -127,8 +127,8 @@ def test_non_lesions_are_flagged_set_apart_and_counted(model_dir, mixed_folder, 
     assert f'id="out-of-distribution" data-count="{len(outside)}"' in page
     assert "Not like the training images: review the image" in page
     # plain SQL over the table's data files (DuckDB, outside skinray's query code) sees the columns too
-    got = duckdb.sql(f"SELECT count(*) FILTER (WHERE out_of_distribution) FROM read_parquet('{out}/scores/**/*.parquet')"
-                     ).fetchall()[0][0]
+    got = duckdb.sql("SELECT count(*) FILTER (WHERE out_of_distribution) "
+                     f"FROM read_parquet('{out}/scores/**/*.parquet')").fetchall()[0][0]
     assert got == len(outside)
 
     # a model trained before the guard scores as before: no flags, empty columns, the page says the guard is absent

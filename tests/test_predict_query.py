@@ -21,11 +21,13 @@ def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
     df = predict(model_dir, paths, sheet=sheet)
     assert len(df) == 6 and df["error"].iloc[-1].startswith("missing")
     ok = df[df.error.isna()]
-    assert ok["prob_malignant"].between(0, 1).all() and set(ok["predicted"]) <= {"benign", "malignant"}
+    assert ok["prob_malignant"].between(0, 1).all()
+    assert set(ok["predicted"]) <= {"benign", "malignant", "out_of_distribution"}
+    assert ok["ood_score"].notna().all()  # the guard's score, from the same engine call
     Image.open(sheet).verify()
     proc = run_cli("predict", "--model", model_dir, *paths[:2], "--format", "csv")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence,dx_pred,error")
+    assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence,dx_pred,ood_score,error")
     # the same predictor as batch scoring: a prediction here is the score a nightly run gives the same image
     from skinray.inference import ImagePredictor
 

@@ -9,7 +9,7 @@ from skinray import storage
 from skinray.config import load_config
 from skinray.prepare import load_prepared, prepare
 
-from conftest import BUCKET, run_cli
+from conftest import BUCKET, run_cli, second_source
 
 
 def _prepare(manifest: str, images: str, out: str, **extra):
@@ -70,29 +70,14 @@ def test_ham10000_schema_with_image_template(tmp_path, ray_session):
     assert report.record["lesion_grouped"]
 
 
-def _second_source(tmp_path, n=80, seed=5):
-    """A HAM10000-schema source with ids of its own (synth ids start again at 0) and no lesion ids."""
-    import os
-
-    from skinray.synth import generate
-
-    generate(str(tmp_path / "b"), n, image_size=48, schema="ham10000", seed=seed, malignant_fraction=0.4)
-    meta = pd.read_csv(tmp_path / "b" / "metadata.csv")
-    for old in meta["image_id"]:
-        os.rename(tmp_path / "b" / "images" / f"{old}.jpg", tmp_path / "b" / "images" / f"B{old}.jpg")
-    meta["image_id"] = "B" + meta["image_id"]
-    meta["lesion_id"] = None
-    meta.to_csv(tmp_path / "b" / "metadata.csv", index=False)
-    return meta
-
-
 def test_several_sources_keep_their_name_and_split_by_label_and_source(tmp_path, sample, ray_session):
-    b = _second_source(tmp_path)
+    b = second_source(tmp_path)
     s = sample["summary"]
     out = str(tmp_path / "pooled")
     cfg = load_config(overrides={"prepare.out": out, "prepare.sources": [
         {"name": "clinic-a", "manifest": f"{sample['local']}/metadata.csv", "images": f"{sample['local']}/images"},
-        {"name": "clinic-b", "manifest": str(tmp_path / "b" / "metadata.csv"), "images": str(tmp_path / "b" / "images")},
+        {"name": "clinic-b", "manifest": str(tmp_path / "b" / "metadata.csv"),
+         "images": str(tmp_path / "b" / "images")},
     ]})
     report = prepare(cfg)
     kept = load_prepared(out)

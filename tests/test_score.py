@@ -91,7 +91,9 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     for name in VALID_ODD:
         assert pd.isna(by_name.loc[name, "error"]) and 0 <= by_name.loc[name, "prob_malignant"] <= 1
     ok = df[df.error.isna()]
-    assert ((ok.prob_malignant >= ok.threshold) == (ok.predicted == "malignant")).all()
+    called = ok[~ok.out_of_distribution.astype(bool)]  # the guard's flagged images get no benign/malignant call
+    assert ((called.prob_malignant >= called.threshold) == (called.predicted == "malignant")).all()
+    assert (ok.loc[ok.out_of_distribution.astype(bool), "predicted"] == "out_of_distribution").all()
     assert ok["dx_pred"].notna().all() and all(abs(sum(p for _, p in m) - 1) < 1e-4 for m in ok["dx_probs"])
     assert summary.failed == len(BAD) and summary.failed_by_reason == {r: 1 for r in BAD.values()}
     assert str(df["run_id"].iloc[0]) == summary.run_id and len(df.model_id.iloc[0]) == 16

@@ -36,6 +36,7 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     (source, counts), = meta.data["sources"].items()  # one source, named by the manifest's folder
     assert counts["trained_on"] == meta.data["train_rows"] and counts["held_out"] == meta.data["val_rows"]
     assert counts["trained_on_malignant"] == meta.data["train_malignant"]
+    assert meta.validation["sources"][source]["n"] == meta.data["val_rows"]  # the model card's figures per source
     assert meta.versions["ray"] and meta.weights_source.startswith("none")
     assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json"}
     assert len(art.model_id) == 16

@@ -1,0 +1,11 @@
+"""`ray job submit` entrypoint: `python jobs/calibrate.py --help` lists the flags (same as `skinray calibrate`).
+
+The doctor's checks for these arguments (reachable URIs, a GPU when asked for) run first.
+"""
+
+import sys
+
+from skinray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["calibrate", *sys.argv[1:]], preflight=True))
