@@ -47,6 +47,8 @@ def _check_size(scores: labelled.LabelledScores, art: ModelArtifact) -> None:
             raise SkinrayError(f"{scores.manifest}: {int(y.sum())} malignant images cannot promise sensitivity "
                                f"{thr.target_sensitivity} {_confidence(thr.confidence)}: at least {need} needed")
     for name, floor in (thr.diagnoses or {}).items():
+        if floor.met is None:  # the model made no promise for it (no such images where it was fitted)
+            continue
         have = int(((dx == name) & (y == 1)).sum())
         need = images_needed(floor.target, thr.confidence)
         if have < need:
@@ -69,7 +71,8 @@ def calibrate(cfg: SkinrayConfig) -> ModelMeta:
     thr, y = art.meta.threshold, scores.y
     op, report = operating_point.fit(y, scores.scored["raw_logit"].to_numpy(float), art.meta.calibration.method,
                                       thr.policy, thr.target_sensitivity, thr.confidence, scores.dx,
-                                      {name: d.target for name, d in (thr.diagnoses or {}).items()} or None)
+                                      {name: d.target for name, d in (thr.diagnoses or {}).items()
+                                       if d.met is not None} or None)
     if op.threshold.target_met is False:
         raise SkinrayError(f"{c.labelled}: no threshold keeps sensitivity {thr.target_sensitivity} "
                            f"{_confidence(thr.confidence)} on these images")
