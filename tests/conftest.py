@@ -172,7 +172,7 @@ def promising_model(model_dir, tmp_path_factory) -> str:
     art = artifact.ModelArtifact.open(model_dir)
     thr = art.meta.threshold.model_copy(update={
         "policy": "sensitivity", "target_sensitivity": 0.8, "confidence": 0.9,
-        "diagnoses": {"mel": DiagnosisSensitivity(target=0.7, n=10)}})
+        "diagnoses": {"mel": DiagnosisSensitivity(target=0.7, n=10, met=True)}})
     validation = {**(art.meta.validation or {}), "roc_auc_ci95": [0.99, 1.0]}
     out = str(tmp_path_factory.mktemp("promising"))
     with tempfile.TemporaryDirectory() as tmp:
