@@ -40,7 +40,8 @@ def figures(y_true: Any, prob: Any, threshold: float, dx: Any = None, n_boot: in
     t = metrics.check_threshold(threshold)
     flagged = p >= t
     pos, neg = y == 1, y == 0
-    mel = pos & (np.asarray(dx, dtype=object) == MELANOMA) if dx is not None else np.zeros(len(y), bool)
+    codes = np.array([d if isinstance(d, str) else "" for d in dx] if dx is not None else [""] * len(y), object)
+    mel = pos & (codes == MELANOMA)
     both = metrics.two_classes(y)
     out: dict[str, Any] = {"n": int(len(y)), "n_pos": int(pos.sum()), "n_melanoma": int(mel.sum()),
                            "threshold": t}
@@ -62,7 +63,7 @@ def by_source(rows: pd.DataFrame, threshold: float, n_boot: int) -> dict[str, di
         return {}
     out = {}
     for name, part in rows.groupby(rows["source"].astype("string").fillna("unknown"), sort=True):
-        dx = part["dx"].astype("string").str.strip().str.lower().to_numpy(object) if "dx" in part else None
+        dx = part["dx"].astype("string").str.strip().str.lower().fillna("").to_numpy(object) if "dx" in part else None
         out[str(name)] = figures(part["label"].to_numpy(int), part["prob_malignant"].to_numpy(float), threshold,
                                  dx, n_boot)
     return out

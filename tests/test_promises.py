@@ -1,6 +1,7 @@
 """promises: the headline figures with intervals, and each promise marked held / not held / inconclusive."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -23,6 +24,13 @@ def test_figures_match_their_definitions():
     for name in ("roc_auc", "sensitivity", "melanoma_sensitivity", "specificity", "ece"):
         lo, hi = fig[f"{name}_ci95"]
         assert lo <= fig[name] <= hi or name == "ece"  # a bootstrap ECE interval can sit above a small ECE
+    missing = dx.copy()
+    missing[::5] = None  # a diagnosis the manifest does not give (ISIC 2017's benign rows) is simply not melanoma
+    with_na = promises.figures(y, p, 0.5, pd.array(missing, dtype="string"), n_boot=50)
+    assert with_na["n_melanoma"] == int((pos & (missing == "mel")).sum())
+    frame = pd.DataFrame({"label": y, "prob_malignant": p, "dx": pd.array(missing, dtype="string"),
+                          "source": np.where(np.arange(400) % 2, "a", "b")})
+    assert set(promises.by_source(frame, 0.5, 50)) == {"a", "b"}
     none = promises.figures(np.zeros(30, int), np.full(30, 0.2), 0.5, n_boot=50)
     assert none["sensitivity"] is None and none["roc_auc"] is None and none["specificity"] == 1.0
 
