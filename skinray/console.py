@@ -42,6 +42,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is written: a caller (or a test harness) that swaps it after
+    ``setup`` never leaves the handler holding a closed stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(verbose: bool = False, fmt: str = "text") -> None:
     """Route skinray's logs to stderr in ``fmt``; quiet other libraries unless ``verbose``."""
     from skinray.runtime import quiet_env
@@ -52,7 +65,7 @@ def setup(verbose: bool = False, fmt: str = "text") -> None:
     os.environ["SKINRAY_LOG_FORMAT"] = fmt
     for key, value in quiet_env(verbose).items():
         os.environ.setdefault(key, value)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("skinray")
     root.handlers[:] = [handler]

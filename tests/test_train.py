@@ -38,7 +38,7 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     assert counts["trained_on_malignant"] == meta.data["train_malignant"]
     assert meta.validation["sources"][source]["n"] == meta.data["val_rows"]  # the model card's figures per source
     assert meta.versions["ray"] and meta.weights_source.startswith("none")
-    assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json"}
+    assert set(meta.files) == {"model.keras", "model.onnx", "config.yaml", "reference.json", "ood.npz"}
     assert len(art.model_id) == 16
     # the validation profile that scoring runs are checked for drift against
     assert art.reference()["rows"] == meta.data["val_rows"]
@@ -97,8 +97,8 @@ def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
     art = ModelArtifact.open(str(tmp_path / "m"))
     arch = again.architecture
     assert arch["target"] == "diagnosis" and "logsumexp(malignant)" in arch["head"]
-    malignant = arch["diagnosis_head"]["malignant"]  # read off the labels: ISIC names here
-    assert set(malignant) < set(art.diagnoses) and "melanoma" in malignant and "nevus" not in malignant
+    malignant = arch["diagnosis_head"]["malignant"]  # read off the labels: ISIC names, read as HAM10000 codes
+    assert set(malignant) < set(art.diagnoses) and "mel" in malignant and "nv" not in malignant
     session = ort.InferenceSession(art.path("model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x})))
