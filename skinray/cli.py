@@ -1,6 +1,8 @@
 """The ``skinray`` command line: parse flags into the typed config, call the library, print for people.
 
-Errors the user can fix print one line (``skinray: error: ...``) and exit 2; nothing here holds pipeline logic.
+Errors print one line (``skinray: error: ...``, or one JSON object under ``--log-format json``) and exit with the
+code a scheduler acts on (``skinray.EXIT_*``): 2 fix the command, 3 the data says no, 75 retry later. Nothing here
+holds pipeline logic.
 Every flag has help text that names its default (and the config key it sets).
 """
 
@@ -11,11 +13,10 @@ import sys
 import textwrap
 from typing import Any, Callable, Sequence, get_args
 
-from skinray import SkinrayError, __version__, console
+from skinray import EXIT_DATA, EXIT_USAGE, SkinrayError, __version__, console
 from skinray.config import InferenceConfig, SkinrayConfig, load_config
 
 DEFAULTS = SkinrayConfig()
-EXIT_DATA = 3  # the command ran, and the data says no (a promise not held): do not retry
 
 
 def _default(key: str) -> str:
@@ -53,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="skinray",
         description="Dermoscopic lesion classification (MobileNetV2) as distributed Ray batch jobs.",
         formatter_class=_Formatter,
@@ -475,9 +476,27 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, SkinrayConfig], int | None]] =
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose own errors (a typo in a flag) follow ``--log-format``: one JSON object for a scheduler."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        argv = sys.argv[1:] if _ARGV is None else _ARGV
+        fmt = "json" if any(a == "--log-format=json" for a in argv) or any(
+            a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:])) else "text"
+        if fmt == "json":
+            console.error(f"{self.prog}: {message}", fmt, kind="usage")
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+_ARGV: list[str] | None = None  # what main() was given, for _Parser.error
+
+
 def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
     """The command line; ``preflight`` (the job entrypoints) first runs the doctor checks the job's arguments
     need, so a missing bucket or an unusable GPU ends the job in seconds."""
+    global _ARGV
+    _ARGV = None if argv is None else list(argv)
     args = _parser().parse_args(argv)
     console.setup(args.verbose, args.log_format)
     try:
@@ -489,9 +508,8 @@ def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
             console.log.info("preflight: %d checks passed", len(checks.checks))
         return COMMANDS[args.command](args, cfg) or 0
     except SkinrayError as exc:
-        console.error(str(exc), args.log_format)
-        return 2
+        console.error(str(exc), args.log_format, kind=exc.kind, run_id=exc.run_id, stage=args.command)
+        return exc.exit_code
     except KeyboardInterrupt:
-        console.error("interrupted", args.log_format)
+        console.error("interrupted", args.log_format, kind="interrupted", stage=args.command)
         return 130
-

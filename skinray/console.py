@@ -79,14 +79,20 @@ def setup(verbose: bool = False, fmt: str = "text") -> None:
 def say(message: str, **fields: Any) -> None:
     """A command's result on stdout: the text for people, or one JSON object with ``fields`` for schedulers."""
     if _format == "json":
-        print(json.dumps({"level": "info", "logger": "skinray.cli", "message": message, **fields}, default=str))
+        event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "level": "info",
+                 "logger": "skinray.cli", "stage": "cli", "message": message}
+        print(json.dumps(event | fields, default=str))
     else:
         print(message)
 
 
-def error(message: str, fmt: str | None = None) -> None:
-    """A user-fixable error: one line (``skinray: error: ...``), or one JSON object (``fmt``, else as set up)."""
+def error(message: str, fmt: str | None = None, kind: str = "usage", run_id: str | None = None,
+          stage: str | None = None) -> None:
+    """An error: one line (``skinray: error: ...``), or one JSON object (``fmt``, else as set up) that says when,
+    in which stage, of which ``kind`` (usage, data, temporary: what a retry would do) and for which run."""
     if (fmt or _format) == "json":
-        print(json.dumps({"level": "error", "logger": "skinray", "message": message}), file=sys.stderr)
+        event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "level": "error",
+                 "logger": "skinray", "stage": stage or "cli", "kind": kind, "run_id": run_id, "message": message}
+        print(json.dumps(event), file=sys.stderr)
     else:
         print(f"skinray: error: {message}", file=sys.stderr)
