@@ -201,7 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="image root for manifests without an image_uri column (default: none)")
     p.add_argument("--run-id", help="letters, digits, . _ - (default: derived from input, model and date, so "
                    "re-runs resume)")
-    p.add_argument("--date", help="YYYY-MM-DD partition (default: today, UTC)")
+    p.add_argument("--date", help="the night: YYYY-MM-DD, today or yesterday (in --timezone; a scheduler firing "
+                   "after midnight scores yesterday) (default: today)")
+    p.add_argument("--timezone", help="IANA time zone of today / yesterday " + _default("score.timezone"))
     tta(p)
     p.add_argument("--batch-size", type=int, help="images per actor call " + _default("score.batch_size"))
     pool(p)
@@ -227,8 +229,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--daily-counts", action="store_true", help="images, failures and flags per date")
     p.add_argument("--date", help="only this date, YYYY-MM-DD, for --top-suspicious (default: every date)")
     p.add_argument("--as-of", help="read an earlier table version (a number) or time (ISO) (default: latest)")
-    p.add_argument("--all-runs", action="store_true",
-                   help="every committed run's rows (default: the latest run of each date only)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
 
     p = add("report", "write the review page (report.html) of a scoring run again", """
@@ -284,6 +284,7 @@ FLAG_TO_KEY: dict[str, dict[str, str]] = {
                  "split": "evaluate.split", "engine": "inference.engine", "tta": "inference.tta", **POOL_FLAGS},
     "score": {"model": "score.model", "input": "score.input", "input_kind": "score.input_kind", "out": "score.out",
               "images": "score.images", "run_id": "score.run_id", "date": "score.date",
+              "timezone": "score.timezone",
               "engine": "inference.engine", "tta": "inference.tta", "batch_size": "score.batch_size",
               **POOL_FLAGS},
     "predict": {"engine": "inference.engine", "tta": "inference.tta"},
@@ -301,17 +302,14 @@ def build_config(args: argparse.Namespace) -> SkinrayConfig:
         if any(len(s) not in (2, 3) for s in args.sources):
             raise SkinrayError("--source takes NAME MANIFEST [IMAGES]")
         overrides["prepare.sources"] = [dict(zip(("name", "manifest", "images"), s)) for s in args.sources]
+    if args.command == "score" and args.input_root and not args.date:
+        raise SkinrayError("--input-root needs --date")
+    cfg = load_config(args.config, overrides, args.sets, args.recipe)
     if args.command == "score" and args.input_root:
-        if not args.date:
-            raise SkinrayError("--input-root needs --date")
         from skinray import storage
-        from skinray.config import check_date
 
-        try:
-            overrides["score.input"] = storage.join(args.input_root, check_date(args.date))
-        except ValueError as exc:
-            raise SkinrayError(f"--date {exc}") from None
-    return load_config(args.config, overrides, args.sets, args.recipe)
+        cfg.score.input = storage.join(args.input_root, cfg.score.night())
+    return cfg
 
 
 def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
@@ -425,7 +423,7 @@ def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
         sql = args.sql
     else:
         raise SkinrayError("give SQL, --top-suspicious K or --daily-counts")
-    print(query(args.out_uri, sql, args.format, cfg.storage, args.as_of, args.all_runs))
+    print(query(args.out_uri, sql, args.format, cfg.storage, args.as_of))
 
 
 def _cmd_report(args: argparse.Namespace, cfg: SkinrayConfig) -> None:

@@ -243,6 +243,9 @@ RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+RELATIVE_DATES = ("today", "yesterday")
+
+
 def check_date(value: str) -> str:
     """``YYYY-MM-DD`` and a real calendar day; nothing else (``20260202`` or ``2026-W05-1`` would make a second
     partition for the same night)."""
@@ -264,7 +267,10 @@ class ScoreConfig(_Section):
     out: str | None = None
     images: str | None = None
     run_id: str | None = None  # letters, digits, . _ - (at most 64); default: derived from input, model and date
-    date: str | None = None  # scored_date partition, YYYY-MM-DD; default: today (UTC)
+    # the night's scored_date partition: YYYY-MM-DD, or today / yesterday in score.timezone (a scheduler firing after
+    # midnight scores yesterday's night); default: today
+    date: str | None = None
+    timezone: str = "UTC"  # the clinic's time zone (IANA name) that today / yesterday are taken in
     batch_size: int = Field(32, ge=1)
     part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
@@ -279,7 +285,29 @@ class ScoreConfig(_Section):
     @field_validator("date", mode="before")
     @classmethod
     def _date(cls, v: Any) -> str | None:  # YAML reads 2026-11-25 as a date: take that too
+        if isinstance(v, str) and v.strip().lower() in RELATIVE_DATES:
+            return v.strip().lower()
         return None if v is None else check_date(v.isoformat() if isinstance(v, dt.date) else v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"must be an IANA time zone such as UTC or Europe/Vienna, got {v!r}") from None
+        return v
+
+    def night(self, now: dt.datetime | None = None) -> str:
+        """The scored_date this run scores: the given date, or today / yesterday (default today) in the time zone."""
+        from zoneinfo import ZoneInfo
+
+        if self.date not in (None, *RELATIVE_DATES):
+            return self.date
+        today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(ZoneInfo(self.timezone)).date()
+        return (today - dt.timedelta(days=1 if self.date == "yesterday" else 0)).isoformat()
 
     @field_validator("run_id")
     @classmethod

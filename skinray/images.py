@@ -8,7 +8,10 @@ Train/serve skew is the classic bug of this field, so the model directory record
 from __future__ import annotations
 
 import io
+import random
+import time
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,16 +35,36 @@ class ImageError(ValueError):
         self.detail = detail
 
 
+RETRYABLE_REASONS = ("unreachable",)  # a row with this error is not a result: the next submit reads it again
+
+
 def read_image_bytes(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, root: str | None = None) -> bytes:
     """The bytes of one image URI, or :class:`ImageError` with the reason every stage records.
 
     ``unsafe_path`` (a local file whose real path leaves ``root``, e.g. through a symlink), ``missing`` (no such
     file), ``not_image`` (a directory), ``too_large`` (checked from the listing, before a single byte is read),
-    ``unreadable`` (anything else the storage refuses).
+    ``unreadable`` (anything else the storage refuses) are final. A read that fails for a passing reason
+    (throttling, a dropped connection: ``storage.is_transient``) is tried ``storage.read_attempts`` times with
+    doubling backoff, then is ``unreachable``: retryable, never committed as a result.
     """
     if root and not storage.is_s3(uri) and not paths.inside(storage.normalize(root), storage.normalize(uri)):
         raise ImageError("unsafe_path", f"{uri} resolves outside {root}")
     fs, path = storage.filesystem(uri, storage_cfg)
+    for attempt in range(storage_cfg.read_attempts):
+        try:
+            return _read(fs, path, uri, cfg)
+        except OSError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not storage.is_transient(exc):
+                reason = "missing" if "not found" in msg.lower() or "no such file" in msg.lower() else "unreadable"
+                raise ImageError(reason, msg) from exc
+            if attempt + 1 == storage_cfg.read_attempts:
+                raise ImageError("unreachable", f"{msg} ({storage_cfg.read_attempts} tries)") from exc
+            time.sleep(storage_cfg.retry_base_seconds * 2 ** attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable code")  # the loop returns or raises
+
+
+def _read(fs: Any, path: str, uri: str, cfg: ImageConfig) -> bytes:
     try:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
@@ -51,14 +74,9 @@ def read_image_bytes(uri: str, storage_cfg: StorageConfig, cfg: ImageConfig, roo
         if info.size is not None and info.size > cfg.max_bytes:
             raise ImageError("too_large", f"{info.size} bytes > {cfg.max_bytes}")
         with fs.open_input_stream(path) as f:
-            data = f.read(cfg.max_bytes + 1)
+            return f.read(cfg.max_bytes + 1)
     except FileNotFoundError as exc:
         raise ImageError("missing", uri) from exc
-    except OSError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        reason = "missing" if "not found" in msg.lower() or "no such file" in msg.lower() else "unreadable"
-        raise ImageError(reason, msg) from exc
-    return data
 
 
 def _open(data: bytes, cfg: ImageConfig) -> Image.Image:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, images, storage, views
+from skinray import SkinrayError, TemporaryError, images, storage, views
 from skinray.artifact import INT8_FILE, MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT, ModelArtifact
 from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
 from skinray.model import DX_LOGITS, LOGIT, forward, with_features
@@ -339,7 +339,7 @@ def pipeline_error(exc: Exception, cfg: SkinrayConfig) -> SkinrayError | None:
         if type(seen).__name__ == "GetTimeoutError" and "starting actors" in str(seen):
             s = cfg.inference
             need = f"{s.cpus_per_actor:g} CPU" if not s.use_gpu else "1 GPU"
-            return SkinrayError(f"the scoring actors did not all start within {s.actor_start_seconds:g} s "
+            return TemporaryError(f"the scoring actors did not all start within {s.actor_start_seconds:g} s "
                                 f"(inference.actor_start_seconds): each needs {need} and the model loaded; give the "
                                 f"cluster more nodes or ask for fewer actors (inference.actors / min_actors)")
         seen = seen.__cause__ or seen.__context__

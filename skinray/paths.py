@@ -92,6 +92,7 @@ class Listing:
 
     files: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    stamps: dict[str, str] = field(default_factory=dict)  # file → "size:mtime": its bytes changed when this did
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -103,7 +104,8 @@ def list_images(uri: str, storage_cfg: StorageConfig | None = None, suffixes: tu
 
     Left out and counted: names starting with ``_`` or ``.`` (``hidden``), other file types
     (``not_image_suffix``), links leaving the folder (``link_outside_root``), links to a folder or file already
-    listed (``duplicate_link``, which is also how a link loop ends).
+    listed (``duplicate_link``, which is also how a link loop ends), an image name on something that is not a
+    regular file (``not_a_file``: a FIFO, a socket, a device — reading one would block or never end).
     """
     uri = storage.normalize(uri)
     if storage.is_s3(uri):
@@ -147,6 +149,11 @@ def list_images(uri: str, storage_cfg: StorageConfig | None = None, suffixes: tu
                     continue
                 seen_files[real] = entry.path
                 out.files.append(entry.path)
+                out.stamps[entry.path] = _local_stamp(entry.path)
+            elif entry.name.lower().endswith(suffixes):
+                out.skip("not_a_file")
+            else:
+                out.skip("not_image_suffix")
 
     if not os.path.isdir(uri):
         raise SkinrayError(f"not a folder: {uri}")
@@ -172,8 +179,43 @@ def _list_s3(uri: str, storage_cfg: StorageConfig | None, suffixes: tuple[str, .
             out.skip("not_image_suffix")
         else:
             out.files.append("s3://" + info.path)
+            out.stamps["s3://" + info.path] = _stamp(info)
     out.files.sort()
     return out
+
+
+def _stamp(info: pafs.FileInfo) -> str:
+    mtime = info.mtime_ns if info.mtime_ns is not None else ""
+    return f"{info.size}:{mtime}"
+
+
+def _local_stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""  # a dangling link: its row says why it cannot be read
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def stamps(uris: list[str], storage_cfg: StorageConfig | None = None) -> dict[str, str]:
+    """``size:mtime`` of each file, from one listing per folder (a manifest's images), not a request per file;
+    a file the listing does not show gets none (its read will say why)."""
+    folders: dict[str, list[str]] = {}
+    for uri in uris:
+        folders.setdefault(posixpath.dirname(uri), []).append(uri)
+    found: dict[str, str] = {}
+    for folder, members in folders.items():
+        if not storage.is_s3(folder):
+            found.update({u: _local_stamp(u) for u in members})
+            continue
+        fs, path = storage.filesystem(folder, storage_cfg)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        except OSError as exc:
+            raise storage._wrap(folder, exc) from exc
+        listed = {"s3://" + i.path: _stamp(i) for i in infos if i.type == pafs.FileType.File}
+        found.update({u: listed[u] for u in members if u in listed})
+    return found
 
 
 def stem(uri: str) -> str:

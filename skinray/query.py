@@ -1,8 +1,8 @@
 """SQL over the scores table with DuckDB, in a sandbox.
 
-Views: ``scores`` (by default the rows of the latest committed run of each date, so each image counts once per
-date; every run's rows with ``all_runs``) and ``runs`` (one row per committed run, from the table's history).
-``as_of`` reads an earlier table version or time: what was reported before a re-run.
+Views: ``scores`` (the current answer of each image and night: each image counts once per date, whichever run gave
+it) and ``runs`` (one row per committed submission, from the table's history). ``as_of`` reads an earlier table
+version or time: what was reported before a re-score.
 
 Every connection opened here has external access switched off and its configuration locked once the tables are
 registered: SQL cannot read local files (``read_text('/proc/self/environ')``), write them (``COPY ... TO``) or
@@ -36,31 +36,30 @@ PRESETS = {
 }
 
 
-def scores_dataset(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
-                   all_runs: bool = False) -> pads.Dataset:
-    """The committed rows as a pyarrow dataset (latest run per date unless ``all_runs``): the Python entry."""
-    return scores_table.snapshot(out, storage_cfg, as_of).rows(all_runs)
+def scores_dataset(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None
+                   ) -> pads.Dataset:
+    """The committed rows (one answer per image and night) as a pyarrow dataset: the Python entry."""
+    return scores_table.snapshot(out, storage_cfg, as_of).dataset
 
 
-def connect(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
-            all_runs: bool = False) -> Any:
+def connect(out: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None) -> Any:
     """A sandboxed DuckDB connection with the ``scores`` and ``runs`` views."""
     import duckdb
 
     snap = scores_table.snapshot(out, storage_cfg, as_of)
     con = duckdb.connect(":memory:")
-    con.register("scores", snap.rows(all_runs))
+    con.register("scores", snap.dataset)
     con.register("runs", snap.runs)
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
 
-def run_query(out: str, sql: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None,
-              all_runs: bool = False) -> pd.DataFrame:
+def run_query(out: str, sql: str, storage_cfg: StorageConfig | None = None, as_of: str | int | None = None
+              ) -> pd.DataFrame:
     import duckdb
 
-    con = connect(out, storage_cfg, as_of, all_runs)
+    con = connect(out, storage_cfg, as_of)
     try:
         return con.execute(sql).fetchdf()
     except duckdb.Error as exc:
@@ -92,5 +91,5 @@ def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
 
 
 def query(out: str, sql: str, fmt: str = "table", storage_cfg: StorageConfig | None = None,
-          as_of: str | int | None = None, all_runs: bool = False) -> str:
-    return format_frame(run_query(out, sql, storage_cfg, as_of, all_runs), fmt)
+          as_of: str | int | None = None) -> str:
+    return format_frame(run_query(out, sql, storage_cfg, as_of), fmt)

@@ -1,8 +1,10 @@
 """``OUT/runs/<run_id>/``: one scoring run's record and its lease (this module writes and reads both).
 
-* ``run.json`` claims the run id for one date and one input when a run starts (``status: running``) and says
-  how it ended (``succeeded`` with its table version, or ``failed`` with the reason). A run id is never reused for
-  another date or input, and a failed run stays failed when re-submitted (a new run id re-scores).
+* ``run.json`` is the record of one *night* of one input and model: it claims the run id for that date, input
+  and model when the first submission starts (``status: running``) and says how the latest submission ended
+  (``succeeded``; ``incomplete`` when some images could not be read yet and wait for the next submission;
+  ``failed`` with the reason), with the list of ``submissions`` (one per commit). A run id is never reused for
+  another date, input or model, and a failed night stays failed when re-submitted (a new run id re-scores).
 * ``lease.json`` names the process scoring the run and is renewed while it works, so a second process started
   on the same run id fails at once with one line instead of scoring everything again; a lease whose owner died
   (same host, process gone) or stopped renewing (``score.lease_seconds``) is taken over — that is how a killed run
@@ -19,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from skinray import SkinrayError, storage
+from skinray import DataError, SkinrayError, storage
 from skinray.storage import StorageConfig
 
 RUN_FILE = "run.json"
@@ -47,24 +49,27 @@ def write(out: str, record: dict[str, Any], storage_cfg: StorageConfig | None = 
     storage.write_json(storage.join(run_dir(out, record["run_id"]), RUN_FILE), record, storage_cfg)
 
 
-def claim(out: str, run_id: str, scored_date: str, input_uri: str, fingerprint: str,
+def claim(out: str, run_id: str, scored_date: str, input_uri: str, model_id: str,
           storage_cfg: StorageConfig | None = None) -> dict[str, Any] | None:
-    """The existing record of this run id, after checking it is this run; None when the id is new.
+    """The existing record of this night, after checking it is this night; None when the run id is new.
 
-    Refuses (one line) a run id used for another date or input, and re-raises a failed run's reason.
+    Refuses (one line) a run id used for another date, input or model, and re-raises a failed night's reason
+    (:class:`DataError`: retrying cannot help). A folder that gained images since is the same night.
     """
     record = read(out, run_id, storage_cfg)
     if record is None:
         return None
     if record.get("scored_date") != scored_date:
         raise SkinrayError(f"run id {run_id} was used for {record.get('scored_date')}, not {scored_date}: "
-                           "choose another --run-id")
-    if record.get("input_fingerprint") != fingerprint:
+                           "choose another --run-id", run_id=run_id)
+    if storage.normalize(str(record.get("input"))) != storage.normalize(input_uri) or \
+            record.get("model_id") != model_id:
         raise SkinrayError(f"run id {run_id} was used for other input or another model "
-                           f"({record.get('input')}): choose another --run-id")
+                           f"({record.get('input')}, model {record.get('model_id')}): choose another --run-id",
+                           run_id=run_id)
     if record.get("status") == "failed":
-        raise SkinrayError(f"run {run_id} failed: {record.get('failure_reason')} "
-                           "(a failed run stays failed; a new --run-id scores again)")
+        raise DataError(f"run {run_id} failed: {record.get('failure_reason')} "
+                        "(a failed run stays failed; a new --run-id scores again)", run_id=run_id)
     return record
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, Iterator
 
-from skinray import SkinrayError
+from skinray import SkinrayError, TemporaryError
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3  # enough for streaming; a 2-core laptop keeps the rest for workers
 # A local node on a loaded host can miss Ray's default agent-registration timeout (measured: 4 of 12 starts at
@@ -71,6 +71,23 @@ def import_tensorflow() -> Any:
     return tf
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """A cluster address that does not answer ends the job at once as :class:`TemporaryError` (exit 75: retry
+    later) — ``ray.init`` itself would wait minutes for a head that is down."""
+    import socket
+    from urllib.parse import urlparse
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.hostname is None or parsed.port is None:
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as exc:
+        raise TemporaryError(f"cannot reach the Ray cluster at {address}: {exc} (retry later)") from exc
+
+
 def ensure_ray(num_cpus: int | None = None) -> Any:
     """Connect once per process; returns the ``ray`` module. Library logs reach the console only with ``-v``."""
     import ray
@@ -88,8 +105,13 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
                               "log_to_driver": verbose(), "runtime_env": {"env_vars": _not_set_by_job(env)}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        with native_stderr_quiet():
-            ray.init(address=address, **kwargs)
+        _reachable(address)
+        try:
+            with native_stderr_quiet():
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, TimeoutError) as exc:  # the cluster is down or not up yet: retry later
+            raise TemporaryError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]} "
+                                 "(retry later)") from exc
     else:
         for attempt in range(LOCAL_START_TRIES):
             try:
@@ -100,7 +122,7 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
                 break
             except Exception as exc:  # a node that timed out during start-up on a loaded host: try once more
                 if attempt + 1 == LOCAL_START_TRIES:
-                    raise SkinrayError(f"cannot start a local Ray: {str(exc).splitlines()[0]}") from exc
+                    raise TemporaryError(f"cannot start a local Ray: {str(exc).splitlines()[0]}") from exc
                 log.warning("local Ray did not start (%s); trying again", str(exc).splitlines()[0])
                 ray.shutdown()
     ctx = ray.data.DataContext.get_current()

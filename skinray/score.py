@@ -1,14 +1,16 @@
-"""Batch scoring: an image set → one committed run of the scores table, every input row exactly once.
+"""Batch scoring: a night's image set → the scores table, every image of the night answered exactly once.
 
-    OUT/scores/              Delta Lake table, one commit per run          (skinray.scores_table)
-    OUT/runs/<run_id>/       run.json (claim, outcome), lease.json, pictures and metrics (skinray.runs,
-                             skinray.score_report)
-    OUT/_staging/<run_id>/   parts of a run in progress                    (skinray.staging)
+    OUT/scores/              Delta Lake table, one commit per submission   (skinray.scores_table)
+    OUT/runs/<run_id>/       run.json (claim, submissions, outcome), lease.json, pictures and metrics
+                             (skinray.runs, skinray.score_report)
+    OUT/_staging/<run_id>/   parts of a submission in progress              (skinray.staging)
 
-A run claims its id (one date, one input), holds a lease while it works, scores what its staged parts do not
-hold yet, and publishes all rows in one commit. Killed at any point, the same command resumes; re-submitted after
-success it does nothing; a failed run (too many unreadable images) is recorded as failed, never committed, and
-stays failed on re-submit.
+A *run* is one night of one input and one model (the default run id hashes the three). Every submission of it
+claims the run, holds a lease while it works, scores only the images the night has no answer for yet (new files,
+or files whose bytes changed: ``image_stamp``) and commits them in one commit; a submission with nothing new
+commits nothing. Killed at any point, the same command resumes; an image that could not be read for a passing
+reason is not committed and the next submission reads it again (exit 75); a failed night (too many bad images) is
+recorded as failed and stays failed on re-submit (exit 3).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from skinray import (SkinrayError, drift, inference, ood, runs, score_inputs, score_report, scores_table, staging,
-                     storage)
+from skinray import (DataError, SkinrayError, TemporaryError, drift, images, inference, ood, runs, score_inputs,
+                     score_report, scores_table, staging, storage)
 from skinray.artifact import ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.results import RunRecord
@@ -36,14 +38,16 @@ log = logging.getLogger("skinray.score")
 
 
 def default_run_id(input_uri: str, model_id: str, date: str) -> str:
-    """Same input, model and date → same run id, so re-submitting a nightly job resumes instead of duplicating."""
+    """Same input, model and date → same run id (the night's), so re-submitting a nightly job scores only what is
+    new instead of duplicating."""
     digest = hashlib.sha256(f"{storage.normalize(input_uri)}|{model_id}|{date}".encode()).hexdigest()[:10]
     return f"{date}-{digest}"
 
 
 def input_fingerprint(rows: pd.DataFrame, model_id: str) -> str:
+    """What this submission saw (its listing, the bytes' stamps and the model), for the record."""
     h = hashlib.sha256(model_id.encode())
-    h.update(pd.util.hash_pandas_object(rows[["input_row", "isic_id", "image_uri"]].astype(str),
+    h.update(pd.util.hash_pandas_object(rows[["input_row", "isic_id", "image_uri", "image_stamp"]].astype(str),
                                         index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -118,14 +122,73 @@ def _outcome(result: pd.DataFrame, cfg: SkinrayConfig) -> dict[str, Any]:
     return outcome
 
 
+def _retryable(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose image could not be read for a passing reason: not a result, read again by the next submit."""
+    reason = rows["error"].astype("string").str.split(":").str[0]
+    return reason.isin(images.RETRYABLE_REASONS).fillna(False).astype(bool)
+
+
+@dataclass
+class Submission:
+    """What one submission of a night has to do: the inputs without a current answer, and what is staged of them."""
+
+    pending: pd.DataFrame  # input rows the night has no answer for (new images, changed bytes)
+    staged: pd.DataFrame  # staged rows of pending images (an earlier attempt of this submission)
+    answered: int  # images the night already has an answer for
+
+    @property
+    def todo(self) -> pd.DataFrame:
+        if self.staged.empty:
+            return self.pending
+        done = set(zip(self.staged["image_key"], self.staged["image_stamp"]))
+        keep = [(k, s) not in done for k, s in zip(self.pending["image_key"], self.pending["image_stamp"])]
+        return self.pending[keep].reset_index(drop=True)
+
+
+def _plan(rows: pd.DataFrame, out: str, run_id: str, date: str, st: Any) -> Submission:
+    """Compare the input with the night's answers and the staged parts."""
+    answers = scores_table.answered(out, run_id, date, st)
+    have = set(zip(answers["image_key"], answers["image_stamp"]))
+    is_new = [(k, s) not in have for k, s in zip(rows["image_key"], rows["image_stamp"])]
+    pending = rows[is_new].reset_index(drop=True)
+    staged = staging.load(out, run_id, st).frame()
+    if not staged.empty:  # keep the staged rows of pending images, numbered as this submission's input
+        key = pending.set_index(["image_key", "image_stamp"])["input_row"]
+        idx = pd.MultiIndex.from_arrays([staged["image_key"], staged["image_stamp"]])
+        staged = staged[idx.isin(key.index)].reset_index(drop=True)
+        staged["input_row"] = key.reindex(pd.MultiIndex.from_arrays(
+            [staged["image_key"], staged["image_stamp"]])).to_numpy()
+    return Submission(pending, staged, len(rows) - len(pending))
+
+
+def _header(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_input: Any, fingerprint: str,
+            artifact: ModelArtifact) -> dict[str, Any]:
+    """The part of run.json a submission knows before it scores."""
+    return {
+        "run_id": run_id, "scored_date": date, "status": "running", "input": input_uri,
+        "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
+        "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
+        **inference.resolve_views(artifact, cfg.inference.tta).record(), "threshold": artifact.threshold,
+        "threshold_policy": artifact.meta.threshold.model_dump(),
+        "calibration": artifact.meta.calibration.model_dump(), "diagnoses": artifact.diagnoses,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "table": scores_table.table_uri(cfg.score.out or ""), "config": json.loads(cfg.model_dump_json(by_alias=True)),
+        "versions": versions(),
+    }
+
+
 def score(cfg: SkinrayConfig) -> RunRecord:
-    """Score every input row exactly once into one committed run; returns the run's record (``run.json``)."""
+    """Score the night's images that have no answer yet, in one commit; returns the night's record (``run.json``).
+
+    Raises :class:`TemporaryError` (exit 75) after committing when some images could not be read for a passing
+    reason, and :class:`DataError` (exit 3) when the night failed on its data.
+    """
     s, st = cfg.score, cfg.storage
     for name in ("model", "input", "out"):
         if not getattr(s, name):
             raise SkinrayError(f"score needs --{name}")
     started = time.time()
-    date = s.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    date = s.night()
     out, input_uri = storage.normalize(s.out), storage.normalize(s.input)
     score_inputs.check_not_nested(input_uri, out)
     artifact = ModelArtifact.open(s.model, st)
@@ -133,88 +196,119 @@ def score(cfg: SkinrayConfig) -> RunRecord:
     scoring_input = score_inputs.load(input_uri, s.input_kind, s.images, cfg.manifest, st)
     rows = scoring_input.rows
     run_id = s.run_id or default_run_id(input_uri, artifact.model_id, date)
-    fingerprint = input_fingerprint(rows, artifact.model_id)
-    record = runs.claim(out, run_id, date, input_uri, fingerprint, st)
-    if record and record.get("status") == "succeeded" and scores_table.is_committed(out, run_id, st):
-        log.info("run %s is already complete (table version %s): nothing to do", run_id, record.get("table_version"),
-                 extra={"event": {"run_id": run_id, "status": "already_complete",
-                                  "table_version": record.get("table_version")}})
-        return RunRecord.from_record(record, already_complete=True)
-
+    record = runs.claim(out, run_id, date, input_uri, artifact.model_id, st)
     with runs.lease(out, run_id, s.lease_seconds, st) as lease:
-        summary: dict[str, Any] = {
-            "run_id": run_id, "scored_date": date, "status": "running", "input": input_uri,
-            "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
-            "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
-            **inference.resolve_views(artifact, cfg.inference.tta).record(), "threshold": artifact.threshold,
-            "threshold_policy": artifact.meta.threshold.model_dump(),
-            "calibration": artifact.meta.calibration.model_dump(), "diagnoses": artifact.diagnoses,
-            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "table": scores_table.table_uri(out), "config": json.loads(cfg.model_dump_json(by_alias=True)),
-            "versions": versions(),
-        }
+        plan = _plan(rows, out, run_id, date, st)
+        if plan.pending.empty and record is not None and record.get("status") in ("succeeded", "incomplete"):
+            log.info("run %s: nothing new (%s images answered, table version %s)", run_id, f"{plan.answered:,}",
+                     record.get("table_version"), extra={"event": {
+                         "run_id": run_id, "status": "nothing_new", "table_version": record.get("table_version")}})
+            staging.clear(out, run_id, st)
+            return RunRecord.from_record(record, already_complete=True)
+        summary = _header(cfg, run_id, date, input_uri, scoring_input, input_fingerprint(rows, artifact.model_id),
+                          artifact)
         if record is None:
             runs.write(out, summary, st)
-        staged = staging.load(out, run_id, st)
-        committed = scores_table.is_committed(out, run_id, st)  # killed after its commit, before run.json
-        done = staged.done()
-        todo = rows[~rows["input_row"].isin(done)].reset_index(drop=True) if not committed else rows.iloc[:0]
-        log.info("run %s: %s inputs (%s), %s already scored, %s to score with %s", run_id, f"{len(rows):,}",
-                 scoring_input.kind, f"{len(done):,}", f"{len(todo):,}", cfg.inference.engine)
-        summary.update(scored_this_attempt=int(len(todo)), resumed_rows=int(len(done)),
-                       quarantined_parts=staged.quarantined)
+        todo = plan.todo
+        log.info("run %s: %s inputs (%s), %s answered before, %s staged, %s to score with %s", run_id,
+                 f"{len(rows):,}", scoring_input.kind, f"{plan.answered:,}", f"{len(plan.staged):,}",
+                 f"{len(todo):,}", cfg.inference.engine, extra={"event": {"run_id": run_id, "stage": "score"}})
+        summary.update(scored_this_attempt=int(len(todo)), resumed_rows=int(len(plan.staged)))
         if len(todo):
             summary.update(_score_rows(todo, cfg, out, run_id, artifact.model_id, lease))
-            staged = staging.load(out, run_id, st)
-        result = (scores_table.run_rows(out, run_id, st) if committed
-                  else staged.rows.to_pandas() if staged.rows is not None else pd.DataFrame())
-        if len(result) != len(rows) or not np.array_equal(np.sort(result["input_row"].to_numpy()),
-                                                          rows["input_row"].to_numpy()):
-            raise SkinrayError(f"run {run_id}: {len(result)} scored rows for {len(rows)} inputs; the staged parts "
-                               "are kept, run the same command again to finish")
-        result = result.merge(rows[["input_row", "image_root"]], on="input_row", how="left")
-        summary.update(_outcome(result, cfg))
-        scored = result[result["error"].isna()]
-        summary.update(out_of_distribution=ood.summary(scored, artifact.meta.ood))
-        if summary["out_of_distribution"].get("high"):
-            log.warning("run %s: %s of %s images are not like the training images (about %.0f%% expected)", run_id,
-                        summary["out_of_distribution"]["flagged"], len(scored),
-                        100 * summary["out_of_distribution"]["expected_share"])
-        summary.update(flagged=int((scored["predicted"] == "malignant").sum()),
-                       mean_prob=round(float(scored["prob_malignant"].mean()), 6) if len(scored) else None,
-                       drift=drift.compare(artifact.reference(), scored, s.drift_psi, s.drift_ks_alpha))
-        if summary["drift"]["drifted"]:
-            log.warning("run %s drifted from the model's validation reference: %s", run_id,
-                        ", ".join(summary["drift"]["flagged"]))
-        summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       wall_seconds=round(time.time() - started, 2))
-        if summary["status"] == "failed":
-            storage.write_parquet(staged.rows, storage.join(runs.run_dir(out, run_id), "rows.parquet"), st)
-            summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
-            runs.write(out, summary, st)
-            staging.clear(out, run_id, st)
-            raise SkinrayError(summary["failure_reason"] + f"; the rows are in {runs.run_dir(out, run_id)}"
-                               "/rows.parquet, not in the scores table")
-        lease.check()
-        commit_meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "flagged",
-                                               "mean_prob", "model_id", "input", "engine", "threshold")}
-        commit_meta["drifted"] = summary["drift"]["drifted"]
-        commit_meta["out_of_distribution"] = summary["out_of_distribution"].get("flagged")
+            plan = _plan(rows, out, run_id, date, st)
+        return _finish(plan, summary, rows, artifact, cfg, out, run_id, date, lease, started)
+
+
+def _finish(plan: Submission, summary: dict[str, Any], rows: pd.DataFrame, artifact: ModelArtifact,
+            cfg: SkinrayConfig, out: str, run_id: str, date: str, lease: runs.Lease, started: float) -> RunRecord:
+    """Check, commit and record a scored submission; the night's pages and figures over its current answers."""
+    st, s = cfg.storage, cfg.score
+    new = plan.staged
+    if len(new) != len(plan.pending):
+        raise SkinrayError(f"run {run_id}: {len(new)} scored rows for {len(plan.pending)} new inputs; the staged "
+                           "parts are kept, run the same command again to finish", run_id=run_id)
+    retry = _retryable(new) if len(new) else pd.Series(dtype=bool)
+    final = new[~retry.to_numpy()] if len(new) else new
+    committed = scores_table.submissions(out, run_id, st)
+    earlier = scores_table.run_rows(out, run_id, st) if committed else pd.DataFrame()
+    if len(earlier):
+        earlier = earlier[~earlier["image_key"].isin(set(final.get("image_key", [])))]
+    night = pd.concat([earlier, final], ignore_index=True) if len(earlier) else final.reset_index(drop=True)
+    night = night.merge(rows[["image_key", "image_root"]], on="image_key", how="left") if len(night) else night
+    summary.update(_outcome(night, cfg), retry_later=int(retry.sum()))
+    summary.update(_figures(night, artifact, s, run_id))
+    if summary["status"] == "failed":
+        _record_failure(summary, new, night, artifact, cfg, out, run_id)
+    lease.check()
+    if len(final):
         commit_started = time.time()
-        summary["table_version"] = (scores_table.run_version(out, run_id, st) if committed else
-                                    scores_table.commit_run(out, run_id, date, staged.rows, commit_meta, st,
-                                                            fail_at=s.fail_at))
+        meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "flagged",
+                                        "mean_prob", "model_id", "input", "engine", "threshold", "started_at")}
+        meta.update(drifted=summary["drift"]["drifted"], new=int(len(final)), retry_later=summary["retry_later"],
+                    out_of_distribution=summary["out_of_distribution"].get("flagged"))
+        scores_table.commit_run(out, run_id, date, scores_table.to_rows(final), meta, st, fail_at=s.fail_at,
+                                submission=committed + 1)
         summary["commit_seconds"] = round(time.time() - commit_started, 3)
         if s.fail_at == "after_commit":
             os._exit(137)  # fault injection (tests): killed after the commit, before run.json says so
-        # the pictures and the review page after the commit: they show the table version and every timing
-        summary.update(score_report.write(out, run_id, result, artifact, cfg, summary))
-        runs.write(out, summary, st)
-        staging.clear(out, run_id, st)
-    log.info("run %s committed as table version %s: %s scored, %s failed, %s flagged", run_id,
-             summary["table_version"], f"{summary['scored']:,}", f"{summary['failed']:,}", summary["flagged"],
+    summary["submissions"] = scores_table.run_submissions(out, run_id, st)
+    summary["table_version"] = summary["submissions"][-1]["table_version"] if summary["submissions"] else None
+    if summary["retry_later"]:
+        summary["status"] = "incomplete"
+    summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   wall_seconds=round(time.time() - started, 2))
+    # the pictures and the review page after the commit: they show the table version and every timing
+    summary.update(score_report.write(out, run_id, night, artifact, cfg, summary))
+    runs.write(out, summary, st)
+    staging.clear(out, run_id, st)
+    _announce(summary)
+    if summary["retry_later"]:
+        raise TemporaryError(f"run {run_id}: {summary['retry_later']} images could not be read now (storage "
+                             "unavailable); they are not in the table: run the same command again later",
+                             run_id=run_id)
+    return RunRecord.from_record(summary)
+
+
+def _figures(night: pd.DataFrame, artifact: ModelArtifact, s: Any, run_id: str) -> dict[str, Any]:
+    """The night's flagged count, mean, out-of-distribution share and drift, over its scored images."""
+    scored = night[night["error"].isna()] if len(night) else night
+    figures: dict[str, Any] = {"out_of_distribution": ood.summary(scored, artifact.meta.ood)}
+    if figures["out_of_distribution"].get("high"):
+        log.warning("run %s: %s of %s images are not like the training images (about %.0f%% expected)", run_id,
+                    figures["out_of_distribution"]["flagged"], len(scored),
+                    100 * figures["out_of_distribution"]["expected_share"])
+    figures.update(flagged=int((scored["predicted"] == "malignant").sum()) if len(scored) else 0,
+                   mean_prob=round(float(scored["prob_malignant"].mean()), 6) if len(scored) else None,
+                   drift=drift.compare(artifact.reference(), scored, s.drift_psi, s.drift_ks_alpha))
+    if figures["drift"]["drifted"]:
+        log.warning("run %s drifted from the model's validation reference: %s", run_id,
+                    ", ".join(figures["drift"]["flagged"]))
+    return figures
+
+
+def _record_failure(summary: dict[str, Any], new: pd.DataFrame, night: pd.DataFrame, artifact: ModelArtifact,
+                    cfg: SkinrayConfig, out: str, run_id: str) -> None:
+    """A night failed on its data: its new rows go to ``rows.parquet``, never to the table; it stays failed."""
+    st = cfg.storage
+    storage.write_parquet(scores_table.to_rows(new), storage.join(runs.run_dir(out, run_id), "rows.parquet"), st)
+    summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    summary.update(score_report.write(out, run_id, night, artifact, cfg, summary))
+    runs.write(out, summary, st)
+    staging.clear(out, run_id, st)
+    raise DataError(summary["failure_reason"] + f"; the rows are in {runs.run_dir(out, run_id)}/rows.parquet, "
+                    "not in the scores table", run_id=run_id)
+
+
+def _announce(summary: dict[str, Any]) -> None:
+    last = summary["submissions"][-1] if summary["submissions"] else {}
+    if last.get("started_at") != summary["started_at"]:
+        last = {}  # this submission committed nothing
+    log.info("run %s: %s new images committed as table version %s; the night has %s scored, %s failed, %s flagged",
+             summary["run_id"], f"{last.get('new', 0):,}", summary["table_version"], f"{summary['scored']:,}",
+             f"{summary['failed']:,}", summary["flagged"],
              extra={"event": {k: summary.get(k) for k in (
                  "run_id", "scored_date", "status", "rows", "scored", "failed", "failed_by_reason", "flagged",
-                 "table_version", "wall_seconds", "images_per_second_steady", "images_per_second_overall")}
-                 | {"drifted": summary["drift"]["drifted"]}})
-    return RunRecord.from_record(summary)
+                 "retry_later", "table_version", "wall_seconds", "images_per_second_steady",
+                 "images_per_second_overall")} | {"drifted": summary["drift"]["drifted"],
+                                                  "submission": last.get("submission")}})

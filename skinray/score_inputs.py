@@ -2,7 +2,9 @@
 
 A file is a manifest (CSV, Parquet, JSON lines; either schema); a folder or prefix is images only — a ``.parquet``
 inside never turns it into a manifest (``score.input_kind: manifest`` reads a Parquet folder as one). Rows carry
-``image_root``, the folder their image must stay inside, which every read enforces.
+``image_root``, the folder their image must stay inside, which every read enforces, and their identity within a
+night: ``image_key`` (the image URI; a manifest row without one: the manifest and its row) and ``image_stamp``
+(size and modification time, from the listing: new bytes at the same path are a new answer).
 """
 
 from __future__ import annotations
@@ -48,13 +50,20 @@ def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestC
         if not listing.files:
             raise SkinrayError(f"no .jpg/.jpeg/.png images under {input_uri} (left out: {listing.skipped or 'none'})")
         rows = pd.DataFrame({"isic_id": [paths.stem(f) for f in listing.files], "image_uri": listing.files,
-                             "image_root": uri})
+                             "image_root": uri, "image_stamp": [listing.stamps.get(f, "") for f in listing.files]})
         for col in CARRIED_COLUMNS:
             rows[col] = None
         result = ScoringInput(rows, "images", dict(listing.skipped))
     else:
         result = ScoringInput(_manifest_rows(uri, images_root, manifest, storage_cfg), "manifest")
     result.rows.insert(0, "input_row", np.arange(len(result.rows), dtype=np.int64))
+    rows = result.rows
+    key = rows["image_uri"].where(rows["image_uri"].notna(), uri + "#row" + rows["input_row"].astype(str))
+    repeat = key.groupby(key).cumcount()  # a manifest naming one image twice: each row keeps its own answer
+    rows["image_key"] = key.where(repeat == 0, key + "#" + repeat.astype(str)).astype(object)
+    if "image_stamp" not in rows:
+        known = paths.stamps(rows["image_uri"].dropna().unique().tolist(), storage_cfg)
+        rows["image_stamp"] = [known.get(u, "") if isinstance(u, str) else "" for u in rows["image_uri"]]
     return result
 
 

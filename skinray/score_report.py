@@ -223,7 +223,7 @@ def regenerate(out: str, cfg: SkinrayConfig, run_id: str | None = None, date: st
         if date is None:
             raise SkinrayError("report needs --run-id or --date")
         history = scores_table.snapshot(out, cfg.storage).runs
-        match = history[(history["scored_date"] == date) & history["latest"]]
+        match = history[history["scored_date"] == date].tail(1)
         if match.empty:
             raise SkinrayError(f"no committed run for {date} under {out}")
         run_id = str(match["run_id"].iloc[0])

@@ -1,9 +1,10 @@
 """``OUT/_staging/<run_id>/``: the parts of a run in progress, outside the scores table (this module owns them).
 
 Each part is one Parquet file written whole (a temp file renamed, or one PUT), named by the attempt that wrote
-it, so two attempts never overwrite each other. A resumed run reads every readable part, keeps the first score of
-each input row and scores only the rest; a damaged part (a disk fault, a truncated copy) is moved aside and its
-rows are scored again rather than stopping the run.
+it, so two attempts never overwrite each other. A resumed submission reads every readable part, keeps the first
+score of each image (``image_key`` with the same ``image_stamp``: the same bytes) and scores only the rest; a
+damaged part (a disk fault, a truncated copy) is moved aside and its rows are scored again rather than stopping
+the run.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def staging_dir(out: str, run_id: str) -> str:
 
 @dataclass
 class Staged:
-    rows: pa.Table | None  # the staged rows (the scores table's file schema), one per input_row; None: nothing yet
+    rows: pa.Table | None  # the staged rows (the scores table's file schema), one per image; None: nothing yet
     quarantined: list[str] = field(default_factory=list)
 
-    def done(self) -> set[int]:
-        return set() if self.rows is None else set(self.rows.column("input_row").to_pylist())
+    def frame(self) -> pd.DataFrame:
+        """The staged rows as pandas (empty, with no columns, when nothing is staged)."""
+        return pd.DataFrame() if self.rows is None else self.rows.to_pandas()
 
 
 def load(out: str, run_id: str, storage_cfg: StorageConfig | None = None) -> Staged:
@@ -52,13 +54,13 @@ def load(out: str, run_id: str, storage_cfg: StorageConfig | None = None) -> Sta
 
 
 def first_per_row(tables: list[pa.Table]) -> pa.Table | None:
-    """The tables stacked, each ``input_row`` once (the first one staged wins)."""
+    """The tables stacked, each image (``image_key`` and ``image_stamp``) once: the first one staged wins."""
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return None
     rows = pa.concat_tables(tables, promote_options="default")
-    keep = ~pd.Series(rows.column("input_row").to_numpy(zero_copy_only=False)).duplicated(keep="first").to_numpy()
-    return rows.filter(pa.array(keep))
+    keys = pd.DataFrame({"k": rows.column("image_key").to_pylist(), "s": rows.column("image_stamp").to_pylist()})
+    return rows.filter(pa.array(~keys.duplicated(keep="first").to_numpy()))
 
 
 class PartWriter:

@@ -25,9 +25,9 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from skinray import SkinrayError
+from skinray import SkinrayError, TemporaryError
 
 
 class StorageConfig(BaseModel):
@@ -37,6 +37,8 @@ class StorageConfig(BaseModel):
 
     endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000; default: $AWS_ENDPOINT_URL, else AWS
     region: str | None = None  # default: each bucket's own region, else $AWS_REGION / $AWS_DEFAULT_REGION
+    read_attempts: int = Field(4, ge=1, le=20)  # tries of an image read that fails for a passing reason
+    retry_base_seconds: float = Field(0.5, ge=0, le=60)  # backoff before the second try, doubled after each
 
     def resolved_endpoint(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -163,8 +165,29 @@ def delta_storage_options(uri: str, storage: StorageConfig | None = None) -> dic
     return options
 
 
+# What S3 (through pyarrow's AWS SDK or boto3) and the network say when a retry may succeed: throttling, 5xx,
+# dropped or refused connections, timeouts. Anything else (access denied, no such key, bad request) is final.
+TRANSIENT_MARKERS = ("slow_down", "slowdown", "throttl", "too many requests", "service_unavailable",
+                     "serviceunavailable", "internal_failure", "internalerror", "request_timeout", "requesttimeout",
+                     "network_connection", "connection reset", "connection refused", "connection aborted",
+                     "couldn't connect", "could not connect", "timed out", "timeout", "broken pipe",
+                     "response code: 500", "response code: 502", "response code: 503", "response code: 504",
+                     "response code: 429", "curlcode", "temporarily unavailable", "endpointconnectionerror")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage failure may pass on its own (retry it) rather than be final (record it)."""
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
 def _wrap(uri: str, exc: Exception) -> SkinrayError:
+    """One line naming the URI; a passing failure (storage unavailable) as :class:`TemporaryError` (exit 75)."""
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if is_transient(exc):
+        return TemporaryError(f"cannot reach {uri} now: {msg} (retry later)")
     return SkinrayError(f"cannot access {uri}: {msg}")
 
 

@@ -196,3 +196,73 @@ def second_source(tmp_path, n=80, seed=5):
     meta["lesion_id"] = None
     meta.to_csv(tmp_path / "b" / "metadata.csv", index=False)
     return meta
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the S3 endpoint that answers ``503 SlowDown`` to GETs of chosen keys: the first
+    ``times`` of each (``times=None``: every one), as a throttled or briefly unreachable bucket does. Everything else
+    passes through unchanged; ``failures`` counts what was refused."""
+
+    def __init__(self, upstream: str, keys: set[str], times: int | None) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        self.keys, self.times, self.failures = set(keys), times, 0
+        self.seen: dict[str, int] = {}
+        lock = threading.Lock()
+        host = urlparse(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = self.path.split("?")[0].lstrip("/")
+                if self.command == "GET" and "?" not in self.path and any(key.endswith(k) for k in proxy.keys):
+                    with lock:
+                        proxy.seen[key] = proxy.seen.get(key, 0) + 1
+                        fail = proxy.times is None or proxy.seen[key] <= proxy.times
+                        proxy.failures += fail
+                    if fail:
+                        err = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your "
+                               b"request rate.</Message></Error>")
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(err)))
+                        self.end_headers()
+                        self.wfile.write(err)
+                        return
+                conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+                conn.request(self.command, self.path, body=body or None,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FlakyS3":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

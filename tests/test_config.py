@@ -143,3 +143,17 @@ def test_train_folds_and_ensemble_flags_reach_the_config():
     assert build_config(_parser().parse_args(["train"])).train.ensemble is False
     with pytest.raises(SkinrayError, match="ensemble needs folds"):
         build_config(_parser().parse_args(["train", "--ensemble"]))
+
+
+def test_today_and_yesterday_are_taken_in_the_clinics_time_zone():
+    import datetime as dt
+
+    late = dt.datetime(2026, 12, 8, 1, 30, tzinfo=dt.timezone.utc)  # 01:30 UTC is still Dec 7 in New York
+    cfg = load_config(overrides={"score.date": "yesterday", "score.timezone": "America/New_York"})
+    assert cfg.score.date == "yesterday" and cfg.score.night(late) == "2026-12-06"
+    cfg = load_config(overrides={"score.date": "Today", "score.timezone": "Europe/Vienna"})
+    assert cfg.score.night(late) == "2026-12-08"
+    assert load_config().score.night(late) == "2026-12-08"  # default: today, UTC
+    assert load_config(overrides={"score.date": "2026-11-25"}).score.night(late) == "2026-11-25"
+    with pytest.raises(SkinrayError, match="IANA time zone"):
+        load_config(overrides={"score.timezone": "Mars/Olympus"})

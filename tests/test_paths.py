@@ -67,3 +67,15 @@ def test_listing_counts_what_it_leaves_out_and_survives_loops(tmp_path):
     names = [os.path.relpath(f, root) for f in listing.files]
     assert names == ["a.jpg", "escape.jpg", "sub/b.PNG"]  # escape.jpg is listed so its row can say why it fails
     assert listing.skipped == {"hidden": 3, "not_image_suffix": 1, "duplicate_link": 2, "link_outside_root": 1}
+
+
+def test_listing_stamps_each_file_and_counts_what_is_not_a_regular_file(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"1234")
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would block the run: counted, never a row
+    listing = paths.list_images(str(tmp_path))
+    assert [os.path.basename(f) for f in listing.files] == ["a.jpg"]
+    assert listing.skipped == {"not_a_file": 1}
+    size, mtime = listing.stamps[str(tmp_path / "a.jpg")].split(":")
+    assert size == "4" and int(mtime) > 0
+    assert paths.stamps([str(tmp_path / "a.jpg"), str(tmp_path / "gone.jpg")]) == {
+        str(tmp_path / "a.jpg"): listing.stamps[str(tmp_path / "a.jpg")], str(tmp_path / "gone.jpg"): ""}

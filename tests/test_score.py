@@ -1,8 +1,9 @@
-"""Batch scoring's contract: every input exactly once, bad files as error rows, one commit per run, resume without
-gaps or duplicates, runs that cannot be confused with each other, and readers that never see a failed or
-half-committed run."""
+"""Batch scoring's contract: every input exactly once, bad files as error rows, one commit per submission, a night
+scored once however often it is submitted, resume without gaps or duplicates, runs that cannot be confused with each
+other, and readers that never see a failed or half-committed run."""
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -156,9 +157,7 @@ def test_rerun_is_a_noop_and_a_rescore_replaces_the_date_in_presets(image_folder
     assert first.record["tta"] is True and other.record["tta"] is False  # the model's TTA setting unless overridden
     n = image_folder["n"]
     assert run_query(out, preset_sql("daily_counts"))["images"].tolist() == [n]  # each image once per date
-    counts = run_query(out, "SELECT run_id, count(*) AS n FROM scores GROUP BY run_id ORDER BY run_id", all_runs=True)
-    assert sorted(counts["run_id"]) == sorted([first.run_id, other.run_id]) and counts["n"].tolist() == [n, n]
-    assert set(_rows(out)["run_id"]) == {"manual-2"}  # the latest committed run of the date
+    assert set(_rows(out)["run_id"]) == {"manual-2"} and len(_rows(out)) == n  # the re-score replaced the night
     assert set(_rows(out, as_of=first.table_version)["run_id"]) == {first.run_id}  # what was reported before
     # a run id belongs to one date and one input
     with pytest.raises(SkinrayError, match="was used for 2026-11-25, not 2026-11-26"):
@@ -255,7 +254,7 @@ def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_di
     record = runs.read(out, run_id)
     assert record["status"] == "failed" and "could not be scored" in record["failure_reason"]
     assert len(pd.read_parquet(os.path.join(out, "runs", run_id, "rows.parquet"))) == image_folder["n"]
-    assert not scores_table.is_committed(out, run_id)  # readers never see it
+    assert scores_table.submissions(out, run_id) == 0  # readers never see it
     started = time.time()
     with pytest.raises(SkinrayError, match="failed: .*could not be scored.*stays failed"):
         score(_cfg(model_dir, image_folder["local"], out, **{"score.max_failure_fraction": 0.01}))
@@ -350,3 +349,130 @@ def test_user_errors_of_score_are_one_line(image_folder, model_dir, tmp_path):
         proc = run_cli("score", "--model", model_dir, "--input", str(tmp_path / "empty.csv"), "--out",
                        str(tmp_path / "o2"))
         assert proc.returncode == 2 and "cannot be parsed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _night_folder(image_folder, where: str, tmp_path, n: int) -> tuple[str, callable]:
+    """A fresh folder of the first ``n`` good images, and a function that adds more (late arrivals) to it."""
+    local = tmp_path / "night"
+    local.mkdir()
+    target = str(local) if where == "local" else f"s3://{BUCKET}/night-{os.urandom(4).hex()}"
+
+    def add(names: list[str]) -> None:
+        for name in names:
+            src = os.path.join(image_folder["local"], name)
+            if where == "local":
+                shutil.copy(src, local / name)
+            else:
+                storage.write_bytes(f"{target}/{name}", open(src, "rb").read())
+
+    add(image_folder["good"][:n])
+    return target, add
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_night_is_scored_once_however_often_it_is_submitted(where, image_folder, model_dir, ray_session, tmp_path):
+    night, add = _night_folder(image_folder, where, tmp_path, 10)
+    out = str(tmp_path / "out") if where == "local" else f"s3://{BUCKET}/night-out-{os.urandom(4).hex()}"
+    cfg = _cfg(model_dir, night, out)
+    first = score(cfg)
+    assert first.scored == 10 and first.table_version == 1
+    before = _rows(out).set_index("image_uri")["scored_at"]
+    add(image_folder["good"][10:16])  # six images arrive after the 02:00 run
+    second = score(cfg)  # the scheduler's retry: the same command
+    assert second.run_id == first.run_id and second.record["scored_this_attempt"] == 6
+    rows = _rows(out)
+    assert len(rows) == 16 and rows["image_uri"].is_unique and set(rows["run_id"]) == {first.run_id}
+    assert rows.set_index("image_uri")["scored_at"].reindex(before.index).equals(before)  # not scored again
+    assert [s["submission"] for s in second.record["submissions"]] == [1, 2]
+    assert [s["new"] for s in second.record["submissions"]] == [10, 6] and second.rows == 16
+    assert runs.read(out, first.run_id)["submissions"][-1]["table_version"] == 2
+    version = scores_table.snapshot(out).version
+    idle = score(cfg)  # nothing new: no commit, exit 0
+    assert idle.already_complete and scores_table.snapshot(out).version == version
+    # the page shows the whole night, its commits listed
+    page = storage.read_text(storage.join(runs.run_dir(out, first.run_id), "report.html"))
+    assert "submission 2" in page
+    if where == "local":  # new bytes at the same path are a new answer, replacing the old one
+        name = image_folder["good"][0]
+        shutil.copy(os.path.join(image_folder["local"], image_folder["good"][20]), os.path.join(night, name))
+        os.utime(os.path.join(night, name), ns=(time.time_ns(), time.time_ns() + 10**9))
+        third = score(cfg)
+        assert third.record["scored_this_attempt"] == 1 and len(_rows(out)) == 16
+        assert third.record["submissions"][-1]["new"] == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_rescore_with_another_model_replaces_the_night_for_every_reader(where, image_folder, model_dir,
+                                                                          promising_model, ray_session, tmp_path):
+    night, _ = _night_folder(image_folder, where, tmp_path, 12)
+    out = str(tmp_path / "out") if where == "local" else f"s3://{BUCKET}/rescore-out-{os.urandom(4).hex()}"
+    first = score(_cfg(model_dir, night, out))
+    second = score(_cfg(promising_model, night, out))  # another model: another run of the same night
+    assert second.run_id != first.run_id and second.record["scored_this_attempt"] == 12
+    uri = scores_table.table_uri(out)
+    options = storage.delta_storage_options(uri)
+    table = DeltaTable(uri, storage_options=options)
+    con = duckdb.connect()  # DuckDB and pandas, outside skinray's query code
+    con.register("s", table.to_pyarrow_dataset())
+    assert con.execute("SELECT count(*), count(DISTINCT image_uri) FROM s").fetchone() == (12, 12)
+    assert con.execute("SELECT DISTINCT model_id FROM s").fetchall() == [(ModelArtifact.open(promising_model)
+                                                                          .model_id,)]
+    frame = table.to_pandas()
+    assert len(frame) == 12 and set(frame["run_id"]) == {second.run_id}
+    old = DeltaTable(uri, version=first.table_version, storage_options=options).to_pandas()  # time travel
+    assert len(old) == 12 and set(old["run_id"]) == {first.run_id}
+    assert set(_rows(out, as_of=first.table_version)["run_id"]) == {first.run_id}
+
+
+def test_reads_failing_for_a_while_are_retried_and_reads_failing_throughout_wait_for_the_next_submit(
+        image_folder, model_dir, ray_session, tmp_path, s3_endpoint):
+    from conftest import FlakyS3
+
+    night, _ = _night_folder(image_folder, "s3", tmp_path, 12)
+    out = f"s3://{BUCKET}/flaky-out-{os.urandom(4).hex()}"
+    names = set(image_folder["good"][:3])
+    fast = {"storage.retry_base_seconds": 0.05}
+    with FlakyS3(s3_endpoint, names, times=4) as proxy:  # more than the S3 client's own three tries
+        run = score(_cfg(model_dir, night, out, **{"storage.endpoint_url": proxy.url, **fast}))
+        assert proxy.failures >= 12
+    assert run.status == "succeeded" and run.scored == 12 and run.failed == 0
+    out2 = f"s3://{BUCKET}/flaky-out-{os.urandom(4).hex()}"
+    with FlakyS3(s3_endpoint, names, times=None) as proxy:  # unreachable the whole night
+        args = ["score", "--model", model_dir, "--input", night, "--out", out2, "--date", DATE, "--endpoint-url",
+                proxy.url, "--log-format", "json", "--set", "storage.read_attempts=2", "--set",
+                "storage.retry_base_seconds=0.05"]
+        from conftest import run_cli
+
+        proc = run_cli(*args)
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    error = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert error["kind"] == "temporary" and error["level"] == "error" and error["run_id"] and error["time"]
+    rows = _rows(out2)
+    assert len(rows) == 9 and not rows["image_uri"].str.split("/").str[-1].isin(names).any()  # not committed
+    record = runs.read(out2, error["run_id"])
+    assert record["status"] == "incomplete" and record["retry_later"] == 3
+    again = run_cli(*[a for a in args if a not in ("--endpoint-url", proxy.url)])  # the bucket is back
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = _rows(out2)
+    assert len(rows) == 12 and rows["image_uri"].is_unique and rows["error"].isna().all()
+    assert runs.read(out2, error["run_id"])["status"] == "succeeded"
+
+
+def test_exit_codes_tell_a_scheduler_what_to_do(image_folder, model_dir, tmp_path):
+    from conftest import run_cli
+
+    out = str(tmp_path / "out")
+    base = ["score", "--model", model_dir, "--input", image_folder["local"], "--out", out, "--date", DATE,
+            "--log-format", "json", "--set", "image.max_pixels=20000000"]
+    failed = run_cli(*base, "--set", "score.max_failure_fraction=0.01")  # 8 of 48 images are bad: the data says no
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    error = json.loads(failed.stderr.strip().splitlines()[-1])
+    assert error["kind"] == "data" and error["stage"] == "score" and error["run_id"].startswith(DATE)
+    assert run_cli(*base, "--set", "score.max_failure_fraction=0.01").returncode == 3  # stays failed
+    typo = run_cli(*base, "--batch-sise", "4")  # argparse's own error, as JSON too
+    assert typo.returncode == 2
+    error = json.loads(typo.stderr.strip().splitlines()[-1])
+    assert error["kind"] == "usage" and "batch-sise" in error["message"] and error["time"]
+    down = run_cli(*base, env={"RAY_ADDRESS": "127.0.0.1:9"})  # no cluster there: retry later
+    assert down.returncode == 75, down.stderr[-2000:]
+    assert json.loads(down.stderr.strip().splitlines()[-1])["kind"] == "temporary"

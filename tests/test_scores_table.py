@@ -1,4 +1,5 @@
-"""The scores table (Delta Lake) without Ray: one commit per run, exactly once, what readers see, the SQL sandbox.
+"""The scores table (Delta Lake) without Ray: one commit per submission, one answer per image and night, exactly
+once, what readers see, the SQL sandbox.
 
 Runs against a local folder and the S3 endpoint (moto), which honours the conditional writes Delta's commits use.
 """
@@ -35,7 +36,8 @@ def _rows(run_id: str, n: int = 5, seed: int = 0) -> pa.Table:
         "image_uri": [f"/in/{i}.jpg" for i in range(n)], "prob_malignant": prob, "logit_malignant": logit,
         "predicted": np.where(prob >= 0.4, "malignant", "benign"), "confidence": np.maximum(prob, 1 - prob),
         "threshold": 0.4, "dx_pred": "nv", "dx_probs": json.dumps({"mel": 0.2, "nv": 0.8}), "model_id": "m" * 16,
-        "scored_at": pd.Timestamp("2026-11-25T03:00:00Z"), "error": None, "label": None})
+        "scored_at": pd.Timestamp("2026-11-25T03:00:00Z"), "error": None, "label": None,
+        "image_key": [f"/in/{i}.jpg" for i in range(n)], "image_stamp": "1:1"})
     df.loc[n - 1, ["prob_malignant", "logit_malignant", "predicted", "confidence", "dx_pred", "dx_probs"]] = None
     df.loc[n - 1, "error"] = "missing: /in/4.jpg"
     return scores_table.to_rows(df)
@@ -82,18 +84,46 @@ def test_each_image_counts_once_per_date_and_earlier_versions_stay_readable(out)
     scores_table.commit_run(out, "other-day", "2026-11-26", _rows("other-day"), {})
     scores_table.commit_run(out, "rescore", "2026-11-25", _rows("rescore", seed=1), {})
     daily = run_query(out, preset_sql("daily_counts")).set_index("scored_date")
-    assert daily["images"].tolist() == [5, 5]  # the re-score replaced the first run of 11-25 in the presets
-    everything = run_query(out, "SELECT count(*) AS n FROM scores", all_runs=True)["n"][0]
-    assert everything == 15
-    assert _count(out, "night1") == 0 and _count(out, "night1", all_runs=True) == 5
+    assert daily["images"].tolist() == [5, 5]  # the re-score replaced the first run of 11-25
+    assert run_query(out, "SELECT count(*) AS n FROM scores")["n"][0] == 10
+    assert _count(out, "night1") == 0 and _count(out, "rescore") == 5
     # the audit trail: what was reported for 11-25 before the re-score
     before = run_query(out, preset_sql("daily_counts"), as_of=2).set_index("scored_date")
     assert before["images"].tolist() == [5, 5] and _count(out, "night1", as_of=2) == 5
     assert scores_dataset(out, as_of="1").to_table().num_rows == 5
-    runs = run_query(out, "SELECT run_id, latest FROM runs ORDER BY version")
-    assert runs.values.tolist() == [["night1", False], ["other-day", True], ["rescore", True]]
+    runs = run_query(out, "SELECT run_id, submission, replaced_files FROM runs ORDER BY version")
+    assert runs.values.tolist() == [["night1", 1, "0"], ["other-day", 1, "0"], ["rescore", 1, "1"]]
     with pytest.raises(SkinrayError, match="--as-of"):
         scores_dataset(out, as_of="last tuesday")
+
+
+def test_a_partial_rescore_replaces_only_its_images_and_late_ones_are_added(out):
+    scores_table.commit_run(out, "night", "2026-11-25", _rows("night", n=6), {})
+    part = _rows("fix", n=6).slice(1, 2)  # two of the six images scored again (another model)
+    scores_table.commit_run(out, "fix", "2026-11-25", part, {})
+    late = _rows("night", n=9).slice(6, 3)  # three images arrived later: the same run's second submission
+    scores_table.commit_run(out, "night", "2026-11-25", late, {}, submission=2)
+    scores_table.commit_run(out, "night", "2026-11-25", late, {}, submission=2)  # a repeated submit adds nothing
+    uri = scores_table.table_uri(out)
+    table = DeltaTable(uri, storage_options=storage.delta_storage_options(uri)).to_pandas()  # pandas, not skinray
+    assert len(table) == 9 and table["image_key"].is_unique
+    assert table.groupby("run_id").size().to_dict() == {"fix": 2, "night": 7}
+    assert scores_table.submissions(out, "night") == 2
+    assert [s["submission"] for s in scores_table.run_submissions(out, "night")] == [1, 2]
+    answered = scores_table.answered(out, "night", "2026-11-25")
+    assert len(answered) == 7 and set(answered["image_stamp"]) == {"1:1"}
+
+
+def test_a_table_of_another_schema_is_refused(out):
+    from deltalake import write_deltalake
+
+    uri = scores_table.table_uri(out)
+    options = storage.delta_storage_options(uri)
+    write_deltalake(uri, pa.table({"a": [1], "scored_date": ["2026-11-25"]}), partition_by=["scored_date"],
+                    storage_options=options)
+    with pytest.raises(SkinrayError, match="another schema"):
+        scores_table.commit_run(out, "r1", "2026-11-25", _rows("r1"), {})
+    assert DeltaTable(uri, storage_options=options).version() == 0  # nothing written into it
 
 
 def test_top_of_the_ranking_has_no_ties_from_saturated_outputs(out):
@@ -155,7 +185,7 @@ def test_staged_parts_keep_the_first_score_of_each_row(tmp_path):
     second.write(_rows("r", 5, seed=9))
     part = next(p for p in os.listdir(tmp_path / "_staging" / "r") if p.startswith(f"part-{second.attempt}"))
     staged = staging.load(str(tmp_path), "r")
-    assert staged.rows.num_rows == 5 and staged.done() == set(range(5))
+    assert staged.rows.num_rows == 5 and set(staged.frame()["image_key"]) == {f"/in/{i}.jpg" for i in range(5)}
     # a damaged part is moved aside and its rows are scored again, instead of stopping the run
     (tmp_path / "_staging" / "r" / part).write_bytes(b"PAR1 not really")
     first = next(p for p in os.listdir(tmp_path / "_staging" / "r") if p.startswith(f"part-{writer.attempt}"))
@@ -164,3 +194,21 @@ def test_staged_parts_keep_the_first_score_of_each_row(tmp_path):
     assert staged.rows is None and len(staged.quarantined) == 2
     assert sorted(os.listdir(tmp_path / "_staging" / "r")) == sorted(p.replace(".parquet", ".corrupt")
                                                                      for p in (part, first))
+
+
+def test_scoring_inputs_know_each_images_identity_within_the_night(tmp_path):
+    from skinray.config import ManifestConfig
+    from skinray.score_inputs import load
+    from skinray.storage import StorageConfig
+
+    (tmp_path / "img").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "img" / f"{name}.jpg").write_bytes(name.encode())
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"isic_id": ["a", "b", "a", "gone"]}).to_csv(manifest, index=False)
+    rows = load(str(manifest), "auto", str(tmp_path / "img"), ManifestConfig(), StorageConfig()).rows
+    assert rows["image_key"].is_unique and rows["image_key"].notna().all()  # a repeated image keeps its own row
+    assert rows["image_key"][0] == rows["image_uri"][0] and rows["image_key"][2] == rows["image_uri"][0] + "#1"
+    assert rows["image_stamp"][0].startswith("1:") and rows["image_stamp"][3] == ""
+    folder = load(str(tmp_path / "img"), "auto", None, ManifestConfig(), StorageConfig()).rows
+    assert (folder["image_key"] == folder["image_uri"]).all() and folder["image_stamp"].str.startswith("1:").all()

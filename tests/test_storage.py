@@ -140,3 +140,17 @@ def test_the_filesystem_for_libraries_writes_single_puts_without_markers(s3_endp
     assert fs.get_file_info(f"{path}/checkpoint_000001/state.json").type == pafs.FileType.NotFound
     with pytest.raises(OSError):
         fs.delete_dir_contents("/", accept_root_dir=True)  # never a whole bucket
+
+
+@pytest.mark.parametrize("message, transient", [
+    ("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate.", True),
+    ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7, Couldn't connect to server", True),
+    ("When reading information for key 'x': AWS Error UNKNOWN (HTTP status 503) during HeadObject operation: "
+     "HTTP response code: 503", True),
+    ("AWS Error ACCESS_DENIED during GetObject operation: Access Denied", False),
+    ("Path does not exist 'bucket/x.jpg'", False),
+])
+def test_passing_storage_failures_are_told_from_final_ones(message, transient):
+    assert storage.is_transient(OSError(message)) is transient
+    wrapped = storage._wrap("s3://b/x", OSError(message))
+    assert (wrapped.exit_code == 75) is transient and wrapped.kind == ("temporary" if transient else "usage")
