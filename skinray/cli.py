@@ -496,7 +496,7 @@ def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
     global _ARGV
     _ARGV = None if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    console.setup(args.verbose, args.log_format)
+    console.setup(args.verbose, args.log_format, args.command)
     try:
         cfg = build_config(args)
         if preflight:

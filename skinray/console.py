@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger("skinray")
 _format = "text"  # set by setup(): how say() and error() write
+_stage = "cli"  # set by setup(): the command, the stage of lines whose logger names none
 
 
 class TextFormatter(logging.Formatter):
@@ -34,8 +35,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         parts = record.name.split(".")
-        if parts[0] == "skinray" and len(parts) > 1:
-            event["stage"] = parts[1]  # skinray.score → score; an event's own "stage" wins
+        # skinray.score → score; an event's own "stage" wins; every line has one
+        event["stage"] = parts[1] if parts[0] == "skinray" and len(parts) > 1 else _stage
         extra = getattr(record, "event", None)
         if isinstance(extra, dict):
             event.update({k: v for k, v in extra.items() if k not in event or k == "stage"})
@@ -55,12 +56,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup(verbose: bool = False, fmt: str = "text") -> None:
-    """Route skinray's logs to stderr in ``fmt``; quiet other libraries unless ``verbose``."""
+def setup(verbose: bool = False, fmt: str = "text", stage: str = "cli") -> None:
+    """Route skinray's logs to stderr in ``fmt``; quiet other libraries unless ``verbose``. ``stage`` (the command)
+    names the stage of lines whose logger does not."""
     from skinray.runtime import quiet_env
 
-    global _format
-    _format = fmt
+    global _format, _stage
+    _format, _stage = fmt, stage
     os.environ["SKINRAY_VERBOSE"] = "1" if verbose else "0"
     os.environ["SKINRAY_LOG_FORMAT"] = fmt
     for key, value in quiet_env(verbose).items():
@@ -80,7 +82,7 @@ def say(message: str, **fields: Any) -> None:
     """A command's result on stdout: the text for people, or one JSON object with ``fields`` for schedulers."""
     if _format == "json":
         event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "level": "info",
-                 "logger": "skinray.cli", "stage": "cli", "message": message}
+                 "logger": "skinray.cli", "stage": _stage, "message": message}
         print(json.dumps(event | fields, default=str))
     else:
         print(message)
@@ -92,7 +94,7 @@ def error(message: str, fmt: str | None = None, kind: str = "usage", run_id: str
     in which stage, of which ``kind`` (usage, data, temporary: what a retry would do) and for which run."""
     if (fmt or _format) == "json":
         event = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "level": "error",
-                 "logger": "skinray", "stage": stage or "cli", "kind": kind, "run_id": run_id, "message": message}
+                 "logger": "skinray", "stage": stage or _stage, "kind": kind, "run_id": run_id, "message": message}
         print(json.dumps(event), file=sys.stderr)
     else:
         print(f"skinray: error: {message}", file=sys.stderr)

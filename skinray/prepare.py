@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skinray import SkinrayError, images, paths, schema, split, storage
+from skinray import SkinrayError, TemporaryError, images, paths, schema, split, storage
 from skinray.config import ImageConfig, PrepareConfig, SkinrayConfig, SourceConfig
 from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, versions
 from skinray.results import PrepareReport
@@ -210,6 +210,10 @@ def clean(cfg: SkinrayConfig) -> Cleaned:
     checked = check_images(todo, cfg).set_index("_row")
     image_reason = checked["reason"].reindex(canon["_row"]).to_numpy()
     reason = reason.where(reason.notna(), pd.Series(image_reason, index=canon.index))
+    unreachable = int(reason.isin(images.RETRYABLE_REASONS).sum())
+    if unreachable:  # a dataset missing images the bucket only failed to serve just now would be wrong for good
+        raise TemporaryError(f"{unreachable} images could not be read now (storage unavailable, after "
+                             f"{cfg.storage.read_attempts} tries each); nothing was written: run prepare again later")
     if reason.notna().all():
         raise SkinrayError(
             f"no usable rows in {', '.join(s.manifest for s in _inputs(cfg.prepare))}: all {len(canon)} rejected "

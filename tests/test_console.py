@@ -25,6 +25,21 @@ def test_events_carry_their_stage_and_fields(json_console, capsys):
     assert second["stage"] == "train" and second["epoch"] == 1
 
 
+def test_every_json_line_says_when_how_bad_and_which_stage(capsys):
+    console.setup(verbose=False, fmt="json", stage="score")
+    try:
+        console.log.info("preflight: 3 checks passed")
+        console.say("done", run_id="r1")
+        console.error("no such bucket", kind="temporary", run_id="r1")
+    finally:
+        console.setup(verbose=False, fmt="text")
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.err.strip().splitlines()] + [json.loads(captured.out)]
+    assert all({"time", "level", "stage"} <= set(x) and x["stage"] == "score" for x in lines), lines
+    error = lines[1]
+    assert error["level"] == "error" and error["kind"] == "temporary" and error["run_id"] == "r1"
+
+
 def test_a_result_is_one_json_object_or_the_text(json_console, capsys):
     json_console()
     console.say("run r1: scored 3", run_id="r1", scored=3)
