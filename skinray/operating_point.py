@@ -441,7 +441,8 @@ def describe(threshold: ThresholdChoice) -> str:
     for name, d in diagnoses.items():
         if not d.n:
             continue
-        text += f"; {name} ≥ {d.target:.2f}: validation sensitivity {d.sensitivity:.3f} over {d.n} images"
+        measured = "n/a" if d.sensitivity is None else f"{d.sensitivity:.3f}"
+        text += f"; {name} ≥ {d.target:.2f}: validation sensitivity {measured} over {d.n} images"
         if d.lower_bound is not None:
             text += f", lower bound {d.lower_bound:.3f}"
         if d.met is False:

@@ -230,7 +230,7 @@ def regenerate(out: str, cfg: SkinrayConfig, run_id: str | None = None, date: st
     record = runs.read(out, run_id, cfg.storage)
     if record is None:
         raise SkinrayError(f"no run {run_id} under {out}")
-    if record.get("status") == "succeeded":
+    if record.get("status") in ("succeeded", "incomplete"):
         df = scores_table.run_rows(out, run_id, cfg.storage)
     elif storage.exists(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage):
         df = storage.read_parquet(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage).to_pandas()

@@ -247,7 +247,9 @@ class FlakyS3:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but says the object's size
+                size = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", size)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -473,6 +473,7 @@ def test_exit_codes_tell_a_scheduler_what_to_do(image_folder, model_dir, tmp_pat
     assert typo.returncode == 2
     error = json.loads(typo.stderr.strip().splitlines()[-1])
     assert error["kind"] == "usage" and "batch-sise" in error["message"] and error["time"]
-    down = run_cli(*base, env={"RAY_ADDRESS": "127.0.0.1:9"})  # no cluster there: retry later
+    elsewhere = [a if a != out else str(tmp_path / "other") for a in base]
+    down = run_cli(*elsewhere, env={"RAY_ADDRESS": "127.0.0.1:9"})  # no cluster there: retry later
     assert down.returncode == 75, down.stderr[-2000:]
     assert json.loads(down.stderr.strip().splitlines()[-1])["kind"] == "temporary"
