@@ -291,8 +291,8 @@ def test_dockerfile_ray_version_matches_pins_and_installed_ray(stages):
     assert str(_load(RAYJOB_YAML)["spec"]["rayClusterSpec"]["rayVersion"]) == tag
 
 
-@pytest.mark.parametrize("target,constraints,extra", [("cpu", "cluster/constraints.txt", "cpu"),
-                                                      ("gpu", "cluster/constraints-gpu.txt", "gpu")])
+@pytest.mark.parametrize("target,constraints,extra", [("cpu", "cluster/constraints.txt", "train"),
+                                                      ("gpu", "cluster/constraints-gpu.txt", "train,gpu")])
 def test_dockerfile_installs_pinned_skinray(stages, target, constraints, extra):
     stage = stages[target]
     installs = _pip_installs(stage)
@@ -310,7 +310,7 @@ def test_dockerfile_installs_pinned_skinray(stages, target, constraints, extra):
     assert skinray == f".[{extra}]", f"target {target} installs {skinray}"
     assert constraints in [c for argv in installs for c in _constraint_files(argv)]
     # the project is copied to WORKDIR, and `python jobs/score.py` works from there
-    for rel in ("pyproject.toml", "README.md", "skinray/__init__.py", "jobs/score.py", "jobs/train.py"):
+    for rel in ("pyproject.toml", "README.md", "LICENSE", "skinray/__init__.py", "jobs/score.py", "jobs/train.py"):
         assert posixpath.join(wd, rel) in files, f"target {target}: {rel} not in {wd}"
 
 
@@ -355,6 +355,107 @@ def test_dockerfile_exactly_one_onnxruntime_build(stages, tmp_path, target, ok):
         assert any("CUDAExecutionProvider" in r for r in imports), "the GPU image must check the CUDA provider"
 
 
+FAKE_PIP = """\
+import json, os, re, sys, tomllib
+ORT = {"onnxruntime", "onnxruntime-gpu"}
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[:2] == ["-m", "venv"]:  # `python -m venv .venv`: .venv/bin/python is this fake again
+    os.makedirs(os.path.join(args[2], "bin"), exist_ok=True)
+    os.symlink(os.path.abspath(sys.argv[0]), os.path.join(args[2], "bin", "python"))
+    sys.exit(0)
+if args[:2] == ["-m", "pip"]:
+    args = args[2:]
+path = os.environ["FAKE_STATE"]
+state = set(json.load(open(path))) if os.path.exists(path) else set()
+project = tomllib.load(open(os.environ["FAKE_PYPROJECT"], "rb"))["project"]
+def builds(reqs):
+    return {re.match(r"[\\w.-]+", r).group(0) for r in reqs} & ORT
+if args[0] == "install":  # the project (with its extras) brings the ORT builds pyproject names; a build by name
+    for a in args[1:]:
+        m = re.fullmatch(r"\\.(?:\\[([\\w,]*)\\])?", a)
+        if m:
+            extras = [e for e in (m.group(1) or "").split(",") if e]
+            state |= builds(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]])
+        elif a in ORT:
+            state.add(a)
+elif args[0] == "uninstall":
+    state -= set(args[1:])
+elif args[0] == "show":
+    sys.exit(0 if set(args[1:]) <= state else 1)
+json.dump(sorted(state), open(path, "w"))
+"""
+
+
+def _fake_pip(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A `pip` (and `python -m pip` / `python -m venv`) that tracks which ONNX Runtime builds are installed."""
+    import sys
+
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    fake = bindir / "pip"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_PIP)
+    fake.chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_STATE": str(tmp_path / "state.json"),
+           "FAKE_LOG": str(tmp_path / "log.txt"), "FAKE_PYPROJECT": str(PYPROJECT)}
+    return fake, env
+
+
+def _installed(env: dict[str, str]) -> set[str]:
+    return set(json.loads(Path(env["FAKE_STATE"]).read_text()))
+
+
+@pytest.mark.parametrize("target,ort", [("cpu", {"onnxruntime"}), ("gpu", {"onnxruntime-gpu"})])
+def test_dockerfile_install_ends_with_exactly_the_targets_onnxruntime_build(stages, tmp_path, target, ort):
+    """The stage's install steps, run against pyproject's dependencies with a fake pip: the base install brings
+    onnxruntime, so the gpu target must swap it for onnxruntime-gpu, and its own `pip show` check must then pass."""
+    _fake, env = _fake_pip(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    runs = stages[target].args("RUN")
+    for run in [r for r in runs if re.search(r"\bpip (un)?install\b", r)]:
+        subprocess.run(["sh", "-c", run], env=env, cwd=work, check=True, timeout=60)
+    assert _installed(env) == ort
+    (check,) = [r for r in runs if "pip show" in r]
+    subprocess.run(["sh", "-c", check], env=env, cwd=work, check=True, timeout=60)
+
+
+def _bootstrap(tmp_path: Path, *args: str) -> tuple[dict[str, str], list[str]]:
+    """cluster/bootstrap.sh run in a copy of the repository's install files, with a fake python and pip."""
+    repo = tmp_path / "repo"
+    (repo / "cluster").mkdir(parents=True)
+    for rel in ("pyproject.toml", "cluster/bootstrap.sh", "cluster/constraints.txt", "cluster/constraints-gpu.txt"):
+        (repo / rel).write_text((REPO_ROOT / rel).read_text())
+    fake, env = _fake_pip(tmp_path)
+    r = subprocess.run(["bash", str(repo / "cluster" / "bootstrap.sh"), *args], env={**env, "PYTHON": str(fake)},
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return env, Path(env["FAKE_LOG"]).read_text().splitlines()
+
+
+def test_bootstrap_default_installs_train_and_test_on_the_cpu_build(tmp_path):
+    env, log = _bootstrap(tmp_path)
+    assert "-m pip install --quiet -c cluster/constraints.txt -e .[train,test]" in log
+    assert _installed(env) == {"onnxruntime"}
+
+
+def test_bootstrap_base_install_has_no_extras(tmp_path):
+    env, log = _bootstrap(tmp_path, "")
+    assert "-m pip install --quiet -c cluster/constraints.txt -e ." in log
+    assert _installed(env) == {"onnxruntime"}
+
+
+def test_bootstrap_gpu_swaps_in_the_gpu_build_of_onnxruntime(tmp_path):
+    env, log = _bootstrap(tmp_path, "gpu")
+    assert "-m pip install --quiet -c cluster/constraints-gpu.txt -e .[train,gpu]" in log
+    assert _installed(env) == {"onnxruntime-gpu"}, log
+
+
+def test_bootstrap_sh_is_valid_bash():
+    subprocess.run(["bash", "-n", str(CLUSTER / "bootstrap.sh")], check=True)
+
+
 # --------------------------------------------------------------------------- #
 # Constraints files
 # --------------------------------------------------------------------------- #
@@ -368,8 +469,9 @@ def test_constraints_files_pin_installed_ray():
 
 def test_constraints_gpu_matches_cpu_pins():
     cpu, gpu = _pins(CONSTRAINTS), _pins(CONSTRAINTS_GPU)
-    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
-    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    # constraints-gpu.txt pins onnxruntime too: the base install brings it before the GPU install swaps it out
+    assert "onnxruntime-gpu" in gpu and gpu.get("onnxruntime") == cpu["onnxruntime"]
+    assert "onnxruntime-gpu" not in cpu
     for name in ("tensorflow", "keras", "ray", "numpy", "pyarrow", "pandas", "deltalake", "onnx", "tf2onnx",
                  "protobuf", "boto3", "pillow", "scikit-learn"):
         assert name in cpu and name in gpu, name
@@ -412,12 +514,13 @@ def test_constraints_gpu_onnxruntime_matches_tensorflows_cuda():
         f"onnxruntime-gpu=={gpu['onnxruntime-gpu']} is a CUDA 13 build; the CUDA wheels here are CUDA 12")
 
 
-@pytest.mark.parametrize("extra,path", [("cpu", CONSTRAINTS), ("gpu", CONSTRAINTS_GPU)])
-def test_constraints_satisfy_pyproject(extra, path):
-    """`pip install -c <constraints> ".[extra]"` can only resolve if every pin satisfies pyproject's ranges."""
+@pytest.mark.parametrize("extras,path", [("train,test", CONSTRAINTS), ("train,gpu,test", CONSTRAINTS_GPU)])
+def test_constraints_satisfy_pyproject(extras, path):
+    """`pip install -c <constraints> ".[extras]"` can only resolve if every pin satisfies pyproject's ranges."""
     project = _pyproject()["project"]
     pins = _pins(path)
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    reqs = [Requirement(r) for r in project["dependencies"]
+            + [r for extra in extras.split(",") for r in project["optional-dependencies"][extra]]]
     bad = []
     for r in reqs:
         name = canonicalize_name(r.name)
@@ -425,7 +528,7 @@ def test_constraints_satisfy_pyproject(extra, path):
             bad.append(f"{r} is not pinned")
         elif not r.specifier.contains(pins[name], prereleases=True):
             bad.append(f"{name}=={pins[name]} does not satisfy {r}")
-    assert not bad, f"{path.name} vs pyproject.toml [{extra}]: {bad}"
+    assert not bad, f"{path.name} vs pyproject.toml [{extras}]: {bad}"
 
 
 # --------------------------------------------------------------------------- #
