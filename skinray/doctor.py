@@ -60,11 +60,14 @@ def onnxruntime_builds() -> list[str]:
 
 def check_onnxruntime(report: Report) -> None:
     builds = onnxruntime_builds()
-    if len(builds) != 1:
-        report.add("onnxruntime", False, f"no ONNX Runtime installed: pip install onnxruntime (GPU nodes: "
-                   f"{ORT_GPU_SWAP})" if not builds else "both onnxruntime and onnxruntime-gpu are installed (one "
-                   "silently replaces the other): pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
-                   "onnxruntime on CPU nodes or onnxruntime-gpu on GPU nodes (as cluster/bootstrap.sh gpu does)")
+    if not builds:
+        report.add("onnxruntime", False,
+                   f"no ONNX Runtime installed: pip install onnxruntime (GPU nodes: {ORT_GPU_SWAP})")
+        return
+    if len(builds) > 1:
+        report.add("onnxruntime", False, "both onnxruntime and onnxruntime-gpu are installed (one silently replaces "
+                   "the other): CPU nodes: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime; "
+                   f"GPU nodes: {ORT_GPU_SWAP}")
         return
     import onnxruntime as ort
 

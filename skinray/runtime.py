@@ -26,10 +26,11 @@ LOCAL_START_TRIES = 2
 GPU_POLL_SECONDS = 2.0
 # Training, export, Grad-CAM and the tf engine need these; the base install scores with ONNX Runtime alone.
 TRAIN_EXTRA_INSTALL = "pip install 'skinray[train]'"
-TRAIN_EXTRA_NAMES = {"tensorflow": "TensorFlow", "keras": "Keras", "tf2onnx": "tf2onnx", "onnx": "onnx"}
+TRAIN_EXTRA_NAMES = {"tensorflow": "TensorFlow", "keras": "Keras"}  # the others by their module name
 EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx")  # Keras' ONNX export runs tf2onnx; quantizing, onnx
-# The base install brings the CPU build of ONNX Runtime; a GPU node replaces it (both ship one module, cluster/README.md)
-ORT_GPU_SWAP = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (cluster/bootstrap.sh gpu)"
+# The base install brings ONNX Runtime's CPU build; a GPU node swaps it (both ship one module: cluster/README.md)
+ORT_GPU_SWAP = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install -c cluster/constraints-gpu.txt "
+                "onnxruntime-gpu (as cluster/bootstrap.sh gpu does)")
 
 log = logging.getLogger("skinray")
 
