@@ -1,7 +1,7 @@
 #!/bin/sh
 # The exit code a nightly launcher acts on, read from what Ray reports about a finished, failed job (on stdin:
 # `ray job submit`'s output, `ray job status`, or a RayJob's status.message). Used by cluster/nightly.sh (cron)
-# and by the launcher of cluster/cron/k8s-cronjob.yaml; both retry 75 only (skinray/__init__.py, README "Exit codes"):
+# and by the launcher of cluster/cron/k8s-cronjob.yaml; both retry 75 only (cluster/README.md, skinray/__init__.py):
 #   0 done · 2 usage (fix the command) · 3 the run failed on its data · 75 temporary (storage or cluster down).
 #
 # 1. The entrypoint's own exit code, as Ray's job supervisor records it in the job's status message: "Job
