@@ -15,6 +15,7 @@ from typing import Any
 from skinray import storage
 from skinray.config import SkinrayConfig, with_values
 from skinray.results import EvaluationReport, PrepareReport, RunRecord
+from skinray.runtime import EXPORT_MODULES, require_train_extra
 
 log = logging.getLogger("skinray.demo")
 
@@ -45,6 +46,7 @@ def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str 
     from skinray.synth import generate
     from skinray.train import train
 
+    require_train_extra("the demo (it trains a model)", EXPORT_MODULES)  # before the first stage's work
     t0 = time.time()
     out = storage.normalize(out)
     cfg = base_config or SkinrayConfig()

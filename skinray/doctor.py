@@ -17,6 +17,7 @@ from typing import Any
 
 from skinray import SkinrayError, storage
 from skinray.config import SkinrayConfig
+from skinray.runtime import ORT_GPU_SWAP, TRAIN_EXTRA_INSTALL, installed
 
 log = logging.getLogger("skinray.doctor")
 ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu")
@@ -59,10 +60,14 @@ def onnxruntime_builds() -> list[str]:
 
 def check_onnxruntime(report: Report) -> None:
     builds = onnxruntime_builds()
-    if len(builds) != 1:
-        report.add("onnxruntime", False, "no ONNX Runtime installed: pip install 'skinray[cpu]' (or [gpu])" if not
-                   builds else "both onnxruntime and onnxruntime-gpu are installed (one silently replaces the "
-                   "other): pip uninstall -y onnxruntime onnxruntime-gpu, then install skinray[cpu] or [gpu]")
+    if not builds:
+        report.add("onnxruntime", False,
+                   f"no ONNX Runtime installed: pip install onnxruntime (GPU nodes: {ORT_GPU_SWAP})")
+        return
+    if len(builds) > 1:
+        report.add("onnxruntime", False, "both onnxruntime and onnxruntime-gpu are installed (one silently replaces "
+                   "the other): CPU nodes: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime; "
+                   f"GPU nodes: {ORT_GPU_SWAP}")
         return
     import onnxruntime as ort
 
@@ -71,6 +76,12 @@ def check_onnxruntime(report: Report) -> None:
 
 
 def check_tensorflow(report: Report) -> None:
+    """TensorFlow is the ``train`` extra: a scoring node without it is fine, and is told what it cannot do."""
+    if not installed("tensorflow"):
+        report.add("tensorflow", True, "not installed: this node scores with ONNX Runtime; training, export, Grad-CAM "
+                   f"and --engine tf need {TRAIN_EXTRA_INSTALL}")
+        return
+
     def probe() -> str:
         from skinray.runtime import import_tensorflow
 
@@ -159,7 +170,7 @@ def _gpu_probe() -> dict[str, Any]:
         from skinray.runtime import import_tensorflow
 
         out["tf_gpus"] = len(import_tensorflow().config.list_physical_devices("GPU"))
-    except ImportError:
+    except (ImportError, SkinrayError):  # not installed there (the train extra): a scoring-only GPU node
         out["tf_gpus"] = None
     return out
 
@@ -179,9 +190,9 @@ def check_gpu(report: Report, cfg: SkinrayConfig, wait_seconds: float, need_tf: 
     node = probe["node_id"][:12]
     if need_ort and "CUDAExecutionProvider" not in probe["ort_providers"]:
         report.add("gpu", False, f"GPU node {node}: ONNX Runtime has no CUDA provider (builds "
-                   f"{probe['onnxruntime_builds']}, providers {probe['ort_providers']}); install skinray[gpu]")
+                   f"{probe['onnxruntime_builds']}, providers {probe['ort_providers']}); {ORT_GPU_SWAP}")
     elif need_tf and not probe["tf_gpus"]:
-        report.add("gpu", False, f"GPU node {node}: TensorFlow sees no GPU; install skinray[gpu] "
+        report.add("gpu", False, f"GPU node {node}: TensorFlow sees no GPU; install skinray[train,gpu] "
                    "(tensorflow[and-cuda]) there")
     else:
         report.add("gpu", True, f"{gpus} GPU(s); node {node}: providers {probe['ort_providers']}, "

@@ -22,7 +22,7 @@ from skinray.model import DX_LOGITS, LOGIT, export_onnx, load_keras, with_featur
 from skinray.ood import FEATURES
 from skinray.ood import FILE as OOD_FILE
 from skinray.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
-from skinray.runtime import import_tensorflow, versions
+from skinray.runtime import EXPORT_MODULES, import_tensorflow, require_train_extra, versions
 from skinray.storage import StorageConfig
 
 log = logging.getLogger("skinray.export")
@@ -85,6 +85,7 @@ def export(model_uri: str, out_uri: str, storage_cfg: StorageConfig | None = Non
     With ``int8_from`` (a prepared dataset) an int8 graph is added, calibrated on ``calibration_images`` training
     images and checked on the validation split (:mod:`skinray.quantize`).
     """
+    require_train_extra("export", EXPORT_MODULES)
     import_tensorflow()
     import keras
 

@@ -24,7 +24,8 @@ from skinray.artifact import INT8_FILE, MODEL_FILE, ONNX_FILE, ONNX_PARITY_LIMIT
 from skinray.config import ImageConfig, InferenceConfig, SkinrayConfig
 from skinray.model import DX_LOGITS, LOGIT, forward, with_features
 from skinray.ood import FEATURES
-from skinray.runtime import cluster_cpus, dataset_from_frame, ensure_ray, import_tensorflow, wait_for_gpus
+from skinray.runtime import (ORT_GPU_SWAP, cluster_cpus, dataset_from_frame, ensure_ray, import_tensorflow,
+                             require_train_extra, wait_for_gpus)
 from skinray.storage import StorageConfig
 
 IO_THREADS = 8
@@ -54,7 +55,8 @@ class OnnxEngine:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise SkinrayError("ONNX Runtime is not installed: pip install 'skinray[cpu]' (or 'skinray[gpu]')") from exc
+            raise SkinrayError(f"ONNX Runtime is not installed: pip install onnxruntime (GPU nodes: {ORT_GPU_SWAP})"
+                               ) from exc
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -62,7 +64,7 @@ class OnnxEngine:
         if use_gpu:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise SkinrayError(f"--gpu needs ONNX Runtime's CUDA provider on the scoring nodes; node "
-                                   f"{_node_id()[:12]} has {ort.get_available_providers()}: install skinray[gpu]")
+                                   f"{_node_id()[:12]} has {ort.get_available_providers()}: {ORT_GPU_SWAP}")
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         if use_gpu and self.session.get_providers()[0] != "CUDAExecutionProvider":
@@ -131,7 +133,7 @@ class TfEngine:
     mode = "batch"
 
     def __init__(self, artifact: ModelArtifact, threads: int = 0) -> None:
-        tf = import_tensorflow()
+        tf = import_tensorflow("--engine tf")
 
         if threads:
             try:
@@ -149,6 +151,7 @@ def check_engine(artifact: ModelArtifact, engine: str) -> None:
     """Fail fast, before any Ray work, when the model directory cannot run on ``engine``."""
     if engine == "tf":
         artifact.path(MODEL_FILE)  # a clear error when the directory has no Keras model
+        require_train_extra("--engine tf")
         return
     if engine == "onnx-int8":
         if artifact.meta.int8 is None or INT8_FILE not in artifact.meta.files:

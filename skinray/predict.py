@@ -14,6 +14,7 @@ import pandas as pd
 from skinray import plots
 from skinray.config import ImageConfig, InferenceConfig
 from skinray.inference import ImagePredictor
+from skinray.runtime import require_train_extra
 from skinray.storage import StorageConfig
 
 
@@ -25,6 +26,8 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
 
     Image limits (pixels, bytes) come from ``image_guards`` (the command's config), never from the model file.
     """
+    if explain:
+        require_train_extra("--explain (Grad-CAM)")
     predictor = ImagePredictor(model_uri, storage_cfg, inference, image_guards or ImageConfig(), threads=0)
     result, decoded = predictor.score_uris(list(image_uris))
     df = pd.concat([pd.DataFrame({"image": list(image_uris)}),

@@ -6,6 +6,7 @@ environment every process gets (TensorFlow's C++ logs, absl, gRPC) unless ``-v``
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
@@ -23,6 +24,13 @@ LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3  # enough for streaming; a 2-core laptop 
 AGENT_REGISTER_TIMEOUT_MS = "300000"
 LOCAL_START_TRIES = 2
 GPU_POLL_SECONDS = 2.0
+# Training, export, Grad-CAM and the tf engine need these; the base install scores with ONNX Runtime alone.
+TRAIN_EXTRA_INSTALL = "pip install 'skinray[train]'"
+TRAIN_EXTRA_NAMES = {"tensorflow": "TensorFlow", "keras": "Keras"}  # the others by their module name
+EXPORT_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx")  # Keras' ONNX export runs tf2onnx; quantizing, onnx
+# The base install brings ONNX Runtime's CPU build; a GPU node swaps it (both ship one module: cluster/README.md)
+ORT_GPU_SWAP = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install -c cluster/constraints-gpu.txt "
+                "onnxruntime-gpu (as cluster/bootstrap.sh gpu does)")
 
 log = logging.getLogger("skinray")
 
@@ -57,9 +65,30 @@ def native_stderr_quiet() -> Iterator[None]:
         os.close(null)
 
 
-def import_tensorflow() -> Any:
-    """``import tensorflow`` with its native start-up lines (absl's pre-init notices, CUDA probing, oneDNN) off."""
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it (TensorFlow takes seconds and gigabytes)."""
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-imported module without a spec
+        return False
+
+
+def require_train_extra(purpose: str, modules: tuple[str, ...] = ("tensorflow",)) -> None:
+    """Fail with one line, before any work, when ``purpose`` needs a package of the ``train`` extra that this
+    install lacks: the base install only scores (ONNX Runtime)."""
+    for module in modules:
+        if not installed(module):
+            name = TRAIN_EXTRA_NAMES.get(module, module)
+            raise SkinrayError(f"{purpose} needs {name}, which is not installed: {TRAIN_EXTRA_INSTALL}")
+
+
+def import_tensorflow(purpose: str = "this command") -> Any:
+    """``import tensorflow`` with its native start-up lines (absl's pre-init notices, CUDA probing, oneDNN) off;
+    one line naming the ``train`` extra where TensorFlow is not installed."""
     if "tensorflow" not in sys.modules:
+        require_train_extra(purpose)
         for key, value in quiet_env(verbose()).items():
             os.environ.setdefault(key, value)
         with native_stderr_quiet():

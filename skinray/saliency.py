@@ -28,7 +28,7 @@ class GradCam:
     """
 
     def __init__(self, model: Any) -> None:
-        self.tf = import_tensorflow()
+        self.tf = import_tensorflow("Grad-CAM")
         self.model = model
         self.members = [(next(layer for layer in m.layers if "scaling" in layer.name), base_of(m), _head(m))
                         for m in members_of(model)]

@@ -26,6 +26,7 @@ from skinray.config import SkinrayConfig
 from skinray.inference import OUT_OF_DISTRIBUTION
 from skinray.operating_point import describe
 from skinray.runs import run_dir
+from skinray.runtime import TRAIN_EXTRA_INSTALL, installed
 
 log = logging.getLogger("skinray.report")
 PAGE = "report.html"
@@ -139,6 +140,8 @@ def _saliency(artifact: ModelArtifact | None, cfg: SkinrayConfig) -> tuple[Any, 
         return None, "Saliency is off (score.explain_top_k = 0)."
     if artifact is None or MODEL_FILE not in artifact.meta.files:
         return None, "No saliency: the model's Keras file is not available."
+    if not installed("tensorflow"):  # a scoring-only install: Grad-CAM needs the Keras model's gradients
+        return None, f"No saliency: TensorFlow is not installed here ({TRAIN_EXTRA_INSTALL} adds Grad-CAM)."
     from skinray.saliency import GradCam
 
     cam = GradCam(artifact.load_keras())

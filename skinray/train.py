@@ -36,7 +36,8 @@ from skinray.ood import FEATURES, OodGuard
 from skinray.model import (ARCHITECTURE_VERSION, DX_LOGITS, LOGIT, MEMBER_PREFIX, build_ensemble, build_model,
                            export_onnx, resolve_weights, with_features)
 from skinray.prepare import data_fingerprint, load_prepared
-from skinray.runtime import ensure_ray, quiet_env, quiet_ray_loggers, verbose, versions
+from skinray.runtime import (EXPORT_MODULES, ensure_ray, quiet_env, quiet_ray_loggers, require_train_extra, verbose,
+                             versions)
 from skinray.train_data import (COLUMNS, check_splits, class_weights, decode_rows, diagnosis_index, dx_codes,
                                 malignant_diagnoses, source_counts)
 from skinray.train_loop import CheckpointSaver, RunSpec, TrainState, train_loop_per_worker
@@ -408,6 +409,7 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
     """
     if not cfg.train.prepared or not cfg.train.out:
         raise SkinrayError("train needs --prepared and --out")
+    require_train_extra("training", EXPORT_MODULES)  # before any Ray work: the base install only scores
     started = time.time()
     init = None
     if cfg.train.init_model:

@@ -220,7 +220,7 @@ class Worker:
         self._announce(gpus)
         if self.t.use_gpu and not gpus:
             raise SkinrayError(f"train --gpu: TensorFlow on node {_node_id()} sees no GPU; install "
-                               "skinray[gpu] (tensorflow[and-cuda]) on the GPU nodes")
+                               "skinray[train,gpu] (tensorflow[and-cuda]) on the GPU nodes")
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         weights, _ = resolve_weights(self.spec.weights, self.storage_cfg)
         with self.strategy.scope():

@@ -13,6 +13,7 @@ import posixpath
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,6 +32,8 @@ AWS_YAML = CLUSTER / "aws-gpu.yaml"
 RAYJOB_YAML = CLUSTER / "kuberay-rayjob.yaml"
 CRONJOB_YAML = CLUSTER / "cron" / "k8s-cronjob.yaml"
 CRONTAB = CLUSTER / "cron" / "skinray-nightly.cron"
+NIGHTLY_SH = CLUSTER / "nightly.sh"
+JOB_OUTCOME = CLUSTER / "job-outcome.sh"
 LOCAL_SH = CLUSTER / "local.sh"
 DOCKERFILE = CLUSTER / "Dockerfile"
 CONSTRAINTS = CLUSTER / "constraints.txt"
@@ -291,8 +294,8 @@ def test_dockerfile_ray_version_matches_pins_and_installed_ray(stages):
     assert str(_load(RAYJOB_YAML)["spec"]["rayClusterSpec"]["rayVersion"]) == tag
 
 
-@pytest.mark.parametrize("target,constraints,extra", [("cpu", "cluster/constraints.txt", "cpu"),
-                                                      ("gpu", "cluster/constraints-gpu.txt", "gpu")])
+@pytest.mark.parametrize("target,constraints,extra", [("cpu", "cluster/constraints.txt", "train"),
+                                                      ("gpu", "cluster/constraints-gpu.txt", "train,gpu")])
 def test_dockerfile_installs_pinned_skinray(stages, target, constraints, extra):
     stage = stages[target]
     installs = _pip_installs(stage)
@@ -310,7 +313,7 @@ def test_dockerfile_installs_pinned_skinray(stages, target, constraints, extra):
     assert skinray == f".[{extra}]", f"target {target} installs {skinray}"
     assert constraints in [c for argv in installs for c in _constraint_files(argv)]
     # the project is copied to WORKDIR, and `python jobs/score.py` works from there
-    for rel in ("pyproject.toml", "README.md", "skinray/__init__.py", "jobs/score.py", "jobs/train.py"):
+    for rel in ("pyproject.toml", "README.md", "LICENSE", "skinray/__init__.py", "jobs/score.py", "jobs/train.py"):
         assert posixpath.join(wd, rel) in files, f"target {target}: {rel} not in {wd}"
 
 
@@ -355,6 +358,107 @@ def test_dockerfile_exactly_one_onnxruntime_build(stages, tmp_path, target, ok):
         assert any("CUDAExecutionProvider" in r for r in imports), "the GPU image must check the CUDA provider"
 
 
+FAKE_PIP = """\
+import json, os, re, sys, tomllib
+ORT = {"onnxruntime", "onnxruntime-gpu"}
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[:2] == ["-m", "venv"]:  # `python -m venv .venv`: .venv/bin/python is this fake again
+    os.makedirs(os.path.join(args[2], "bin"), exist_ok=True)
+    os.symlink(os.path.abspath(sys.argv[0]), os.path.join(args[2], "bin", "python"))
+    sys.exit(0)
+if args[:2] == ["-m", "pip"]:
+    args = args[2:]
+path = os.environ["FAKE_STATE"]
+state = set(json.load(open(path))) if os.path.exists(path) else set()
+project = tomllib.load(open(os.environ["FAKE_PYPROJECT"], "rb"))["project"]
+def builds(reqs):
+    return {re.match(r"[\\w.-]+", r).group(0) for r in reqs} & ORT
+if args[0] == "install":  # the project (with its extras) brings the ORT builds pyproject names; a build by name
+    for a in args[1:]:
+        m = re.fullmatch(r"\\.(?:\\[([\\w,]*)\\])?", a)
+        if m:
+            extras = [e for e in (m.group(1) or "").split(",") if e]
+            state |= builds(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]])
+        elif a in ORT:
+            state.add(a)
+elif args[0] == "uninstall":
+    state -= set(args[1:])
+elif args[0] == "show":
+    sys.exit(0 if set(args[1:]) <= state else 1)
+json.dump(sorted(state), open(path, "w"))
+"""
+
+
+def _fake_pip(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A `pip` (and `python -m pip` / `python -m venv`) that tracks which ONNX Runtime builds are installed."""
+    import sys
+
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    fake = bindir / "pip"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_PIP)
+    fake.chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_STATE": str(tmp_path / "state.json"),
+           "FAKE_LOG": str(tmp_path / "log.txt"), "FAKE_PYPROJECT": str(PYPROJECT)}
+    return fake, env
+
+
+def _installed(env: dict[str, str]) -> set[str]:
+    return set(json.loads(Path(env["FAKE_STATE"]).read_text()))
+
+
+@pytest.mark.parametrize("target,ort", [("cpu", {"onnxruntime"}), ("gpu", {"onnxruntime-gpu"})])
+def test_dockerfile_install_ends_with_exactly_the_targets_onnxruntime_build(stages, tmp_path, target, ort):
+    """The stage's install steps, run against pyproject's dependencies with a fake pip: the base install brings
+    onnxruntime, so the gpu target must swap it for onnxruntime-gpu, and its own `pip show` check must then pass."""
+    _fake, env = _fake_pip(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    runs = stages[target].args("RUN")
+    for run in [r for r in runs if re.search(r"\bpip (un)?install\b", r)]:
+        subprocess.run(["sh", "-c", run], env=env, cwd=work, check=True, timeout=60)
+    assert _installed(env) == ort
+    (check,) = [r for r in runs if "pip show" in r]
+    subprocess.run(["sh", "-c", check], env=env, cwd=work, check=True, timeout=60)
+
+
+def _bootstrap(tmp_path: Path, *args: str) -> tuple[dict[str, str], list[str]]:
+    """cluster/bootstrap.sh run in a copy of the repository's install files, with a fake python and pip."""
+    repo = tmp_path / "repo"
+    (repo / "cluster").mkdir(parents=True)
+    for rel in ("pyproject.toml", "cluster/bootstrap.sh", "cluster/constraints.txt", "cluster/constraints-gpu.txt"):
+        (repo / rel).write_text((REPO_ROOT / rel).read_text())
+    fake, env = _fake_pip(tmp_path)
+    r = subprocess.run(["bash", str(repo / "cluster" / "bootstrap.sh"), *args], env={**env, "PYTHON": str(fake)},
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return env, Path(env["FAKE_LOG"]).read_text().splitlines()
+
+
+def test_bootstrap_default_installs_train_and_test_on_the_cpu_build(tmp_path):
+    env, log = _bootstrap(tmp_path)
+    assert "-m pip install --quiet -c cluster/constraints.txt -e .[train,test]" in log
+    assert _installed(env) == {"onnxruntime"}
+
+
+def test_bootstrap_base_install_has_no_extras(tmp_path):
+    env, log = _bootstrap(tmp_path, "")
+    assert "-m pip install --quiet -c cluster/constraints.txt -e ." in log
+    assert _installed(env) == {"onnxruntime"}
+
+
+def test_bootstrap_gpu_swaps_in_the_gpu_build_of_onnxruntime(tmp_path):
+    env, log = _bootstrap(tmp_path, "gpu")
+    assert "-m pip install --quiet -c cluster/constraints-gpu.txt -e .[train,gpu]" in log
+    assert _installed(env) == {"onnxruntime-gpu"}, log
+
+
+def test_bootstrap_sh_is_valid_bash():
+    subprocess.run(["bash", "-n", str(CLUSTER / "bootstrap.sh")], check=True)
+
+
 # --------------------------------------------------------------------------- #
 # Constraints files
 # --------------------------------------------------------------------------- #
@@ -368,8 +472,9 @@ def test_constraints_files_pin_installed_ray():
 
 def test_constraints_gpu_matches_cpu_pins():
     cpu, gpu = _pins(CONSTRAINTS), _pins(CONSTRAINTS_GPU)
-    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
-    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    # constraints-gpu.txt pins onnxruntime too: the base install brings it before the GPU install swaps it out
+    assert "onnxruntime-gpu" in gpu and gpu.get("onnxruntime") == cpu["onnxruntime"]
+    assert "onnxruntime-gpu" not in cpu
     for name in ("tensorflow", "keras", "ray", "numpy", "pyarrow", "pandas", "deltalake", "onnx", "tf2onnx",
                  "protobuf", "boto3", "pillow", "scikit-learn"):
         assert name in cpu and name in gpu, name
@@ -412,12 +517,13 @@ def test_constraints_gpu_onnxruntime_matches_tensorflows_cuda():
         f"onnxruntime-gpu=={gpu['onnxruntime-gpu']} is a CUDA 13 build; the CUDA wheels here are CUDA 12")
 
 
-@pytest.mark.parametrize("extra,path", [("cpu", CONSTRAINTS), ("gpu", CONSTRAINTS_GPU)])
-def test_constraints_satisfy_pyproject(extra, path):
-    """`pip install -c <constraints> ".[extra]"` can only resolve if every pin satisfies pyproject's ranges."""
+@pytest.mark.parametrize("extras,path", [("train,test", CONSTRAINTS), ("train,gpu,test", CONSTRAINTS_GPU)])
+def test_constraints_satisfy_pyproject(extras, path):
+    """`pip install -c <constraints> ".[extras]"` can only resolve if every pin satisfies pyproject's ranges."""
     project = _pyproject()["project"]
     pins = _pins(path)
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    reqs = [Requirement(r) for r in project["dependencies"]
+            + [r for extra in extras.split(",") for r in project["optional-dependencies"][extra]]]
     bad = []
     for r in reqs:
         name = canonicalize_name(r.name)
@@ -425,7 +531,7 @@ def test_constraints_satisfy_pyproject(extra, path):
             bad.append(f"{r} is not pinned")
         elif not r.specifier.contains(pins[name], prereleases=True):
             bad.append(f"{name}=={pins[name]} does not satisfy {r}")
-    assert not bad, f"{path.name} vs pyproject.toml [{extra}]: {bad}"
+    assert not bad, f"{path.name} vs pyproject.toml [{extras}]: {bad}"
 
 
 # --------------------------------------------------------------------------- #
@@ -685,14 +791,31 @@ def test_rayjob_basics(rayjob):
         assert f"{flag} " in entry, flag
 
 
-def test_rayjob_date_placeholder_renders_valid_name(rayjob):
-    text = RAYJOB_YAML.read_text()
+def _render_rayjob(date: str, attempt: int) -> dict:
+    """The template as the launcher renders it (the same two substitutions as its sed)."""
+    return yaml.safe_load(RAYJOB_YAML.read_text().replace("__SCORE_DATE__", date).replace("__ATTEMPT__", str(attempt)))
+
+
+def test_rayjob_placeholders_render_a_valid_name_per_attempt(rayjob):
     assert "--date __SCORE_DATE__" in rayjob["spec"]["entrypoint"]
-    rendered = yaml.safe_load(text.replace("__SCORE_DATE__", "2025-01-31"))
-    name = rendered["metadata"]["name"]
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
-    assert "--date 2025-01-31" in rendered["spec"]["entrypoint"]
-    assert "__SCORE_DATE__" not in yaml.safe_dump(rendered)
+    names = set()
+    for attempt in (1, 2, 10):
+        rendered = _render_rayjob("2025-01-31", attempt)
+        name = rendered["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+        assert "2025-01-31" in name and name.endswith(f"-{attempt}")
+        assert rendered["metadata"]["labels"]["skinray.io/score-date"] == "2025-01-31"
+        assert "--date 2025-01-31" in rendered["spec"]["entrypoint"]
+        assert "__" not in yaml.safe_dump(rendered)
+        names.add(name)
+    assert len(names) == 3, "every attempt of a night is a RayJob of its own"
+
+
+def test_rayjob_retries_on_a_fresh_cluster(rayjob):
+    """KubeRay >= 1.2: spec.backoffLimit re-runs a failed RayJob on a new RayCluster (0, the default: never)."""
+    limit = rayjob["spec"].get("backoffLimit")
+    assert isinstance(limit, int) and limit > 0, limit
+    assert rayjob["spec"]["shutdownAfterJobFinishes"] is True  # each retry's cluster goes away too
 
 
 def test_rayjob_runtime_env(rayjob):
@@ -820,14 +943,25 @@ def test_k8s_cronjob():
     assert pod["restartPolicy"] in ("Never", "OnFailure")
     (c,) = pod["containers"]
     script = "\n".join(c.get("args", []) + c.get("command", [])[2:])
-    assert "__SCORE_DATE__" in script and "kubectl create" in script
+    assert "__SCORE_DATE__" in script and "__ATTEMPT__" in script and "kubectl create" in script
     subprocess.run(["sh", "-n", "-c", c["args"][0]], check=True)
 
-    # the template it renders is mounted from a ConfigMap
+    # the template it renders, and the outcome reader, are mounted from one ConfigMap
     mounted = {v["name"]: v for v in pod["volumes"]}
     (mount,) = [m for m in c["volumeMounts"] if m["name"] in mounted]
-    assert f"{mount['mountPath']}/{RAYJOB_YAML.name}" in script
+    assert {e["name"]: e["value"] for e in c["env"]}["TEMPLATE_DIR"] == mount["mountPath"]
+    for name in (RAYJOB_YAML.name, JOB_OUTCOME.name):
+        assert f"$TEMPLATE_DIR/{name}" in script, name
+        assert re.search(rf"--from-file={re.escape(name)}=cluster/\S*{re.escape(name)}", CRONJOB_YAML.read_text()), name
     assert mounted[mount["name"]]["configMap"]["name"]
+
+    # the launcher's own verdicts (2, 3, 75) end the Kubernetes Job; other pod failures run it once more
+    job = spec["jobTemplate"]["spec"]
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == c["name"]
+    assert rule["onExitCodes"]["operator"] == "In" and sorted(rule["onExitCodes"]["values"]) == [2, 3, 75]
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    assert job["activeDeadlineSeconds"] < 24 * 3600, "all attempts of a night end before the next night starts"
 
     # RBAC: its ServiceAccount may create RayJobs
     sa = pod["serviceAccountName"]
@@ -856,8 +990,233 @@ def test_crontab_line():
     assert len(parts) == 6
     assert _valid_schedule(parts[:5]), parts[:5]
     command = parts[5]
-    assert "ray job submit" in command and "jobs/score.py" in command
-    assert re.search(r"--date \"?\$\(date -u \+\\%F\)", command)
+    # through cluster/nightly.sh (`ray job submit`, retried on 75), with the date computed once for every attempt
+    assert re.search(r"\bbash cluster/nightly\.sh \"skinray-score-\$D\" .*-- python jobs/score\.py ", command), command
+    assert 'D="$(date -u +\\%F)"' in command and '--date "$D"' in command
+    assert "--log-format json" in command  # the error's kind reaches the log (and job-outcome.sh's fallback)
     # an unescaped % would end the command at that point
     assert not re.search(r"(?<!\\)%", command), "escape % as \\% in crontab"
     subprocess.run(["sh", "-n", "-c", command.replace("\\%", "%")], check=True)
+
+
+# --------------------------------------------------------------------------- #
+# Retries: what the nightly launchers do with each exit code
+# (0 done, 2 usage, 3 data: final; 75 temporary: retried; skinray/__init__.py)
+# --------------------------------------------------------------------------- #
+
+RAY_FAILED = ("Job '{id}' failed\n-----\nStatus message: Job entrypoint command failed with exit code {code}, last "
+              "available logs (truncated to 20,000 chars):\n{log}\n")
+
+
+@pytest.mark.parametrize("text,code", [
+    (RAY_FAILED.format(id="x", code=75, log='{"kind": "temporary"}'), 75),
+    (RAY_FAILED.format(id="x", code=3, log='{"kind": "temporary"}'), 3),  # the exit code wins over the log
+    (RAY_FAILED.format(id="x", code=2, log=""), 2),
+    ("Job entrypoint command failed with exit code -9. No logs available.", 137),  # killed by SIGKILL (OOM)
+    ('{"time": "t", "kind": "data", "message": "x \\"kind\\": \\"temporary\\""}', 3),  # no code: the JSON line's kind
+    ('{"kind": "usage", "message": "bad flag"}', 2),
+    ("Job submission has failed. Reason: BackoffLimitExceeded.", 75),  # nothing ran to its end
+    ("", 75),
+])
+def test_job_outcome_reads_the_entrypoints_exit_code(text, code):
+    r = subprocess.run(["sh", str(JOB_OUTCOME)], input=text, capture_output=True, text=True, timeout=30, check=True)
+    assert r.stdout.strip() == str(code)
+
+
+def test_retry_scripts_are_valid_shell():
+    subprocess.run(["bash", "-n", str(NIGHTLY_SH)], check=True)
+    subprocess.run(["sh", "-n", str(JOB_OUTCOME)], check=True)
+
+
+def _fake_bin(tmp_path: Path, name: str, body: str) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    path = bindir / name
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+    return bindir
+
+
+# `sleep` that only records how long it was asked to wait
+FAKE_SLEEP = """import os, sys
+open(os.environ["FAKE_SLEEPS"], "a").write(sys.argv[1] + "\\n")
+"""
+
+# `ray job submit|status` that plays scripted outcomes: an exit code, "unreachable" or "stopped"
+FAKE_RAY = """import json, os, sys
+state_path = os.environ["FAKE_STATE"]
+state = json.load(open(state_path))
+args = sys.argv[1:]
+assert args[:1] == ["job"], args
+FAILED = ("Job '{id}' failed\\nStatus message: Job entrypoint command failed with exit code {code}, last available "
+          "logs (truncated to 20,000 chars):\\n{{\\"kind\\": \\"temporary\\"}}")
+if args[1] == "submit":
+    sid = args[args.index("--submission-id") + 1]
+    outcome = state["outcomes"].pop(0)
+    state["submitted"].append({"id": sid, "argv": args[2:]})
+    state["jobs"][sid] = outcome
+    json.dump(state, open(state_path, "w"))
+    if outcome == "unreachable":
+        print("ConnectionError: Failed to connect to Ray at address: http://127.0.0.1:8265.")
+        sys.exit(1)
+    if outcome == "stopped":
+        print(f"Job '{sid}' was stopped")
+        sys.exit(0)
+    if outcome == 0:
+        print(f"Job '{sid}' succeeded")
+        sys.exit(0)
+    print(FAILED.format(id=sid, code=outcome))
+    sys.exit(1)
+if args[1] == "status":
+    outcome = state["jobs"].get(args[2])
+    if outcome in (None, "unreachable"):
+        print("ConnectionError: Failed to connect to Ray")
+        sys.exit(1)
+    print(FAILED.format(id=args[2], code=outcome) if outcome not in (0, "stopped") else "ok")
+    sys.exit(0)
+sys.exit(2)
+"""
+
+
+def _nightly(tmp_path: Path, outcomes: list) -> tuple[int, list[dict], list[int]]:
+    """cluster/nightly.sh against a fake `ray`: (its exit code, the submissions, the waits between them)."""
+    bindir = _fake_bin(tmp_path, "ray", FAKE_RAY)
+    _fake_bin(tmp_path, "sleep", FAKE_SLEEP)
+    state, sleeps = tmp_path / "state.json", tmp_path / "sleeps.txt"
+    state.write_text(json.dumps({"outcomes": outcomes, "submitted": [], "jobs": {}}))
+    sleeps.write_text("")
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "RAY_BIN": str(bindir / "ray"), "FAKE_STATE": str(state),
+           "FAKE_SLEEPS": str(sleeps), "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    r = subprocess.run(["bash", str(NIGHTLY_SH), "skinray-score-2026-11-25", "--working-dir", ".", "--",
+                        "python", "jobs/score.py", "--date", "2026-11-25"], env=env, capture_output=True, text=True,
+                       timeout=60, check=False)
+    return r.returncode, json.loads(state.read_text())["submitted"], [int(x) for x in sleeps.read_text().split()]
+
+
+def test_nightly_retries_a_temporary_failure_until_it_succeeds(tmp_path):
+    rc, submitted, sleeps = _nightly(tmp_path, [75, 75, 0])
+    assert rc == 0
+    ids = [s["id"] for s in submitted]
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(i.startswith("skinray-score-2026-11-25-a") for i in ids)
+    assert all(s["argv"][s["argv"].index("--") + 1:] == ["python", "jobs/score.py", "--date", "2026-11-25"]
+               and "--working-dir" in s["argv"] for s in submitted), "every attempt runs the same command"
+    assert sleeps == [300, 600]  # backoff, doubling
+
+
+@pytest.mark.parametrize("code", [2, 3, 1])
+def test_nightly_does_not_retry_a_final_failure(tmp_path, code):
+    rc, submitted, sleeps = _nightly(tmp_path, [code, 0])
+    assert (rc, len(submitted), sleeps) == (code, 1, [])
+
+
+def test_nightly_retries_an_unreachable_cluster_and_gives_up_with_75(tmp_path):
+    rc, submitted, sleeps = _nightly(tmp_path, ["unreachable", 75, 75, 0])
+    assert (rc, len(submitted), sleeps) == (75, 3, [300, 600])
+
+
+def test_nightly_does_not_retry_a_job_stopped_by_hand(tmp_path):
+    rc, submitted, _ = _nightly(tmp_path, ["stopped", 0])
+    assert (rc, len(submitted)) == (1, 1)
+
+
+# `kubectl get rayjob NAME [-o jsonpath={.status.X}]` and `kubectl create -f -` over scripted RayJob outcomes: each
+# RayJob reports a non-terminal deployment status once (KubeRay's own Retrying), then its outcome.
+FAKE_KUBECTL = """import json, os, re, sys
+import yaml
+state_path = os.environ["FAKE_STATE"]
+state = json.load(open(state_path))
+args = sys.argv[1:]
+def save():
+    json.dump(state, open(state_path, "w"))
+if args[:2] == ["create", "-f"]:
+    manifest = yaml.safe_load(sys.stdin.read())
+    name = manifest["metadata"]["name"]
+    assert name not in state["jobs"], f"{name} exists"
+    state["created"].append(manifest)
+    state["jobs"][name] = {"status": state["outcomes"].pop(0), "polled": 0}
+    save()
+    print(f"rayjob.ray.io/{name} created")
+    sys.exit(0)
+assert args[:2] == ["get", "rayjob"], args
+job = state["jobs"].get(args[2])
+if job is None:
+    print(f'Error from server (NotFound): rayjobs.ray.io "{args[2]}" not found', file=sys.stderr)
+    sys.exit(1)
+if len(args) > 3:
+    field = re.fullmatch(r"jsonpath=\\{\\.status\\.(\\w+)\\}", args[4]).group(1)
+    if field == "jobDeploymentStatus" and job["polled"] == 0:
+        job["polled"] = 1
+        save()
+        print("Retrying", end="")
+        sys.exit(0)
+    print(job["status"].get(field, ""), end="")
+sys.exit(0)
+"""
+
+
+def _rayjob_status(outcome) -> dict:
+    if outcome == 0:
+        return {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+    if outcome == "submission":
+        return {"jobDeploymentStatus": "Failed", "reason": "SubmissionFailed",
+                "message": "Job submission has failed. Reason: BackoffLimitExceeded. Message: ..."}
+    if outcome == "deadline":
+        return {"jobDeploymentStatus": "Failed", "jobStatus": "RUNNING", "reason": "DeadlineExceeded",
+                "message": "The RayJob has passed the activeDeadlineSeconds."}
+    if outcome == "invalid":
+        return {"jobDeploymentStatus": "ValidationFailed", "message": "invalid spec"}
+    return {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed",
+            "message": RAY_FAILED.format(id="raysubmit_x", code=outcome, log='{"kind": "data"}')}
+
+
+def _launcher(tmp_path: Path, outcomes: list, existing: list | None = None) -> tuple[int, list[dict], list[int]]:
+    """The CronJob's launcher script against a fake `kubectl`: (exit code, RayJobs it created, its backoff waits)."""
+    (cj,) = [d for d in yaml.safe_load_all(CRONJOB_YAML.read_text()) if d and d.get("kind") == "CronJob"]
+    (c,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    template = tmp_path / "template"
+    template.mkdir()
+    for f in (RAYJOB_YAML, JOB_OUTCOME):
+        (template / f.name).write_text(f.read_text())
+    bindir = _fake_bin(tmp_path, "kubectl", FAKE_KUBECTL)
+    _fake_bin(tmp_path, "sleep", FAKE_SLEEP)
+    state, sleeps = tmp_path / "state.json", tmp_path / "sleeps.txt"
+    jobs = {f"skinray-score-2026-11-25-{i + 1}": {"status": _rayjob_status(o), "polled": 1}
+            for i, o in enumerate(existing or [])}
+    state.write_text(json.dumps({"outcomes": [_rayjob_status(o) for o in outcomes], "created": [], "jobs": jobs}))
+    sleeps.write_text("")
+    env = {**{e["name"]: e["value"] for e in c["env"]}, "TEMPLATE_DIR": str(template), "SCORE_DATE": "2026-11-25",
+           "PATH": f"{bindir}:/usr/bin:/bin", "FAKE_STATE": str(state), "FAKE_SLEEPS": str(sleeps)}
+    r = subprocess.run([*c["command"], c["args"][0]], env=env, capture_output=True, text=True, timeout=60,
+                       check=False)
+    poll = int(env["POLL_SECONDS"])
+    waits = [int(x) for x in sleeps.read_text().split() if int(x) != poll]
+    return r.returncode, json.loads(state.read_text())["created"], waits
+
+
+def test_launcher_retries_a_temporary_failure_with_a_fresh_rayjob(tmp_path):
+    rc, created, waits = _launcher(tmp_path, [75, "submission", 0])
+    assert rc == 0
+    assert [m["metadata"]["name"] for m in created] == [f"skinray-score-2026-11-25-{i}" for i in (1, 2, 3)]
+    assert all("--date 2026-11-25" in m["spec"]["entrypoint"] for m in created), "every attempt scores the same night"
+    assert waits == [600, 1200]
+
+
+@pytest.mark.parametrize("outcome,code", [(2, 2), (3, 3), (1, 1), ("deadline", 1), ("invalid", 2)])
+def test_launcher_stops_on_a_final_outcome(tmp_path, outcome, code):
+    rc, created, waits = _launcher(tmp_path, [outcome, 0])
+    assert (rc, len(created), waits) == (code, 1, [])
+
+
+def test_launcher_gives_up_with_75_after_its_attempts(tmp_path):
+    rc, created, waits = _launcher(tmp_path, [75, 75, 75, 0])
+    assert (rc, len(created), waits) == (75, 3, [600, 1200])
+
+
+def test_launcher_rerun_reattaches_to_the_nights_attempts(tmp_path):
+    """A second pod of the same night (the first was evicted) follows the attempts already made: no new RayJob
+    while one exists, no wait before an attempt that already started."""
+    rc, created, waits = _launcher(tmp_path, [0], existing=[75, 0])
+    assert (rc, created, waits) == (0, [], [])
+    (tmp_path / "second").mkdir()
+    rc, created, waits = _launcher(tmp_path / "second", [0], existing=[75, 75])  # died during the backoff
+    assert (rc, waits) == (0, [600]) and [m["metadata"]["name"] for m in created] == ["skinray-score-2026-11-25-3"]
