@@ -231,10 +231,9 @@ def _lesions(items: list[Lesion]) -> str:
     for it in items:
         overlay = f'<img src="{it.overlay}" alt="saliency of {esc(it.isic_id)}">' if it.overlay else ""
         dx = f" · {esc(it.dx_pred)}" if it.dx_pred else ""
-        name = (f'<b class="mono">{full_size(it.uri, it.href, it.isic_id) if it.href else esc(it.isic_id)}</b>'
-                + ("" if it.href or not it.uri else f"<br>{full_size(it.uri, None, '')}"))
+        link = f" · {full_size(it.uri, it.href, 'full size')}" if it.uri else ""
         cards.append(f'<div class="lesion {esc(it.predicted)}"><img src="{it.image}" alt="{esc(it.isic_id)}">'
-                     f'{overlay}<div class="cap">{name}<br>P(malignant) '
+                     f'{overlay}<div class="cap"><b class="mono">{esc(it.isic_id)}</b>{link}<br>P(malignant) '
                      f'{it.prob:.4f} · {esc(it.predicted)}{dx}{(" · " + esc(it.note)) if it.note else ""}</div></div>')
     return '<div class="grid">' + "".join(cards) + "</div>"
 

@@ -59,16 +59,21 @@ def test_links_find_the_image_from_the_page_folder(tmp_path):
     assert worklist.link("s3://bucket/images/ISIC_1.jpg", str(folder)) is None  # no browser opens s3://
 
 
-def _page(flags: list[review_page.Flag]) -> str:
+def _page(flags: list[review_page.Flag], cards: list[review_page.Lesion] | None = None) -> str:
     return review_page.run_page(review_page.RunPage(
-        run={"run_id": "r", "status": "succeeded"}, flagged_count=len(flags), flagged=[], borderline=[],
+        run={"run_id": "r", "status": "succeeded"}, flagged_count=len(flags), flagged=cards or [], borderline=[],
         failures={}, drift={"reference": False}, trend=[], threshold_text="t", worklist=flags))
 
 
 def test_the_page_lists_every_flagged_image_and_shows_s3_uris_as_text():
     flags = [review_page.Flag(1, "ISIC_1", 0.93, "mel", 0.61, "s3://bucket/night/ISIC_1.jpg", None),
              review_page.Flag(2, "ISIC_2", 0.71, None, None, "/data/ISIC_2.jpg", "../../data/ISIC_2.jpg")]
-    html = _page(flags)
+    cards = [review_page.Lesion(f.isic_id, "data:image/jpeg;base64,", None, f.prob, "malignant", uri=f.uri,
+                                href=f.href) for f in flags]
+    html = _page(flags, cards)
+    card_html = html.split('<section id="flagged">')[1].split("</section>")[0]
+    assert '<code class="uri">s3://bucket/night/ISIC_1.jpg</code>' in card_html
+    assert '<a href="../../data/ISIC_2.jpg">full size</a>' in card_html
     assert 'id="worklist" data-count="2"' in html and "all 2 flagged images" in html
     assert '<code class="uri">s3://bucket/night/ISIC_1.jpg</code>' in html and 'href="s3:' not in html
     assert '<a href="../../data/ISIC_2.jpg">ISIC_2.jpg</a>' in html and "mel (0.61)" in html
