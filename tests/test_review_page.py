@@ -67,6 +67,16 @@ def _render(browser: str, page: str, shot: str) -> tuple[str, str]:
     return dom.stdout, dom.stderr + pic.stderr
 
 
+def _republish(model_dir: str, root, meta, files: dict | None = None) -> str:
+    """A copy of the session's model at ``root/model`` with ``meta`` (and extra JSON ``files``)."""
+    staged = root / "staged"
+    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
+    for name, value in (files or {}).items():
+        storage.write_json(str(staged / name), value)
+    artifact.write(str(staged), str(root / "model"), meta)
+    return str(root / "model")
+
+
 @pytest.fixture(scope="module")
 def reference_model(model_dir, tmp_path_factory):
     """The session's model with a validation reference measured on images from the synthetic generator."""
@@ -76,12 +86,8 @@ def reference_model(model_dir, tmp_path_factory):
     files = sorted(str(p) for p in (images / "images").iterdir())
     result, _ = ImagePredictor(model_dir).score_uris(files)
     reference = drift.profile(result[result["error"].isna()])
-    staged = root / "staged"
-    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
-    storage.write_json(str(staged / artifact.REFERENCE_FILE), reference)
-    dest = str(root / "model")
-    artifact.write(str(staged), dest, artifact.ModelArtifact.open(model_dir).meta)
-    return dest
+    return _republish(model_dir, root, artifact.ModelArtifact.open(model_dir).meta,
+                      {artifact.REFERENCE_FILE: reference})
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +121,11 @@ def many_flagged(model_dir, ray_session, tmp_path_factory):
     result, _ = ImagePredictor(model_dir).score_uris(files)
     low = float(np.quantile(result["prob_malignant"].dropna(), 0.3))
     meta = artifact.ModelArtifact.open(model_dir).meta
-    meta = meta.model_copy(update={"threshold": meta.threshold.model_copy(update={"threshold": low})})
-    staged = root / "staged"
-    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
-    artifact.write(str(staged), str(root / "model"), meta)
+    model = _republish(model_dir, root, meta.model_copy(update={
+        "threshold": meta.threshold.model_copy(update={"threshold": low})}))
     out = str(root / "out")
     run = score(load_config(overrides={
-        "score.model": str(root / "model"), "score.input": str(folder), "score.out": out,
+        "score.model": model, "score.input": str(folder), "score.out": out,
         "score.date": "2026-11-26", "score.explain_top_k": 4, "score.top_k": 4}))
     assert run.flagged > 4 * 5, f"{run.flagged} flagged: the low threshold should flag most of the 60 images"
     return out, run
