@@ -36,6 +36,9 @@ th{background:#f3f5f8}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .lesion img{width:128px;height:128px;border-radius:4px}.lesion .cap{margin-top:4px}
 .lesion.malignant{border-color:#c0262d}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .plots img{max-width:400px;margin:0 12px 12px 0}.muted{color:#6a7383}
+.intended{background:#eef3fb;border:1px solid #c9d7ef;border-radius:8px;padding:10px 14px;margin:0 0 18px}
+.scroll{max-height:70vh;overflow:auto;border:1px solid #edf0f4}.scroll th{position:sticky;top:0}
+code.uri{user-select:all;font-size:12px;word-break:break-all}footer{padding:0 28px 24px;max-width:1280px}
 """
 CHECK_SCRIPT = """
 window.__errors = [];
@@ -139,6 +142,16 @@ def sparkline(values: Sequence[float | None], labels: Sequence[str], title: str,
             f'<text x="2" y="{h - pad}" font-size="10" fill="#6a7383">{show(lo)}</text></svg></div>')
 
 
+INTENDED_USE = ("Intended use: triage support for a clinician reading dermoscopic images — this page orders the "
+                "images a reviewer should look at first; it is not a diagnosis and does not replace a "
+                "dermatologist's examination or histology.")
+LINKS_NOTE = ("Full-size images: a local image is linked relative to this page's folder (the link keeps working "
+              "while the run's output folder and the images stay where they were scored, or move together). An "
+              "s3:// image is shown as its URI, selected with one click to copy (aws s3 cp, or the S3 console): a "
+              "browser cannot open s3://, an https URL of a private bucket is refused, and a presigned link would "
+              "expire and hand the image to whoever holds the page, so the page makes none.")
+
+
 @dataclass
 class Lesion:
     """One image card: the picture, its saliency overlay (when computed) and what the model said."""
@@ -150,6 +163,21 @@ class Lesion:
     predicted: str
     dx_pred: str | None = None
     note: str = ""
+    uri: str | None = None  # the full-size image
+    href: str | None = None  # its link from the page (None: not openable by a browser, the URI is shown)
+
+
+@dataclass
+class Flag:
+    """One row of the worklist table: a flagged image, as text and a link (no thumbnail)."""
+
+    rank: int
+    isic_id: str
+    prob: float
+    dx_pred: str | None
+    dx_prob: float | None
+    uri: str
+    href: str | None
 
 
 @dataclass
@@ -167,6 +195,33 @@ class RunPage:
     outside: list[Lesion] = field(default_factory=list)  # images the out-of-distribution guard flagged
     outside_count: int = 0
     guard_text: str = ""  # the guard in words, or that the model has none
+    worklist: list[Flag] = field(default_factory=list)  # every flagged image, most suspicious first
+
+
+def full_size(uri: str | None, href: str | None, text: str) -> str:
+    """A link to the full-size image, or its URI as copyable text where a browser cannot open it."""
+    if href:
+        return f'<a href="{esc(href)}">{esc(text)}</a>'
+    return f'<code class="uri">{esc(uri)}</code>' if uri else ""
+
+
+def _diagnosis(dx: str | None, prob: float | None) -> str:
+    known = prob is not None and math.isfinite(prob)
+    return "" if not isinstance(dx, str) else esc(dx) + (f" ({prob:.2f})" if known else "")
+
+
+def _worklist(items: list[Flag], count: int) -> str:
+    """Every flagged image as a scrollable table of text and links: thousands of rows, no thumbnails."""
+    rows = "".join(f'<tr><td>{f.rank}</td><td class="mono">{esc(f.isic_id)}</td><td>{f.prob:.4f}</td>'
+                   f"<td>{_diagnosis(f.dx_pred, f.dx_prob)}</td><td>"
+                   f"{full_size(f.uri, f.href, f.uri.rsplit('/', 1)[-1])}</td></tr>" for f in items)
+    table_html = ('<div class="scroll"><table><thead><tr><th>#</th><th>image id</th><th>P(malignant)</th>'
+                  "<th>most likely diagnosis (probability)</th><th>full-size image</th></tr></thead>"
+                  f"<tbody>{rows}</tbody></table></div>" if items else '<p class="muted">(none)</p>')
+    return (f'<section id="worklist" data-count="{len(items)}"><h2>Worklist: all {count:,} flagged images, most '
+            'suspicious first</h2><p class="muted">The cards above show the first of them; the same list, with the '
+            "calibrated logit and the confidence, is <code>worklist.csv</code> beside this page. The images the "
+            "out-of-distribution guard flagged are not in it: they are listed below.</p>" + table_html + "</section>")
 
 
 def _lesions(items: list[Lesion]) -> str:
@@ -176,17 +231,19 @@ def _lesions(items: list[Lesion]) -> str:
     for it in items:
         overlay = f'<img src="{it.overlay}" alt="saliency of {esc(it.isic_id)}">' if it.overlay else ""
         dx = f" · {esc(it.dx_pred)}" if it.dx_pred else ""
+        link = f" · {full_size(it.uri, it.href, 'full size')}" if it.uri else ""
         cards.append(f'<div class="lesion {esc(it.predicted)}"><img src="{it.image}" alt="{esc(it.isic_id)}">'
-                     f'{overlay}<div class="cap"><b class="mono">{esc(it.isic_id)}</b><br>P(malignant) '
+                     f'{overlay}<div class="cap"><b class="mono">{esc(it.isic_id)}</b>{link}<br>P(malignant) '
                      f'{it.prob:.4f} · {esc(it.predicted)}{dx}{(" · " + esc(it.note)) if it.note else ""}</div></div>')
     return '<div class="grid">' + "".join(cards) + "</div>"
 
 
-def _page(title: str, subtitle: str, sections: list[str]) -> str:
+def _page(title: str, subtitle: str, sections: list[str], footer: str = "") -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style>'
             f"<script>{CHECK_SCRIPT}</script></head><body><header><h1>{esc(title)}</h1>"
-            f'<div class="sub">{subtitle}</div></header><main>{"".join(sections)}</main></body></html>\n')
+            f'<div class="sub">{subtitle}</div></header><main>{"".join(sections)}</main>'
+            + (f'<footer class="muted">{footer}</footer>' if footer else "") + "</body></html>\n")
 
 
 def _drift_section(drift: dict[str, Any]) -> str:
@@ -264,9 +321,11 @@ def run_page(page: RunPage) -> str:
                        f"{esc(', '.join(ids[:50]))}{' …' if len(ids) > 50 else ''}</span></p>"
                        for reason, ids in sorted(page.failures.items()))
     sections = [
+        f'<p class="intended" id="intended-use">{esc(INTENDED_USE)}</p>',
         f'<section id="summary"><h2>Summary {badge(status, kind)}</h2><div class="cards">{cards}</div></section>',
         f'<section id="flagged"><h2>Flagged lesions, most suspicious first</h2><p class="muted">{esc(page.saliency_note)}'
         f"</p>{_lesions(page.flagged)}</section>",
+        _worklist(page.worklist, page.flagged_count),
         f'<section id="borderline"><h2>Borderline: closest to the threshold</h2>{_lesions(page.borderline)}</section>',
         f'<section id="out-of-distribution" data-count="{page.outside_count}"><h2>Not like the training images: '
         f'review the image</h2><p class="muted">No benign/malignant call is made for these images (their '
@@ -290,7 +349,7 @@ def run_page(page: RunPage) -> str:
                         f'<div class="plots">{imgs}</div></section>')
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return _page(f"skinray run {r.get('run_id')}", f"{esc(r.get('scored_date'))} · model {esc(r.get('model_id'))}"
-                 f" · generated {made}", sections)
+                 f" · generated {made}", sections, esc(LINKS_NOTE))
 
 
 def evaluation_page(report: dict[str, Any], title: str, description: str, plots: dict[str, bytes]) -> str:

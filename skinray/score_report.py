@@ -5,6 +5,8 @@
                            and with labels the metrics and plots
     score_histogram.png    the score distribution
     top_suspicious.png/csv the most suspicious images, ordered by the calibrated logit (never tied by the output)
+    worklist.csv           every flagged image, most suspicious first (skinray.worklist), linked from the page
+    out_of_distribution.csv  every image the out-of-distribution guard flagged (no call made: not in the worklist)
     metrics.json, roc.png, pr.png, confusion.png, calibration.png   when the input carries labels (as evaluate)
 
 ``skinray report OUT --run-id R`` (or ``--date D``) writes the page again for a finished run.
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, images, metrics, ood, plots, review_page, runs, scores_table, storage
+from skinray import SkinrayError, images, metrics, ood, plots, review_page, runs, scores_table, storage, worklist
 from skinray.artifact import MODEL_FILE, ModelArtifact
 from skinray.config import SkinrayConfig
 from skinray.inference import OUT_OF_DISTRIBUTION
@@ -61,7 +63,8 @@ def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | Non
     st, folder = cfg.storage, run_dir(out, run_id)
     scored = df[df["error"].isna()]
     threshold = float(run["threshold"])
-    result: dict[str, Any] = {"pngs": [], "metrics": None}
+    result: dict[str, Any] = {"pngs": [], "metrics": None, "worklist": worklist.FILE}
+    work = worklist.write(folder, scored, st)
     pngs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -95,7 +98,7 @@ def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | Non
                 pngs[os.path.basename(path)] = f.read()
             storage.write_bytes(storage.join(folder, os.path.basename(path)), pngs[os.path.basename(path)], st)
         result["pngs"] = list(pngs)
-    page, seconds = _run_page(out, run_id, df, artifact, cfg, {**run, **result}, pngs)
+    page, seconds = _run_page(out, run_id, df, artifact, cfg, {**run, **result}, pngs, work)
     storage.write_text(storage.join(folder, PAGE), review_page.run_page(page), st)
     result["saliency_seconds_per_image"] = seconds
     return result
@@ -112,7 +115,7 @@ def _decoded(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig) ->
     return out
 
 
-def _cards(rows: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig, cam: Any
+def _cards(rows: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig, cam: Any, folder: str
            ) -> tuple[list[review_page.Lesion], list[float]]:
     if artifact is None or rows.empty:
         return [], []
@@ -131,7 +134,8 @@ def _cards(rows: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfi
             isic_id=str(r.isic_id), image=review_page.jpeg(a),
             overlay=review_page.jpeg(overlay(a, maps[i])) if maps is not None else None,
             prob=float(r.prob_malignant), predicted=str(r.predicted),
-            dx_pred=r.dx_pred if isinstance(getattr(r, "dx_pred", None), str) else None))
+            dx_pred=r.dx_pred if isinstance(getattr(r, "dx_pred", None), str) else None,
+            uri=str(r.image_uri), href=worklist.link(str(r.image_uri), folder)))
     return cards, timings
 
 
@@ -183,23 +187,26 @@ def _trend_point(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
-              run: dict[str, Any], pngs: dict[str, bytes]) -> tuple[review_page.RunPage, float | None]:
-    scored = df[df["error"].isna()]
-    flagged_rows = top_suspicious(scored[scored["predicted"] == "malignant"], cfg.score.top_k)
+              run: dict[str, Any], pngs: dict[str, bytes], work: pd.DataFrame
+              ) -> tuple[review_page.RunPage, float | None]:
+    scored, folder = df[df["error"].isna()], run_dir(out, run_id)
+    flagged_rows = worklist.flagged(scored).head(cfg.score.top_k)  # the worklist's first, as cards
     outside_rows = out_of_distribution(scored)
     near = borderline(scored.drop(index=outside_rows.index), float(run["threshold"]), BORDERLINE, flagged_rows.index)
     cam, note = _saliency(artifact, cfg)
     k = cfg.score.explain_top_k
-    flagged, t1 = _cards(flagged_rows.head(k) if cam else flagged_rows, artifact, cfg, cam)
-    near_cards, t2 = _cards(near.head(k) if cam else near, artifact, cfg, cam)
-    outside, _ = _cards(outside_rows.head(cfg.score.top_k), artifact, cfg, None)
+    flagged, t1 = _cards(flagged_rows.head(k) if cam else flagged_rows, artifact, cfg, cam, folder)
+    near_cards, t2 = _cards(near.head(k) if cam else near, artifact, cfg, cam, folder)
+    outside, _ = _cards(outside_rows.head(cfg.score.top_k), artifact, cfg, None, folder)
     timings = t1 + t2
     failures = {str(reason): group["isic_id"].astype(str).tolist() for reason, group in
                 df[df["error"].notna()].assign(_r=lambda d: d["error"].str.split(":").str[0]).groupby("_r")}
     threshold_text = describe(artifact.meta.threshold) if artifact is not None else str(
         (run.get("threshold_policy") or {}).get("policy", ""))
     page = review_page.RunPage(
-        run=run, flagged_count=int((scored["predicted"] == "malignant").sum()), flagged=flagged,
+        run=run, flagged_count=len(work), flagged=flagged, worklist=[review_page.Flag(
+            int(w.rank), w.isic_id, float(w.prob_malignant), w.dx_pred, w.dx_pred_prob, w.image_uri,
+            worklist.link(w.image_uri, folder)) for w in work.itertuples()],
         borderline=near_cards, failures=failures, drift=run.get("drift") or {"reference": False},
         trend=_trend(out, run, cfg), threshold_text=threshold_text,
         plots={k_: v for k_, v in pngs.items() if k_ in LABELLED_PLOTS} if run.get("metrics") else {},

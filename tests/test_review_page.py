@@ -1,5 +1,6 @@
 """The review page of a scoring run, opened in a real headless Chromium: it renders without errors, every image
-loads, its flagged count is the table's, and its drift section flags a run built to drift and only that one.
+loads, its flagged count is the table's, it lists every flagged image (as ``worklist.csv`` does) and each link
+opens its full-size image, and its drift section flags a run built to drift and only that one.
 
 Chromium comes from Debian's `chromium` package: installed here when absent, the tests skip with the reason only
 where it cannot be installed.
@@ -7,16 +8,18 @@ where it cannot be installed.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from skinray import artifact, drift, storage
+from skinray import artifact, drift, storage, worklist
 from skinray.config import load_config
 from skinray.inference import ImagePredictor
 from skinray.query import run_query
@@ -64,6 +67,16 @@ def _render(browser: str, page: str, shot: str) -> tuple[str, str]:
     return dom.stdout, dom.stderr + pic.stderr
 
 
+def _republish(model_dir: str, root, meta, files: dict | None = None) -> str:
+    """A copy of the session's model at ``root/model`` with ``meta`` (and extra JSON ``files``)."""
+    staged = root / "staged"
+    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
+    for name, value in (files or {}).items():
+        storage.write_json(str(staged / name), value)
+    artifact.write(str(staged), str(root / "model"), meta)
+    return str(root / "model")
+
+
 @pytest.fixture(scope="module")
 def reference_model(model_dir, tmp_path_factory):
     """The session's model with a validation reference measured on images from the synthetic generator."""
@@ -73,12 +86,8 @@ def reference_model(model_dir, tmp_path_factory):
     files = sorted(str(p) for p in (images / "images").iterdir())
     result, _ = ImagePredictor(model_dir).score_uris(files)
     reference = drift.profile(result[result["error"].isna()])
-    staged = root / "staged"
-    shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns("_ray", artifact.META_FILE))
-    storage.write_json(str(staged / artifact.REFERENCE_FILE), reference)
-    dest = str(root / "model")
-    artifact.write(str(staged), dest, artifact.ModelArtifact.open(model_dir).meta)
-    return dest
+    return _republish(model_dir, root, artifact.ModelArtifact.open(model_dir).meta,
+                      {artifact.REFERENCE_FILE: reference})
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +107,28 @@ def two_nights(reference_model, ray_session, tmp_path_factory):
             "score.model": reference_model, "score.input": str(root / night / "images"), "score.out": out,
             "score.date": date, "score.explain_top_k": 6, "score.top_k": 12}))
     return out, runs
+
+
+@pytest.fixture(scope="module")
+def many_flagged(model_dir, ray_session, tmp_path_factory):
+    """A run that flags far more images than the page has cards: the session's model with its threshold moved to
+    the 30th percentile of these images' probabilities, on a folder whose name needs escaping in a link."""
+    root = tmp_path_factory.mktemp("many")
+    generate(str(root / "gen"), 60, image_size=64, schema="isic", seed=14)
+    folder = root / "night #3 (50% off)"
+    shutil.move(str(root / "gen" / "images"), folder)
+    files = sorted(str(p) for p in folder.iterdir())
+    result, _ = ImagePredictor(model_dir).score_uris(files)
+    low = float(np.quantile(result["prob_malignant"].dropna(), 0.3))
+    meta = artifact.ModelArtifact.open(model_dir).meta
+    model = _republish(model_dir, root, meta.model_copy(update={
+        "threshold": meta.threshold.model_copy(update={"threshold": low})}))
+    out = str(root / "out")
+    run = score(load_config(overrides={
+        "score.model": model, "score.input": str(folder), "score.out": out,
+        "score.date": "2026-11-26", "score.explain_top_k": 4, "score.top_k": 4}))
+    assert run.flagged > 4 * 5, f"{run.flagged} flagged: the low threshold should flag most of the 60 images"
+    return out, run
 
 
 def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
@@ -120,7 +151,42 @@ def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
         assert f"<b>{reason}</b> ({n})" in dom
     with Image.open(tmp_path / f"{run.run_id}.png") as shot:
         assert shot.size == (1280, 2600) and len(set(shot.convert("L").getdata())) > 50  # drawn, not blank
+    assert dom.index('id="intended-use"') < dom.index('id="summary"') and "not a diagnosis" in dom
+    _check_worklist(out, run, dom)
+    _check_links(browser, page, dom, tmp_path)
     return dom
+
+
+def _check_worklist(out: str, run, dom: str) -> None:
+    """worklist.csv and the page's table: every flagged image of the run, in the table's logit order."""
+    rows = pd.read_csv(os.path.join(out, "runs", run.run_id, worklist.FILE))
+    assert len(rows) == run.record["flagged"] == run.flagged and run.record["worklist"] == worklist.FILE
+    expected = run_query(out, f"SELECT isic_id, image_uri FROM scores WHERE run_id = '{run.run_id}' AND "
+                              "predicted = 'malignant' ORDER BY logit_malignant DESC, isic_id", all_runs=True)
+    assert rows["isic_id"].tolist() == expected["isic_id"].tolist()
+    assert rows["image_uri"].tolist() == expected["image_uri"].tolist()
+    assert rows["logit_malignant"].is_monotonic_decreasing and rows["rank"].tolist() == list(range(1, len(rows) + 1))
+    section = dom.split('<section id="worklist"')[1].split("</section>")[0]
+    assert re.findall(r'<td class="mono">([^<]*)</td>', section) == rows["isic_id"].tolist()
+
+
+def _check_links(browser: str, page: str, dom: str, tmp_path) -> None:
+    """Every link on the page opens its full-size image: a probe page beside it (so each link resolves as from the
+    page) loads every target as an image in Chromium."""
+    hrefs = [html.unescape(h) for h in re.findall(r'<a [^>]*href="([^"]*)"', dom)]
+    assert hrefs and not [h for h in hrefs if h.startswith(("/", "file:", "s3:"))]  # local images: relative links
+    probe = os.path.join(os.path.dirname(page), "links-probe.html")
+    from skinray.review_page import CHECK_SCRIPT
+
+    with open(probe, "w") as f:
+        f.write(f"<!doctype html><html><head><script>{CHECK_SCRIPT}</script></head><body>"
+                + "".join(f'<img src="{html.escape(h)}" alt="">' for h in hrefs) + "</body></html>")
+    try:
+        probed, _ = _render(browser, probe, str(tmp_path / "links-probe.png"))
+    finally:
+        os.remove(probe)
+    body = re.search(r"<body([^>]*)>", probed).group(1)
+    assert f'data-images="{len(hrefs)}/{len(hrefs)}"' in body, body
 
 
 def test_the_page_check_counts_script_errors_and_broken_images(chromium, tmp_path):
@@ -151,13 +217,26 @@ def test_review_pages_render_and_flag_only_the_drifted_night(chromium, two_night
     assert "Grad-CAM" in calm and calm.count('alt="saliency of') >= 1
 
 
+def test_every_flagged_image_is_on_the_worklist_and_the_page_beyond_the_cards(chromium, many_flagged, tmp_path):
+    out, run = many_flagged
+    dom = _check_page(chromium, out, run, tmp_path)  # worklist.csv, the table and every link, as for any run
+    cards = dom.split('<section id="flagged">')[1].split("</section>")[0]
+    assert cards.count('<div class="lesion') == 4 < run.flagged  # thumbnails only for the first cards
+    assert f'<section id="worklist" data-count="{run.flagged}">' in dom
+    assert "%20%233%20%2850%25%20off%29/" in dom  # the folder's name, escaped in each link
+
+
 def test_report_command_writes_the_page_again(two_nights, tmp_path):
     out, runs = two_nights
     page = os.path.join(out, "runs", runs["night1"].run_id, "report.html")
+    written = open(os.path.join(out, "runs", runs["night1"].run_id, worklist.FILE)).read()
     os.remove(page)
+    os.remove(os.path.join(out, "runs", runs["night1"].run_id, worklist.FILE))
     proc = run_cli("report", out, "--date", "2026-11-24")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == page and os.path.exists(page)
+    # the worklist again, from the table (where the diagnoses' probabilities are a map, not JSON text)
+    assert open(os.path.join(out, "runs", runs["night1"].run_id, worklist.FILE)).read() == written
     missing = run_cli("report", out, "--date", "2026-01-01")
     assert missing.returncode == 2 and "no committed run for 2026-01-01" in missing.stderr
 

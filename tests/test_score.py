@@ -119,8 +119,11 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     assert sum(by_views.values()) == summary.rows and by_views.get("0", 0) == summary.failed, by_views
     assert set(by_views) <= {"0", "1", "3"}
     run_dir = runs.run_dir(out, summary.run_id)
-    for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv"):
+    for name in ("run.json", "score_histogram.png", "top_suspicious.png", "top_suspicious.csv", "worklist.csv"):
         assert storage.exists(storage.join(run_dir, name)), name
+    if where == "s3":  # a browser cannot open s3://: the page shows each image's URI to copy, never a link to it
+        page = storage.read_text(storage.join(run_dir, "report.html"))
+        assert 'href="s3:' not in page and '<code class="uri">s3://' in page
     assert not storage.exists(storage.join(run_dir, "lease.json"))
     assert not storage.exists(storage.join(out, "_staging", summary.run_id))
     assert storage.read_json(storage.join(run_dir, "run.json"))["status"] == "succeeded"
