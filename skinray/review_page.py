@@ -304,6 +304,11 @@ def run_page(page: RunPage) -> str:
         {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
         {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
         {"": "table version", "value": r.get("table_version", "not committed")},
+        {"": "submissions (commits of this night)", "value": "; ".join(
+            f"submission {x.get('submission')}: {x.get('new', '?')} new images, table version {x.get('table_version')}"
+            + (f", {x['retry_later']} left to retry" if x.get("retry_later") else "")
+            for x in r.get("submissions") or []) or "none yet"},
+        {"": "waiting to be read again (storage unavailable)", "value": r.get("retry_later") or 0},
         {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds', 0)} s / "
                                                   f"{r.get('commit_seconds', 'n/a')} s"},
         {"": "scoring actors ready (first / last)",
