@@ -390,12 +390,13 @@ def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
     s = score(cfg)
     if s.already_complete:
-        console.say(f"run {s.run_id} already complete: {s.rows:,} rows in {s.table} (version {s.table_version})",
-                    run_id=s.run_id, status="already_complete", rows=s.rows, table_version=s.table_version)
+        console.say(f"run {s.run_id}: nothing new, the night's {s.rows:,} images are answered in {s.table} "
+                    f"(version {s.table_version})", run_id=s.run_id, status="nothing_new", rows=s.rows,
+                    table_version=s.table_version)
         return
-    console.say(f"run {s.run_id}: scored {s.scored:,}, failed {s.failed:,} {s.failed_by_reason} in "
-                f"{s.wall_seconds} s ({s.images_per_second_steady} img/s steady); committed to {s.table} "
-                f"as version {s.table_version}", run_id=s.run_id, status=s.status, rows=s.rows, scored=s.scored,
+    console.say(f"run {s.run_id}: the night has {s.scored:,} scored, {s.failed:,} failed {s.failed_by_reason}; this "
+                f"submission took {s.wall_seconds} s ({s.images_per_second_steady} img/s steady) and committed to "
+                f"{s.table} as version {s.table_version}", run_id=s.run_id, status=s.status, rows=s.rows, scored=s.scored,
                 failed=s.failed, failed_by_reason=s.failed_by_reason, flagged=s.flagged,
                 table_version=s.table_version, images_per_second_steady=s.images_per_second_steady)
 

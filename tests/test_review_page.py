@@ -144,7 +144,7 @@ def _check_page(browser: str, out: str, run: dict, tmp_path) -> str:
     assert 'data-errors="0"' in body and "Uncaught" not in log, log[-2000:]
     shown = int(re.search(r'id="flagged-count">(\d+)<', dom).group(1))
     table = run_query(out, f"SELECT count(*) AS n FROM scores WHERE run_id = '{run.run_id}' "
-                           "AND predicted = 'malignant'", all_runs=True)["n"][0]
+                           "AND predicted = 'malignant'")["n"][0]
     assert shown == table == run.flagged
     assert '<section id="borderline">' in dom and '<section id="health">' in dom
     for reason, n in run.failed_by_reason.items():  # every failing image is named under its reason
@@ -162,7 +162,7 @@ def _check_worklist(out: str, run, dom: str) -> None:
     rows = pd.read_csv(os.path.join(out, "runs", run.run_id, worklist.FILE))
     assert len(rows) == run.record["flagged"] == run.flagged and run.record["worklist"] == worklist.FILE
     expected = run_query(out, f"SELECT isic_id, image_uri FROM scores WHERE run_id = '{run.run_id}' AND "
-                              "predicted = 'malignant' ORDER BY logit_malignant DESC, isic_id", all_runs=True)
+                              "predicted = 'malignant' ORDER BY logit_malignant DESC, isic_id")
     assert rows["isic_id"].tolist() == expected["isic_id"].tolist()
     assert rows["image_uri"].tolist() == expected["image_uri"].tolist()
     assert rows["logit_malignant"].is_monotonic_decreasing and rows["rank"].tolist() == list(range(1, len(rows) + 1))
