@@ -201,18 +201,32 @@ def second_source(tmp_path, n=80, seed=5):
 class FlakyS3:
     """An HTTP proxy in front of the S3 endpoint that answers ``503 SlowDown`` to GETs of chosen keys: the first
     ``times`` of each (``times=None``: every one), as a throttled or briefly unreachable bucket does. Everything else
-    passes through unchanged; ``failures`` counts what was refused."""
+    passes through unchanged; ``failures`` counts what was refused. It serves from its own process: a library call
+    that holds the GIL while it waits for S3 (deltalake's) would otherwise wait for a proxy that cannot run."""
 
     def __init__(self, upstream: str, keys: set[str], times: int | None) -> None:
+        import multiprocessing
+
+        self.upstream, self.keys, self.times = upstream, set(keys), times
+        ctx = multiprocessing.get_context("fork")
+        self._failures = ctx.Value("i", 0)
+        self._port = ctx.Value("i", 0)
+        self._ready = ctx.Event()
+        self._process = ctx.Process(target=self._serve, daemon=True)
+
+    @property
+    def failures(self) -> int:
+        return self._failures.value
+
+    def _serve(self) -> None:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import urlparse
 
-        self.keys, self.times, self.failures = set(keys), times, 0
-        self.seen: dict[str, int] = {}
+        seen: dict[str, int] = {}
         lock = threading.Lock()
-        host = urlparse(upstream)
+        host = urlparse(self.upstream)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -221,14 +235,29 @@ class FlakyS3:
             def log_message(self, *args) -> None:
                 pass
 
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                data = b""
+                while True:  # a streamed upload (delta-rs sends its commits so)
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if not size:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+
             def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 key = self.path.split("?")[0].lstrip("/")
                 if self.command == "GET" and "?" not in self.path and any(key.endswith(k) for k in proxy.keys):
                     with lock:
-                        proxy.seen[key] = proxy.seen.get(key, 0) + 1
-                        fail = proxy.times is None or proxy.seen[key] <= proxy.times
-                        proxy.failures += fail
+                        seen[key] = seen.get(key, 0) + 1
+                        fail = proxy.times is None or seen[key] <= proxy.times
+                        if fail:
+                            with proxy._failures.get_lock():
+                                proxy._failures.value += 1
                     if fail:
                         err = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your "
                                b"request rate.</Message></Error>")
@@ -239,13 +268,16 @@ class FlakyS3:
                         self.wfile.write(err)
                         return
                 conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-                conn.request(self.command, self.path, body=body or None,
-                             headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding", "content-length", "expect")}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(k, v)
                 # a HEAD answer has no body but says the object's size
                 size = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
@@ -257,14 +289,17 @@ class FlakyS3:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._port.value = server.server_address[1]
+        self._ready.set()
+        server.serve_forever()
 
     def __enter__(self) -> "FlakyS3":
-        self.thread.start()
+        self._process.start()
+        self._ready.wait(30)
+        self.url = f"http://127.0.0.1:{self._port.value}"
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._process.terminate()
+        self._process.join(10)
