@@ -64,6 +64,8 @@ def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
     if raw.empty:
         raise SkinrayError(f"manifest {uri} has no rows")
     canon = schema.to_canonical(raw, manifest.schema_name, manifest.malignant_dx, labels_required=False)
+    for col in ("isic_id", "_image_ref"):  # an empty cell, a Parquet or JSON null: None, never pd.NA
+        canon[col] = canon[col].astype("object").where(canon[col].notna(), None)
     root = storage.normalize(images_root) if images_root else None
     raw_cols = raw.astype("string").fillna("").to_dict("records")
     uris: list[str | None] = []

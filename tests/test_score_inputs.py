@@ -1,0 +1,43 @@
+"""What a scoring run reads: every manifest row kept once, and an output that can never be read back as input."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from skinray import SkinrayError, score_inputs
+from skinray.config import ManifestConfig
+from skinray.storage import StorageConfig
+
+
+def _write(path, fmt: str, ids: list) -> None:
+    frame = pd.DataFrame({"isic_id": ids, "age_approx": [40 + i for i in range(len(ids))]})
+    if fmt == "csv":
+        frame.to_csv(path, index=False)  # None → an empty cell
+    elif fmt == "parquet":
+        frame.to_parquet(path)  # None → a null
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))  # None → null
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_row_with_an_empty_or_null_id_is_kept_once_with_its_error(fmt, tmp_path):
+    manifest = tmp_path / f"m.{fmt}"
+    _write(manifest, fmt, ["ISIC_1", None, "ISIC_3", " "])
+    rows = score_inputs.load(str(manifest), "auto", str(tmp_path), ManifestConfig(), StorageConfig()).rows
+    assert rows["input_row"].tolist() == [0, 1, 2, 3]
+    assert rows["age_approx"].tolist() == [40, 41, 42, 43]
+    errors = rows["input_error"].fillna("").tolist()
+    assert errors[0] == errors[2] == ""
+    assert errors[1].startswith("empty_id:") and errors[3].startswith("empty_id:")
+    assert rows["image_uri"].fillna("").tolist() == [os.path.join(str(tmp_path), "ISIC_1.jpg"), "",
+                                                     os.path.join(str(tmp_path), "ISIC_3.jpg"), ""]
+
+
+def test_an_empty_image_uri_is_an_empty_id_row(tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"image_uri": ["a.jpg", None, "b.jpg"]}).to_csv(manifest, index=False)
+    rows = score_inputs.load(str(manifest), "auto", str(tmp_path), ManifestConfig(), StorageConfig()).rows
+    errors = rows["input_error"].fillna("").tolist()
+    assert errors[0] == errors[2] == "" and errors[1].startswith("empty_id:")
