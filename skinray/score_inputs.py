@@ -7,6 +7,7 @@ inside never turns it into a manifest (``score.input_kind: manifest`` reads a Pa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,8 +28,11 @@ class ScoringInput:
 
 
 def check_not_nested(input_uri: str, out_uri: str) -> None:
-    """``--out`` inside ``--input`` (or the reverse) would read its own output as input on the next night."""
-    a, b = storage.normalize(input_uri), storage.normalize(out_uri)
+    """``--out`` inside ``--input`` (or the reverse) would read its own output as input on the next night.
+
+    Local paths are compared with symlinks resolved: a link is no way around the rule.
+    """
+    a, b = (p if storage.is_s3(p) else os.path.realpath(p) for p in map(storage.normalize, (input_uri, out_uri)))
     if a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/"):
         raise SkinrayError(f"--out {out_uri} and --input {input_uri} overlap: keep the output outside the input "
                            "(and the input outside the output)")

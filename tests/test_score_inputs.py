@@ -41,3 +41,20 @@ def test_an_empty_image_uri_is_an_empty_id_row(tmp_path):
     rows = score_inputs.load(str(manifest), "auto", str(tmp_path), ManifestConfig(), StorageConfig()).rows
     errors = rows["input_error"].fillna("").tolist()
     assert errors[0] == errors[2] == "" and errors[1].startswith("empty_id:")
+
+
+def test_out_and_input_may_not_overlap_through_a_symlink(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out-link").symlink_to(tmp_path / "in" / "out", target_is_directory=True)  # out inside in
+    (tmp_path / "in-link").symlink_to(tmp_path / "elsewhere" / "in", target_is_directory=True)  # in inside out
+    with pytest.raises(SkinrayError, match="overlap"):
+        score_inputs.check_not_nested(str(tmp_path / "in"), str(tmp_path / "out-link"))
+    with pytest.raises(SkinrayError, match="overlap"):
+        score_inputs.check_not_nested(str(tmp_path / "in-link"), str(tmp_path / "elsewhere"))
+    with pytest.raises(SkinrayError, match="overlap"):
+        score_inputs.check_not_nested(str(tmp_path / "in-link"), str(tmp_path / "elsewhere" / "in"))
+    score_inputs.check_not_nested(str(tmp_path / "in"), str(tmp_path / "elsewhere"))  # apart: fine
+    score_inputs.check_not_nested("s3://bucket/in", "s3://bucket/input-scores")
+    with pytest.raises(SkinrayError, match="overlap"):
+        score_inputs.check_not_nested("s3://bucket/in/", "s3://bucket/in/out")
