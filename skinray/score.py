@@ -130,6 +130,7 @@ def score(cfg: SkinrayConfig) -> RunRecord:
     score_inputs.check_not_nested(input_uri, out)
     artifact = ModelArtifact.open(s.model, st)
     inference.check_engine(artifact, cfg.inference.engine)
+    inference.check_loads(artifact, cfg.inference.engine)
     scoring_input = score_inputs.load(input_uri, s.input_kind, s.images, cfg.manifest, st)
     rows = scoring_input.rows
     run_id = s.run_id or default_run_id(input_uri, artifact.model_id, date)

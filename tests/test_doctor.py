@@ -47,6 +47,17 @@ def test_a_tampered_model_fails(model_dir, tmp_path):
     assert not report.checks[0].ok and "int8" in report.checks[0].detail
 
 
+def test_a_model_whose_graph_does_not_load_fails(model_dir, tmp_path):
+    from test_inference import garbage_graph_model
+
+    bad = garbage_graph_model(model_dir, tmp_path / "m")
+    report = doctor.Report()
+    doctor.check_model(report, bad, load_config())
+    assert not report.checks[0].ok and "cannot be loaded by ONNX Runtime" in report.checks[0].detail
+    doctor.check_model(report, bad, load_config(), engine="tf")  # the Keras model is untouched
+    assert report.checks[1].ok, report.checks[1].detail
+
+
 def test_two_onnxruntime_builds_fail(monkeypatch):
     monkeypatch.setattr(doctor, "onnxruntime_builds", lambda: ["onnxruntime", "onnxruntime-gpu"])
     report = doctor.Report()
