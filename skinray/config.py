@@ -22,7 +22,8 @@ DEFAULT_MALIGNANT_DX = ("mel", "bcc", "akiec")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are refused as what they are, before a range check would call them out of range
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ImageConfig(_Section):
@@ -336,6 +337,8 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _format_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "finite_number":
+        return f"invalid config value for {where}: {first['input']!r} is not a finite number"
     return f"invalid config value for {where}: {first['msg']}"
 
 

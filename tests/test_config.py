@@ -143,3 +143,24 @@ def test_train_folds_and_ensemble_flags_reach_the_config():
     assert build_config(_parser().parse_args(["train"])).train.ensemble is False
     with pytest.raises(SkinrayError, match="ensemble needs folds"):
         build_config(_parser().parse_args(["train", "--ensemble"]))
+
+
+@pytest.mark.parametrize("setting, where, shown", [
+    ("train.target_sensitivity=nan", "train.target_sensitivity", "'nan'"),
+    ("train.threshold_confidence=.nan", "train.threshold_confidence", "nan"),
+    ("score.max_failure_fraction=.inf", "score.max_failure_fraction", "inf"),
+    ("train.diagnosis_sensitivity={mel: .nan}", "train.diagnosis_sensitivity.mel", "nan"),
+    ("train.alpha=-.inf", "train.alpha", "-inf"),  # no range to fall out of: refused all the same
+])
+def test_a_nan_or_infinite_value_is_called_not_finite(setting, where, shown, capsys, tmp_path):
+    from skinray.cli import main
+
+    assert main(["score", "--model", "m", "--input", "i", "--out", "o", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"skinray: error: invalid config value for {where}: {shown} is not a finite number"]
+    config = tmp_path / "c.yaml"
+    key, value = parse_override(setting)
+    section, name = key.split(".")
+    config.write_text(yaml.safe_dump({section: {name: value}}))  # the same value in a config file
+    with pytest.raises(SkinrayError, match=f"{where}: {shown} is not a finite number"):
+        load_config(str(config))
