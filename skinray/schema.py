@@ -5,6 +5,7 @@ Everything downstream of ``prepare`` sees only the canonical columns, whatever t
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -104,7 +105,7 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
         raise SkinrayError(f"manifest {uri}: unknown format {ext or '(no suffix)'}; use .csv, .parquet or .jsonl")
     data = storage.read_bytes(uri, storage_cfg)
     if kind in ("csv", "json"):
-        _require_utf8(uri, data)
+        data = _as_utf8(uri, data)
     try:
         if kind == "csv":
             table = pacsv.read_csv(
@@ -124,6 +125,39 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
     df = table.to_pandas()
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _as_utf8(uri: str, data: bytes) -> bytes:
+    """Text manifests as UTF-8 bytes: UTF-16 and UTF-32 (Excel's "Unicode text", PowerShell's default) are told by
+    their byte-order mark or, without one, by the NUL byte beside every ASCII character, and converted."""
+    encoding = _wide_encoding(data)
+    if encoding is None:
+        _require_utf8(uri, data)
+        return data
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SkinrayError(f"manifest {uri} looks like {encoding.upper()} text but is not valid {encoding.upper()} "
+                           f"(byte {exc.start}): save it as UTF-8, e.g. `iconv -f {encoding.upper()} -t UTF-8`") \
+            from exc
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """The codec of UTF-16/32 text (``utf-16``/``utf-32`` read their own mark), or None for anything else."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return encoding
+    head = data[:4096]
+    half = len(head) // 2
+    if half < 2 or b"\x00" not in head:
+        return None
+    even, odd = head[0::2].count(0), head[1::2].count(0)  # ASCII in UTF-16: NUL after (LE) or before (BE)
+    if odd > 0.3 * half and even < 0.05 * half:
+        return "utf-16-le"
+    if even > 0.3 * half and odd < 0.05 * half:
+        return "utf-16-be"
+    return None
 
 
 def _require_utf8(uri: str, data: bytes) -> None:
