@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skinray import SkinrayError, storage
+from skinray.metrics import AGE_MAX
 from skinray.storage import StorageConfig
 
 CANONICAL_COLUMNS = [
@@ -215,10 +216,14 @@ def _text(s: pd.Series | None, n: int) -> pd.Series:
     return out.where(~_blank(s), None).astype("object")
 
 
-def _age(s: pd.Series | None, n: int) -> pd.Series:
+def _age(s: pd.Series | None, n: int) -> tuple[pd.Series | np.ndarray, pd.Series | np.ndarray]:
+    """Ages in years, and which were numbers but no age (negative, above AGE_MAX, infinite, or 1e300, which would
+    be stored as float32 infinity): those are read as unknown, like a missing age, and counted by the callers."""
     if s is None:
-        return pd.Series(np.full(n, np.nan), dtype="float64")
-    return pd.to_numeric(s, errors="coerce").astype("float64")
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    age = pd.to_numeric(s, errors="coerce").astype("float64")
+    impossible = age.notna() & ~age.between(0, AGE_MAX)
+    return age.mask(impossible), impossible
 
 
 def _label_from_text(bm: pd.Series) -> pd.Series:
@@ -228,7 +233,8 @@ def _label_from_text(bm: pd.Series) -> pd.Series:
 
 def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
                  labels_required: bool = True) -> pd.DataFrame:
-    """Canonical columns (without ``image_uri`` and ``split``); ``label`` is <NA> where unknown.
+    """Canonical columns (without ``image_uri`` and ``split``); ``label`` is <NA> where unknown; ``_age_impossible``
+    marks the rows whose age was a number but no age (read as unknown).
 
     Scoring passes ``labels_required=False``: an unlabelled manifest (ids or image URIs only) is fine there.
     """
@@ -255,7 +261,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
         known = dx_lower.notna()
         label[known] = dx_lower[known].isin(malignant).astype(int)
         out["label"] = label
-        out["age_approx"] = _age(get("age"), n)
+        out["age_approx"], out["_age_impossible"] = _age(get("age"), n)
         site = _text(get("localization"), n).astype("string").str.lower()
         out["anatom_site_general"] = site.map(lambda v: HAM_SITE_TO_ISIC.get(v, v) if isinstance(v, str) else None)
     elif schema == "isic":
@@ -276,7 +282,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
         out["label"] = label
         dx_col = next((c for c in ("diagnosis", "diagnosis_3", "diagnosis_2", "dx") if c in df), None)
         out["dx"] = _text(df[dx_col], n).map(dx_code) if dx_col else None
-        out["age_approx"] = _age(get("age_approx"), n)
+        out["age_approx"], out["_age_impossible"] = _age(get("age_approx"), n)
         site = _text(get("anatom_site_general"), n).astype("string").str.lower()
         out["anatom_site_general"] = site.astype("object").where(site.notna(), None)
     else:

@@ -7,6 +7,7 @@ inside never turns it into a manifest (``score.input_kind: manifest`` reads a Pa
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from skinray import SkinrayError, paths, schema, storage
 from skinray.config import ManifestConfig
 from skinray.storage import StorageConfig
 
+log = logging.getLogger("skinray.score")
 CARRIED_COLUMNS = ["label", "benign_malignant", "dx", "age_approx", "sex", "anatom_site_general", "lesion_id"]
 
 
@@ -25,6 +27,7 @@ class ScoringInput:
     rows: pd.DataFrame  # input_row, isic_id, image_uri, image_root, carried columns
     kind: str  # images | manifest
     skipped: dict[str, int] = field(default_factory=dict)  # what a folder walk left out, by reason
+    nulled: dict[str, int] = field(default_factory=dict)  # manifest values read as unknown, by column (no-age ages)
 
 
 def check_not_nested(input_uri: str, out_uri: str) -> None:
@@ -57,13 +60,15 @@ def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestC
             rows[col] = None
         result = ScoringInput(rows, "images", dict(listing.skipped))
     else:
-        result = ScoringInput(_manifest_rows(uri, images_root, manifest, storage_cfg), "manifest")
+        rows, nulled = _manifest_rows(uri, images_root, manifest, storage_cfg)
+        result = ScoringInput(rows, "manifest", nulled=nulled)
     result.rows.insert(0, "input_row", np.arange(len(result.rows), dtype=np.int64))
     return result
 
 
 def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
-                   storage_cfg: StorageConfig) -> pd.DataFrame:
+                   storage_cfg: StorageConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The manifest's rows (an ``input_error`` where one cannot be scored) and the values read as unknown."""
     raw = schema.read_manifest(uri, storage_cfg)
     if raw.empty:
         raise SkinrayError(f"manifest {uri} has no rows")
@@ -89,7 +94,12 @@ def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
     canon["image_uri"] = uris
     canon["image_root"] = roots
     canon["input_error"] = errors
-    return canon[["isic_id", "image_uri", "image_root", "input_error", *CARRIED_COLUMNS]].reset_index(drop=True)
+    nulled = {"age_approx": int(canon["_age_impossible"].sum())}
+    if nulled["age_approx"]:
+        log.warning("%s: %d ages were no age in years (negative, above %d or not finite): scored as unknown", uri,
+                    nulled["age_approx"], schema.AGE_MAX)
+    rows = canon[["isic_id", "image_uri", "image_root", "input_error", *CARRIED_COLUMNS]].reset_index(drop=True)
+    return rows, {k: v for k, v in nulled.items() if v}
 
 
 def _unsafe_reason(row_id: str | None, ref: str | None, template: str, columns: dict[str, str]) -> str | None:

@@ -61,6 +61,24 @@ def test_manifest_level_rejects_and_imputation(tmp_path, sample, ray_session):
     assert kept.loc[kept.isic_id == good[1], "age_approx"].item() == pytest.approx(train_median)
 
 
+def test_ages_that_are_no_age_are_imputed_and_counted(tmp_path, sample, ray_session):
+    good = sorted(set(pd.read_csv(f"{sample['local']}/metadata.csv")["isic_id"])
+                  - set(sample["summary"]["missing_ids"]) - set(sample["summary"]["corrupt_ids"]))[:24]
+    ages = ["1e300", "-5", "200", "inf"] + [str(40 + i) for i in range(len(good) - 4)]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"isic_id": good, "benign_malignant": ["malignant" if i % 3 == 0 else "benign"
+                                                        for i in range(len(good))], "age_approx": ages}).to_csv(
+        manifest, index=False)
+    report = _prepare(str(manifest), f"{sample['local']}/images", str(tmp_path / "out"))
+    assert report.kept == len(good)
+    imputed = report.record["imputed"]["age_approx"]
+    assert imputed["impossible"] == 4 and imputed["rows"] == 4
+    assert any("4 ages were no age in years" in w for w in report.record["warnings"])
+    kept = load_prepared(str(tmp_path / "out")).set_index("isic_id")
+    assert kept.loc[good[:4], "age_approx"].tolist() == [pytest.approx(imputed["value"])] * 4
+    assert kept["age_approx"].between(0, 130).all()
+
+
 def test_ham10000_schema_with_image_template(tmp_path, ray_session):
     from skinray.synth import generate
 

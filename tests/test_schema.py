@@ -97,3 +97,14 @@ def test_a_broken_utf16_manifest_names_its_encoding(tmp_path):
     (tmp_path / "m.csv").write_bytes(codecs.BOM_UTF16_LE + "isic_id\nISIC_1\n".encode("utf-16-le") + b"\x00\xdc")
     with pytest.raises(SkinrayError, match="looks like UTF-16 text .*iconv -f UTF-16 -t UTF-8"):
         schema.read_manifest(str(tmp_path / "m.csv"))
+
+
+@pytest.mark.parametrize("schema_name, column", [("isic", "age_approx"), ("ham10000", "age")])
+def test_a_number_that_is_no_age_is_read_as_unknown_and_marked(schema_name, column):
+    ages = ["40", "1e300", "-3", "131", "inf", "", "forty", "0", "130"]
+    ids = [f"ISIC_{i}" for i in range(len(ages))]
+    df = pd.DataFrame({"isic_id": ids, "benign_malignant": "benign", column: ages} if schema_name == "isic" else
+                      {"image_id": ids, "dx": "nv", column: ages}).astype("string")
+    out = schema.to_canonical(df, schema_name, ["mel"])
+    assert out["age_approx"].fillna(-1).tolist() == [40, -1, -1, -1, -1, -1, -1, 0, 130]
+    assert out["_age_impossible"].tolist() == [False, True, True, True, True, False, False, False, False]

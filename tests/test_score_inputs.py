@@ -58,3 +58,12 @@ def test_out_and_input_may_not_overlap_through_a_symlink(tmp_path):
     score_inputs.check_not_nested("s3://bucket/in", "s3://bucket/input-scores")
     with pytest.raises(SkinrayError, match="overlap"):
         score_inputs.check_not_nested("s3://bucket/in/", "s3://bucket/in/out")
+
+
+def test_an_age_that_is_no_age_is_scored_as_unknown_and_counted(tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"isic_id": ["a", "b", "c", "d"], "age_approx": ["1e300", "55", "-1", ""]}).to_csv(manifest,
+                                                                                                   index=False)
+    loaded = score_inputs.load(str(manifest), "auto", str(tmp_path), ManifestConfig(), StorageConfig())
+    assert loaded.rows["age_approx"].fillna(-1).tolist() == [-1, 55, -1, -1]  # never float32 infinity
+    assert loaded.nulled == {"age_approx": 2} and len(loaded.rows) == 4
