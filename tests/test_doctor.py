@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -70,8 +71,10 @@ def test_two_onnxruntime_builds_fail(monkeypatch):
 
 def test_gpu_asked_without_a_gpu_fails_fast(ray_session):
     report = doctor.Report()
-    doctor.check_gpu(report, load_config(), wait_seconds=1)
-    assert not report.checks[0].ok and "no GPU joined the Ray cluster within 1 s" in report.checks[0].detail
+    started = time.monotonic()
+    doctor.check_gpu(report, load_config(), wait_seconds=60)  # the local Ray: nothing can add a GPU, no wait
+    assert time.monotonic() - started < 30
+    assert not report.checks[0].ok and "has no GPU and nothing can add one" in report.checks[0].detail
 
 
 def test_job_preflight_names_every_failure_in_one_line(model_dir, s3_endpoint, tmp_path):
