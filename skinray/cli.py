@@ -199,8 +199,8 @@ def _parser() -> argparse.ArgumentParser:
                    + _default("score.input_kind"))
     p.add_argument("--out", help="output folder or prefix: scores/ table, runs/ (required)")
     p.add_argument("--images", help="image root for manifests without an image_uri column (default: none)")
-    p.add_argument("--run-id", help="letters, digits, . _ - (default: derived from input, model and date, so "
-                   "re-runs resume)")
+    p.add_argument("--run-id", help="letters, digits, . _ -, starting with a letter or digit (default: derived "
+                   "from input, model and date, so re-runs resume)")
     p.add_argument("--date", help="YYYY-MM-DD partition (default: today, UTC)")
     tta(p)
     p.add_argument("--batch-size", type=int, help="images per actor call " + _default("score.batch_size"))

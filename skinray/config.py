@@ -240,7 +240,9 @@ class LabelledConfig(_Section):
     out: str | None = None  # validate: a folder for validation.json and validation.md; calibrate: the new model
 
 
-RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# a run id is a folder name and a command-line argument: it starts with a letter or digit (not "-", an option to
+# every CLI; not "." or "_", a name listings and Delta readers hide)
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -264,7 +266,7 @@ class ScoreConfig(_Section):
     input_kind: Literal["auto", "images", "manifest"] = "auto"
     out: str | None = None
     images: str | None = None
-    run_id: str | None = None  # letters, digits, . _ - (at most 64); default: derived from input, model and date
+    run_id: str | None = None  # letters, digits, . _ - (at most 64; a letter or digit first); default: derived from input, model and date
     date: str | None = None  # scored_date partition, YYYY-MM-DD; default: today (UTC)
     batch_size: int = Field(32, ge=1)
     part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
@@ -285,8 +287,9 @@ class ScoreConfig(_Section):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, v: str | None) -> str | None:
-        if v is not None and (not RUN_ID.match(v) or set(v) <= {"."}):
-            raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-' (and not only dots), got {v!r}")
+        if v is not None and not RUN_ID.match(v):
+            raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                             f"got {v!r}")
         return v
 
 

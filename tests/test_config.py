@@ -164,3 +164,14 @@ def test_a_nan_or_infinite_value_is_called_not_finite(setting, where, shown, cap
     config.write_text(yaml.safe_dump({section: {name: value}}))  # the same value in a config file
     with pytest.raises(SkinrayError, match=f"{where}: {shown} is not a finite number"):
         load_config(str(config))
+
+
+@pytest.mark.parametrize("run_id", ["-x", "--help", ".hidden", "_x"])
+def test_a_run_id_starts_with_a_letter_or_digit(run_id, capsys):
+    """A run id is a folder name and a command-line argument: ``-x`` would read as an option."""
+    from skinray.cli import main
+
+    assert main(["score", "--model", "m", "--input", "i", "--out", "o", f"--run-id={run_id}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "score.run_id: " in err[0] and "starting with a letter or digit" in err[0], err
+    assert load_config(overrides={"score.run_id": "0-x"}).score.run_id == "0-x"
