@@ -266,7 +266,8 @@ class ScoreConfig(_Section):
     input_kind: Literal["auto", "images", "manifest"] = "auto"
     out: str | None = None
     images: str | None = None
-    run_id: str | None = None  # letters, digits, . _ - (at most 64; a letter or digit first); default: derived from input, model and date
+    # letters, digits, . _ - (at most 64; a letter or digit first); default: derived from input, model and date
+    run_id: str | None = None
     date: str | None = None  # scored_date partition, YYYY-MM-DD; default: today (UTC)
     batch_size: int = Field(32, ge=1)
     part_rows: int = Field(5000, ge=1)  # rows per staged part file: the unit of resume
