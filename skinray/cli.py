@@ -221,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         skinray query out/nightly --top-suspicious 10 --date 2026-11-25
         skinray query out/nightly --daily-counts --format csv
         skinray query out/nightly --daily-counts --as-of 3        # what the table said at version 3""")
+    p.__class__ = _Intermixed  # the SQL may come after the flags; argparse has no per-subcommand parser class
     p.add_argument("out_uri", metavar="OUT", help="the scoring output folder (holds scores/)")
     p.add_argument("sql", nargs="?", help="SQL over the views scores and runs (default: none)")
     p.add_argument("--top-suspicious", type=int, metavar="K", help="the K most suspicious images (default: none)")
@@ -490,6 +491,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 _ARGV: list[str] | None = None  # what main() was given, for _Parser.error
+
+
+class _Intermixed(_Parser):
+    """Flags and positionals in any order (``query OUT --format csv "SQL"``): plain argparse binds an optional
+    positional (``nargs="?"``) to nothing as soon as a flag follows the one before it, then refuses the SQL."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        if self._mixing:  # parse_known_intermixed_args parses twice through this method
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
 
 def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:
