@@ -199,8 +199,8 @@ def _parser() -> argparse.ArgumentParser:
                    + _default("score.input_kind"))
     p.add_argument("--out", help="output folder or prefix: scores/ table, runs/ (required)")
     p.add_argument("--images", help="image root for manifests without an image_uri column (default: none)")
-    p.add_argument("--run-id", help="letters, digits, . _ - (default: derived from input, model and date, so "
-                   "re-runs resume)")
+    p.add_argument("--run-id", help="letters, digits, . _ -, starting with a letter or digit (default: derived "
+                   "from input, model and date: the night's run, so re-submitting scores only what is new)")
     p.add_argument("--date", help="the night: YYYY-MM-DD, today or yesterday (in --timezone; a scheduler firing "
                    "after midnight scores yesterday) (default: today)")
     p.add_argument("--timezone", help="IANA time zone of today / yesterday " + _default("score.timezone"))
@@ -223,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         skinray query out/nightly --top-suspicious 10 --date 2026-11-25
         skinray query out/nightly --daily-counts --format csv
         skinray query out/nightly --daily-counts --as-of 3        # what the table said at version 3""")
+    p.__class__ = _Intermixed  # the SQL may come after the flags; argparse has no per-subcommand parser class
     p.add_argument("out_uri", metavar="OUT", help="the scoring output folder (holds scores/)")
     p.add_argument("sql", nargs="?", help="SQL over the views scores and runs (default: none)")
     p.add_argument("--top-suspicious", type=int, metavar="K", help="the K most suspicious images (default: none)")
@@ -489,6 +490,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 _ARGV: list[str] | None = None  # what main() was given, for _Parser.error
+
+
+class _Intermixed(_Parser):
+    """Flags and positionals in any order (``query OUT --format csv "SQL"``): plain argparse binds an optional
+    positional (``nargs="?"``) to nothing as soon as a flag follows the one before it, then refuses the SQL."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        if self._mixing:  # parse_known_intermixed_args parses twice through this method
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
 
 def main(argv: Sequence[str] | None = None, preflight: bool = False) -> int:

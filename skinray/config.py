@@ -22,7 +22,8 @@ DEFAULT_MALIGNANT_DX = ("mel", "bcc", "akiec")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are refused as what they are, before a range check would call them out of range
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ImageConfig(_Section):
@@ -239,7 +240,9 @@ class LabelledConfig(_Section):
     out: str | None = None  # validate: a folder for validation.json and validation.md; calibrate: the new model
 
 
-RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# a run id is a folder name and a command-line argument: it starts with a letter or digit (not "-", an option to
+# every CLI; not "." or "_", a name listings and Delta readers hide)
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -266,7 +269,8 @@ class ScoreConfig(_Section):
     input_kind: Literal["auto", "images", "manifest"] = "auto"
     out: str | None = None
     images: str | None = None
-    run_id: str | None = None  # letters, digits, . _ - (at most 64); default: derived from input, model and date
+    # letters, digits, . _ - (at most 64; a letter or digit first); default: derived from input, model and date
+    run_id: str | None = None
     # the night's scored_date partition: YYYY-MM-DD, or today / yesterday in score.timezone (a scheduler firing after
     # midnight scores yesterday's night); default: today
     date: str | None = None
@@ -312,8 +316,9 @@ class ScoreConfig(_Section):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, v: str | None) -> str | None:
-        if v is not None and (not RUN_ID.match(v) or set(v) <= {"."}):
-            raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-' (and not only dots), got {v!r}")
+        if v is not None and not RUN_ID.match(v):
+            raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                             f"got {v!r}")
         return v
 
 
@@ -364,6 +369,8 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _format_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "finite_number":
+        return f"invalid config value for {where}: {first['input']!r} is not a finite number"
     return f"invalid config value for {where}: {first['msg']}"
 
 

@@ -141,11 +141,12 @@ def check_uri(report: Report, uri: str, cfg: SkinrayConfig, must_exist: bool = T
 
 def check_model(report: Report, uri: str, cfg: SkinrayConfig, engine: str | None = None) -> None:
     from skinray.artifact import ModelArtifact
-    from skinray.inference import check_engine
+    from skinray.inference import check_engine, check_loads
 
     try:
         art = ModelArtifact.open(uri, cfg.storage)
         check_engine(art, engine or cfg.inference.engine)
+        check_loads(art, engine or cfg.inference.engine)
     except SkinrayError as exc:
         report.add(f"model {uri}", False, str(exc))
         return

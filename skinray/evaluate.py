@@ -140,6 +140,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
         raise SkinrayError("evaluate needs --model, --prepared and --out")
     art = ModelArtifact.open(e.model, st)
     inference.check_engine(art, cfg.inference.engine)
+    inference.check_loads(art, cfg.inference.engine)
     df = load_prepared(e.prepared, st)
     rows = df if e.split == "all" else df[df["split"] == e.split]
     if rows.empty:

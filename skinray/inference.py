@@ -51,12 +51,8 @@ class OnnxEngine:
     name = "onnx"
 
     def __init__(self, path: str, outputs: dict[str, str], use_gpu: bool = False, threads: int = 0,
-                 policy: str = "auto") -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise SkinrayError(f"ONNX Runtime is not installed: pip install onnxruntime (GPU nodes: {ORT_GPU_SWAP})"
-                               ) from exc
+                 policy: str = "auto", where: str | None = None) -> None:
+        ort = _onnxruntime()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -66,7 +62,7 @@ class OnnxEngine:
                 raise SkinrayError(f"--gpu needs ONNX Runtime's CUDA provider on the scoring nodes; node "
                                    f"{_node_id()[:12]} has {ort.get_available_providers()}: {ORT_GPU_SWAP}")
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        self.session = onnx_session(path, where or os.path.dirname(path), opts, providers)
         if use_gpu and self.session.get_providers()[0] != "CUDAExecutionProvider":
             # compiled in but not loaded (CUDA/cuDNN libraries missing): ONNX Runtime would silently use the CPU
             raise SkinrayError(f"--gpu: ONNX Runtime on node {_node_id()[:12]} could not load its CUDA provider "
@@ -126,6 +122,26 @@ class OnnxEngine:
         return out
 
 
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise SkinrayError(f"ONNX Runtime is not installed: pip install onnxruntime (GPU nodes: {ORT_GPU_SWAP})"
+                           ) from exc
+    return ort
+
+
+def onnx_session(path: str, where: str, opts: Any = None, providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session for ``path``, or one line naming the file and the model (``where``) when the bytes
+    are no graph ONNX Runtime can load — a hash only proves the file is the one recorded, not that it works."""
+    ort = _onnxruntime()
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SkinrayError(f"{os.path.basename(path)} in {where} cannot be loaded by ONNX Runtime: {first}") from exc
+
+
 class TfEngine:
     """The Keras model under ``tf.function``: the reference the ONNX export is checked against."""
 
@@ -167,18 +183,39 @@ def check_engine(artifact: ModelArtifact, engine: str) -> None:
                            f"(> {ONNX_PARITY_LIMIT}): refusing to score with it")
 
 
-def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = False, threads: int = 0,
-                policy: str = "auto") -> OnnxEngine | TfEngine:
-    check_engine(artifact, engine)
+def check_loads(artifact: ModelArtifact, engine: str) -> None:
+    """Load the graph ``engine`` runs once, on the CPU, before any run is claimed or any image read: a file that
+    matches its recorded hash but is not a loadable graph (or lacks an output the model records) is one line here,
+    not a traceback in every scoring actor. The Keras model (``tf``) is loaded where it runs."""
     if engine == "tf":
-        return TfEngine(artifact, threads)
+        return
+    name = INT8_FILE if engine == "onnx-int8" else ONNX_FILE
+    session = onnx_session(artifact.path(name), artifact.uri)
+    present = {o.name for o in session.get_outputs()}
+    missing = [o for o in _graph_outputs(artifact, engine).values() if o not in present]
+    if missing:
+        raise SkinrayError(f"{name} in {artifact.uri} has no output {missing[0]!r} (it has {sorted(present)}): "
+                           f"the graph does not match {artifact.uri}'s skinray.json")
+
+
+def _graph_outputs(artifact: ModelArtifact, engine: str) -> dict[str, str]:
+    """Ours → the graph's output names, for the graph ``engine`` runs."""
     outputs = {LOGIT: artifact.meta.outputs.logit}
     if artifact.meta.outputs.dx_logits:
         outputs[DX_LOGITS] = artifact.meta.outputs.dx_logits
     if artifact.meta.ood is not None and engine != "onnx-int8":  # the int8 graph was quantized without it
         outputs[FEATURES] = artifact.meta.outputs.features
+    return outputs
+
+
+def make_engine(artifact: ModelArtifact, engine: str = "onnx", use_gpu: bool = False, threads: int = 0,
+                policy: str = "auto") -> OnnxEngine | TfEngine:
+    check_engine(artifact, engine)
+    if engine == "tf":
+        return TfEngine(artifact, threads)
     path = artifact.path(INT8_FILE if engine == "onnx-int8" else ONNX_FILE)
-    return OnnxEngine(path, outputs, use_gpu=use_gpu, threads=threads, policy=policy)
+    return OnnxEngine(path, _graph_outputs(artifact, engine), use_gpu=use_gpu, threads=threads, policy=policy,
+                      where=artifact.uri)
 
 
 def resolve_views(artifact: ModelArtifact, override: bool | None = None) -> views.Views:

@@ -6,12 +6,14 @@ score the nightly run gives the same image.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 
 import numpy as np
 import pandas as pd
 
-from skinray import plots
+from skinray import SkinrayError, plots
 from skinray.config import ImageConfig, InferenceConfig
 from skinray.inference import ImagePredictor
 from skinray.runtime import require_train_extra
@@ -28,6 +30,8 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
     """
     if explain:
         require_train_extra("--explain (Grad-CAM)")
+    if sheet:
+        check_sheet_path(sheet)
     predictor = ImagePredictor(model_uri, storage_cfg, inference, image_guards or ImageConfig(), threads=0)
     result, decoded = predictor.score_uris(list(image_uris))
     df = pd.concat([pd.DataFrame({"image": list(image_uris)}),
@@ -52,3 +56,25 @@ def predict(model_uri: str, image_uris: list[str], storage_cfg: StorageConfig | 
             flags = [f for flag in flags for f in (flag, False)]
         plots.contact_sheet(arrays, captions, sheet, highlight=flags)
     return df
+
+
+def check_sheet_path(sheet: str) -> None:
+    """Before any image is scored: the contact sheet can be written where asked (a local file; its folder is
+    created), so that a bad ``--sheet`` is one line, not a traceback after the work is done."""
+    if "://" in sheet:
+        raise SkinrayError(f"--sheet {sheet}: the contact sheet is written to a local file; give a local path")
+    if os.path.isdir(sheet):
+        raise SkinrayError(f"--sheet {sheet} is a folder: give a file name, e.g. {os.path.join(sheet, 'sheet.png')}")
+    folder = os.path.dirname(os.path.abspath(sheet))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise SkinrayError(f"--sheet {sheet} cannot be written: {existing} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".skinray-sheet-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise SkinrayError(f"--sheet {sheet} cannot be written: {folder}: {exc.strerror or exc}") from exc

@@ -236,13 +236,14 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
     kept["split"] = split.assign_splits(kept["label"], kept["lesion_id"], p.val_fraction, p.test_fraction, p.seed,
                                         strata=kept["source"])
 
+    impossible_ages = int(kept["_age_impossible"].sum())  # numbers that are no age: imputed like missing ones
     train_ages = kept.loc[kept["split"] == "train", "age_approx"]
     median_age = float(train_ages.median()) if train_ages.notna().any() else float(kept["age_approx"].median())
     if np.isnan(median_age):
         median_age = 50.0  # no ages at all: a neutral adult age, reported as imputed for every row
     imputed = {
         "age_approx": {"value": median_age, "rows": int(kept["age_approx"].isna().sum()),
-                       "computed_on": "train split median"},
+                       "computed_on": "train split median", "impossible": impossible_ages},
         "anatom_site_general": {"value": "unknown", "rows": int(kept["anatom_site_general"].isna().sum())},
     }
     kept["age_approx"] = kept["age_approx"].fillna(median_age).astype("float32")
@@ -268,6 +269,9 @@ def prepare(cfg: SkinrayConfig) -> PrepareReport:
     warnings = [f"source {name}: no lesion ids, so each image counts as its own lesion; two images of one lesion "
                 "can land in two splits and make its test figures optimistic"
                 for name, s in report["sources"].items() if not s["lesion_grouped"]]
+    if impossible_ages:
+        warnings.append(f"{impossible_ages} ages were no age in years (negative, above {schema.AGE_MAX} or not "
+                        "finite): read as unknown and imputed")
     if kept["label"].nunique() < 2:
         warnings.append("only one class is present: a classifier cannot be trained on this data")
     if warnings:

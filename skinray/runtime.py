@@ -33,6 +33,7 @@ ORT_GPU_SWAP = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install -c 
                 "onnxruntime-gpu (as cluster/bootstrap.sh gpu does)")
 
 log = logging.getLogger("skinray")
+_OWN_LOCAL_RAY = False  # this process started the Ray it is connected to (no RAY_ADDRESS): nothing else adds nodes
 
 
 def quiet_env(verbose: bool = False) -> dict[str, str]:
@@ -132,7 +133,9 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose() else logging.ERROR,
                               "log_to_driver": verbose(), "runtime_env": {"env_vars": _not_set_by_job(env)}}
+    global _OWN_LOCAL_RAY
     address = os.environ.get("RAY_ADDRESS")
+    _OWN_LOCAL_RAY = not address
     if address:
         _reachable(address)
         try:
@@ -205,14 +208,22 @@ def cluster_gpus() -> int:
 
 
 def wait_for_gpus(seconds: float) -> int:
-    """GPUs in the cluster; when there are none yet, asks the autoscaler for one and waits up to ``seconds``.
+    """GPUs in the cluster; when there are none yet, asks the autoscaler for one and waits up to ``seconds`` — but
+    only where something can still add a GPU node.
 
     A GPU worker group that scales from zero has no GPU at start, so "no GPU now" is not an error; "no GPU after
-    the wait" is, with one clear line.
+    the wait" is, with one clear line. Nothing can add a node to the local Ray this process started (no
+    ``RAY_ADDRESS``): that is said at once. On a cluster it joined, an autoscaler or an operator may add one, and
+    the answer is waited for, unless the cluster's autoscaler itself says none of its node types has a GPU
+    (:func:`_no_gpu_node_type`). A v1 autoscaler keeps its node types on the head node, out of a driver's sight,
+    so there the wait is the only test.
     """
     gpus = cluster_gpus()
     if gpus:
         return gpus
+    if _OWN_LOCAL_RAY:
+        raise SkinrayError("--gpu: the local Ray this command started has no GPU and nothing can add one: run it on "
+                           "a machine with a GPU, or on a cluster with GPU nodes (RAY_ADDRESS)")
     from ray.autoscaler.sdk import request_resources
 
     try:
@@ -221,12 +232,16 @@ def wait_for_gpus(seconds: float) -> int:
         log.debug("request_resources: %s", exc)
     log.info("waiting up to %.0f s for a GPU node to join the Ray cluster", seconds)
     deadline = time.monotonic() + seconds
+    v2 = _autoscaler_v2()
     try:
         while time.monotonic() < deadline:
             time.sleep(min(GPU_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             gpus = cluster_gpus()
             if gpus:
                 return gpus
+            why = _no_gpu_node_type() if v2 else None
+            if why:
+                raise SkinrayError(f"--gpu: the Ray cluster has no GPU and {why}: add a GPU worker group to it")
     finally:
         try:
             request_resources(bundles=[])  # the scoring pool makes its own requests from here on
@@ -234,6 +249,47 @@ def wait_for_gpus(seconds: float) -> int:
             pass
     raise SkinrayError(f"--gpu: no GPU joined the Ray cluster within {seconds:.0f} s (gpu_wait_seconds, --gpu-wait); "
                        "check the GPU worker group of the cluster")
+
+
+def _autoscaler_v2() -> bool:
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return is_autoscaler_v2(fetch_from_server=True)
+    except Exception as exc:  # an older or unreachable GCS: no answer, so the wait decides
+        log.debug("is_autoscaler_v2: %s", exc)
+        return False
+
+
+def _no_gpu_node_type() -> str | None:
+    """Why no GPU node can come, from the v2 autoscaler's own state in the GCS, or None (it may, or no answer).
+
+    After ``request_resources`` the v2 autoscaler lists a request none of its node types can meet under
+    ``infeasible_cluster_resource_constraints``. That counts only on a cluster whose nodes an autoscaler launched
+    (they carry a node type name): on a hand-made cluster the autoscaler is read-only and calls everything
+    infeasible, while an operator may still start a GPU node by hand.
+    """
+    try:
+        import ray
+        from ray._raylet import GcsClient
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+        reply = GetClusterStatusReply()
+        reply.ParseFromString(GcsClient(ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=10))
+    except Exception as exc:
+        log.debug("get_cluster_status: %s", exc)
+        return None
+    return gpu_infeasible(reply)
+
+
+def gpu_infeasible(reply: Any) -> str | None:
+    """The decision of :func:`_no_gpu_node_type` on a ``GetClusterStatusReply``."""
+    if not any(node.ray_node_type_name for node in reply.cluster_resource_state.node_states):
+        return None
+    for constraint in reply.autoscaling_state.infeasible_cluster_resource_constraints:
+        if any(r.request.resources_bundle.get("GPU", 0) > 0 for r in constraint.resource_requests):
+            return "its autoscaler has no node type with a GPU"
+    return None
 
 
 def versions() -> dict[str, str]:

@@ -5,6 +5,7 @@ Everything downstream of ``prepare`` sees only the canonical columns, whatever t
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skinray import SkinrayError, storage
+from skinray.metrics import AGE_MAX
 from skinray.storage import StorageConfig
 
 CANONICAL_COLUMNS = [
@@ -104,7 +106,7 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
         raise SkinrayError(f"manifest {uri}: unknown format {ext or '(no suffix)'}; use .csv, .parquet or .jsonl")
     data = storage.read_bytes(uri, storage_cfg)
     if kind in ("csv", "json"):
-        _require_utf8(uri, data)
+        data = _as_utf8(uri, data)
     try:
         if kind == "csv":
             table = pacsv.read_csv(
@@ -124,6 +126,39 @@ def read_manifest(uri: str, storage_cfg: StorageConfig | None = None) -> pd.Data
     df = table.to_pandas()
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _as_utf8(uri: str, data: bytes) -> bytes:
+    """Text manifests as UTF-8 bytes: UTF-16 and UTF-32 (Excel's "Unicode text", PowerShell's default) are told by
+    their byte-order mark or, without one, by the NUL byte beside every ASCII character, and converted."""
+    encoding = _wide_encoding(data)
+    if encoding is None:
+        _require_utf8(uri, data)
+        return data
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SkinrayError(f"manifest {uri} looks like {encoding.upper()} text but is not valid {encoding.upper()} "
+                           f"(byte {exc.start}): save it as UTF-8, e.g. `iconv -f {encoding.upper()} -t UTF-8`") \
+            from exc
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """The codec of UTF-16/32 text (``utf-16``/``utf-32`` read their own mark), or None for anything else."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return encoding
+    head = data[:4096]
+    half = len(head) // 2
+    if half < 2 or b"\x00" not in head:
+        return None
+    even, odd = head[0::2].count(0), head[1::2].count(0)  # ASCII in UTF-16: NUL after (LE) or before (BE)
+    if odd > 0.3 * half and even < 0.05 * half:
+        return "utf-16-le"
+    if even > 0.3 * half and odd < 0.05 * half:
+        return "utf-16-be"
+    return None
 
 
 def _require_utf8(uri: str, data: bytes) -> None:
@@ -181,10 +216,14 @@ def _text(s: pd.Series | None, n: int) -> pd.Series:
     return out.where(~_blank(s), None).astype("object")
 
 
-def _age(s: pd.Series | None, n: int) -> pd.Series:
+def _age(s: pd.Series | None, n: int) -> tuple[pd.Series | np.ndarray, pd.Series | np.ndarray]:
+    """Ages in years, and which were numbers but no age (negative, above AGE_MAX, infinite, or 1e300, which would
+    be stored as float32 infinity): those are read as unknown, like a missing age, and counted by the callers."""
     if s is None:
-        return pd.Series(np.full(n, np.nan), dtype="float64")
-    return pd.to_numeric(s, errors="coerce").astype("float64")
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    age = pd.to_numeric(s, errors="coerce").astype("float64")
+    impossible = age.notna() & ~age.between(0, AGE_MAX)
+    return age.mask(impossible), impossible
 
 
 def _label_from_text(bm: pd.Series) -> pd.Series:
@@ -194,7 +233,8 @@ def _label_from_text(bm: pd.Series) -> pd.Series:
 
 def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
                  labels_required: bool = True) -> pd.DataFrame:
-    """Canonical columns (without ``image_uri`` and ``split``); ``label`` is <NA> where unknown.
+    """Canonical columns (without ``image_uri`` and ``split``); ``label`` is <NA> where unknown; ``_age_impossible``
+    marks the rows whose age was a number but no age (read as unknown).
 
     Scoring passes ``labels_required=False``: an unlabelled manifest (ids or image URIs only) is fine there.
     """
@@ -221,7 +261,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
         known = dx_lower.notna()
         label[known] = dx_lower[known].isin(malignant).astype(int)
         out["label"] = label
-        out["age_approx"] = _age(get("age"), n)
+        out["age_approx"], out["_age_impossible"] = _age(get("age"), n)
         site = _text(get("localization"), n).astype("string").str.lower()
         out["anatom_site_general"] = site.map(lambda v: HAM_SITE_TO_ISIC.get(v, v) if isinstance(v, str) else None)
     elif schema == "isic":
@@ -242,7 +282,7 @@ def to_canonical(df: pd.DataFrame, schema: str, malignant_dx: Iterable[str],
         out["label"] = label
         dx_col = next((c for c in ("diagnosis", "diagnosis_3", "diagnosis_2", "dx") if c in df), None)
         out["dx"] = _text(df[dx_col], n).map(dx_code) if dx_col else None
-        out["age_approx"] = _age(get("age_approx"), n)
+        out["age_approx"], out["_age_impossible"] = _age(get("age_approx"), n)
         site = _text(get("anatom_site_general"), n).astype("string").str.lower()
         out["anatom_site_general"] = site.astype("object").where(site.notna(), None)
     else:

@@ -167,6 +167,7 @@ def _header(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_
     return {
         "run_id": run_id, "scored_date": date, "status": "running", "input": input_uri,
         "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
+        "nulled_values": scoring_input.nulled,  # impossible values read as unknown, by column
         "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
         **inference.resolve_views(artifact, cfg.inference.tta).record(), "threshold": artifact.threshold,
         "threshold_policy": artifact.meta.threshold.model_dump(),
@@ -193,6 +194,7 @@ def score(cfg: SkinrayConfig) -> RunRecord:
     score_inputs.check_not_nested(input_uri, out)
     artifact = ModelArtifact.open(s.model, st)
     inference.check_engine(artifact, cfg.inference.engine)
+    inference.check_loads(artifact, cfg.inference.engine)
     scoring_input = score_inputs.load(input_uri, s.input_kind, s.images, cfg.manifest, st)
     rows = scoring_input.rows
     run_id = s.run_id or default_run_id(input_uri, artifact.model_id, date)

@@ -9,6 +9,8 @@ night: ``image_key`` (the image URI; a manifest row without one: the manifest an
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ from skinray import SkinrayError, paths, schema, storage
 from skinray.config import ManifestConfig
 from skinray.storage import StorageConfig
 
+log = logging.getLogger("skinray.score")
 CARRIED_COLUMNS = ["label", "benign_malignant", "dx", "age_approx", "sex", "anatom_site_general", "lesion_id"]
 
 
@@ -26,11 +29,15 @@ class ScoringInput:
     rows: pd.DataFrame  # input_row, isic_id, image_uri, image_root, carried columns
     kind: str  # images | manifest
     skipped: dict[str, int] = field(default_factory=dict)  # what a folder walk left out, by reason
+    nulled: dict[str, int] = field(default_factory=dict)  # manifest values read as unknown, by column (no-age ages)
 
 
 def check_not_nested(input_uri: str, out_uri: str) -> None:
-    """``--out`` inside ``--input`` (or the reverse) would read its own output as input on the next night."""
-    a, b = storage.normalize(input_uri), storage.normalize(out_uri)
+    """``--out`` inside ``--input`` (or the reverse) would read its own output as input on the next night.
+
+    Local paths are compared with symlinks resolved: a link is no way around the rule.
+    """
+    a, b = (p if storage.is_s3(p) else os.path.realpath(p) for p in map(storage.normalize, (input_uri, out_uri)))
     if a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/"):
         raise SkinrayError(f"--out {out_uri} and --input {input_uri} overlap: keep the output outside the input "
                            "(and the input outside the output)")
@@ -55,7 +62,8 @@ def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestC
             rows[col] = None
         result = ScoringInput(rows, "images", dict(listing.skipped))
     else:
-        result = ScoringInput(_manifest_rows(uri, images_root, manifest, storage_cfg), "manifest")
+        rows, nulled = _manifest_rows(uri, images_root, manifest, storage_cfg)
+        result = ScoringInput(rows, "manifest", nulled=nulled)
     result.rows.insert(0, "input_row", np.arange(len(result.rows), dtype=np.int64))
     rows = result.rows
     key = rows["image_uri"].where(rows["image_uri"].notna(), uri + "#row" + rows["input_row"].astype(str))
@@ -68,11 +76,14 @@ def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestC
 
 
 def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
-                   storage_cfg: StorageConfig) -> pd.DataFrame:
+                   storage_cfg: StorageConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The manifest's rows (an ``input_error`` where one cannot be scored) and the values read as unknown."""
     raw = schema.read_manifest(uri, storage_cfg)
     if raw.empty:
         raise SkinrayError(f"manifest {uri} has no rows")
     canon = schema.to_canonical(raw, manifest.schema_name, manifest.malignant_dx, labels_required=False)
+    for col in ("isic_id", "_image_ref"):  # an empty cell, a Parquet or JSON null: None, never pd.NA
+        canon[col] = canon[col].astype("object").where(canon[col].notna(), None)
     root = storage.normalize(images_root) if images_root else None
     raw_cols = raw.astype("string").fillna("").to_dict("records")
     uris: list[str | None] = []
@@ -92,7 +103,12 @@ def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
     canon["image_uri"] = uris
     canon["image_root"] = roots
     canon["input_error"] = errors
-    return canon[["isic_id", "image_uri", "image_root", "input_error", *CARRIED_COLUMNS]].reset_index(drop=True)
+    nulled = {"age_approx": int(canon["_age_impossible"].sum())}
+    if nulled["age_approx"]:
+        log.warning("%s: %d ages were no age in years (negative, above %d or not finite): scored as unknown", uri,
+                    nulled["age_approx"], schema.AGE_MAX)
+    rows = canon[["isic_id", "image_uri", "image_root", "input_error", *CARRIED_COLUMNS]].reset_index(drop=True)
+    return rows, {k: v for k, v in nulled.items() if v}
 
 
 def _unsafe_reason(row_id: str | None, ref: str | None, template: str, columns: dict[str, str]) -> str | None:

@@ -57,6 +57,11 @@ def borderline(scored: pd.DataFrame, threshold: float, k: int, exclude: pd.Index
     return rest.assign(_gap=(rest["logit_malignant"] - cut).abs()).sort_values(["_gap", "input_row"]).head(k)
 
 
+def _ids(rows: pd.DataFrame) -> list[str]:
+    """The ids of failed rows for the page; a row without one (``empty_id``) by its input row."""
+    return [str(i) if isinstance(i, str) else f"(row {r})" for i, r in zip(rows["isic_id"], rows["input_row"])]
+
+
 def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
           run: dict[str, Any]) -> dict[str, Any]:
     """Pictures, metrics (with labels) and the review page of one run; returns what ``run.json`` records."""
@@ -199,7 +204,7 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
     near_cards, t2 = _cards(near.head(k) if cam else near, artifact, cfg, cam, folder)
     outside, _ = _cards(outside_rows.head(cfg.score.top_k), artifact, cfg, None, folder)
     timings = t1 + t2
-    failures = {str(reason): group["isic_id"].astype(str).tolist() for reason, group in
+    failures = {str(reason): _ids(group) for reason, group in
                 df[df["error"].notna()].assign(_r=lambda d: d["error"].str.split(":").str[0]).groupby("_r")}
     threshold_text = describe(artifact.meta.threshold) if artifact is not None else str(
         (run.get("threshold_policy") or {}).get("policy", ""))

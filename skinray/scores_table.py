@@ -336,6 +336,11 @@ def snapshot(out: str, storage_cfg: StorageConfig | None = None, as_of: str | in
         raise SkinrayError(f"no scores table under {out} (no committed scoring run yet)")
     history = table.history()  # of the latest version: deltalake numbers an older version's history wrongly
     when = _parse_as_of(as_of)
+    first = min((c["timestamp"] for c in history if "timestamp" in c), default=None)
+    if isinstance(when, dt.datetime) and first is not None and when.timestamp() * 1000 < first:
+        # deltalake would load the first version anyway: a time before the table existed has no version
+        first_at = dt.datetime.fromtimestamp(first / 1000, dt.timezone.utc).isoformat(timespec="seconds")
+        raise SkinrayError(f"{uri} has no version as of {as_of}: the table's first version is from {first_at}")
     try:
         if when is not None:
             table.load_as_version(when)

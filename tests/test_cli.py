@@ -72,3 +72,23 @@ def test_json_log_format_errors_are_one_json_object(capsys, tmp_path):
     assert main(["query", str(tmp_path), "--log-format", "json", "--daily-counts"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and json.loads(err[0])["level"] == "error"
+
+
+def test_query_takes_its_sql_before_or_after_the_flags(tmp_path, capsys):
+    from skinray import scores_table
+
+    from test_scores_table import _rows
+
+    out = str(tmp_path / "out")
+    scores_table.commit_run(out, "night1", "2026-11-25", _rows("night1"), {})
+    sql = "SELECT count(*) AS n FROM scores"
+    printed = []
+    for argv in (["query", out, sql, "--as-of", "1", "--format", "csv"],
+                 ["query", out, "--as-of", "1", "--format", "csv", sql],
+                 ["query", "--format", "csv", out, "--as-of", "1", sql]):
+        assert main(argv) == 0, capsys.readouterr().err
+        printed.append(capsys.readouterr().out)
+    assert len(set(printed)) == 1 and printed[0].split() == ["n", "5"], printed
+    with pytest.raises(SystemExit) as exit_:  # still one SQL at most
+        main(["query", out, "--format", "csv", sql, "SELECT 1"])
+    assert exit_.value.code == 2 and "unrecognized arguments: SELECT 1" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_evaluate_and_score_take_the_same_pool_flags():
         assert (cfg.inference.actors, cfg.inference.use_gpu, cfg.inference.gpu_wait_seconds) == (2, True, 7)
 
 
-@pytest.mark.parametrize("date", ["20260202", "2026-W05-1", "2026-02-30", "26-02-02", "2026-2-2", "yesterday"])
+@pytest.mark.parametrize("date", ["20260202", "2026-W05-1", "2026-02-30", "26-02-02", "2026-2-2", "last night"])
 def test_score_dates_are_iso_days_only(date):
     with pytest.raises(SkinrayError, match="score.date.*YYYY-MM-DD"):
         load_config(overrides={"score.date": date})
@@ -157,3 +157,35 @@ def test_today_and_yesterday_are_taken_in_the_clinics_time_zone():
     assert load_config(overrides={"score.date": "2026-11-25"}).score.night(late) == "2026-11-25"
     with pytest.raises(SkinrayError, match="IANA time zone"):
         load_config(overrides={"score.timezone": "Mars/Olympus"})
+
+
+@pytest.mark.parametrize("setting, where, shown", [
+    ("train.target_sensitivity=nan", "train.target_sensitivity", "'nan'"),
+    ("train.threshold_confidence=.nan", "train.threshold_confidence", "nan"),
+    ("score.max_failure_fraction=.inf", "score.max_failure_fraction", "inf"),
+    ("train.diagnosis_sensitivity={mel: .nan}", "train.diagnosis_sensitivity.mel", "nan"),
+    ("train.alpha=-.inf", "train.alpha", "-inf"),  # no range to fall out of: refused all the same
+])
+def test_a_nan_or_infinite_value_is_called_not_finite(setting, where, shown, capsys, tmp_path):
+    from skinray.cli import main
+
+    assert main(["score", "--model", "m", "--input", "i", "--out", "o", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"skinray: error: invalid config value for {where}: {shown} is not a finite number"]
+    config = tmp_path / "c.yaml"
+    key, value = parse_override(setting)
+    section, name = key.split(".")
+    config.write_text(yaml.safe_dump({section: {name: value}}))  # the same value in a config file
+    with pytest.raises(SkinrayError, match=f"{where}: {shown} is not a finite number"):
+        load_config(str(config))
+
+
+@pytest.mark.parametrize("run_id", ["-x", "--help", ".hidden", "_x"])
+def test_a_run_id_starts_with_a_letter_or_digit(run_id, capsys):
+    """A run id is a folder name and a command-line argument: ``-x`` would read as an option."""
+    from skinray.cli import main
+
+    assert main(["score", "--model", "m", "--input", "i", "--out", "o", f"--run-id={run_id}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "score.run_id: " in err[0] and "starting with a letter or digit" in err[0], err
+    assert load_config(overrides={"score.run_id": "0-x"}).score.run_id == "0-x"

@@ -198,3 +198,60 @@ def test_a_scoring_actor_imports_neither_scikit_learn_nor_tensorflow():
             "print(sorted(m for m in ('sklearn', 'tensorflow', 'keras', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def garbage_graph_model(model_dir, dest) -> str:
+    """A copy of ``model_dir`` whose model.onnx is garbage with its hash re-recorded: it passes verification."""
+    import json
+    import shutil
+
+    from skinray import storage
+
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
+    (dest / "model.onnx").write_bytes(b"this is not an ONNX graph\n" * 40)
+    meta = json.loads((dest / "skinray.json").read_text())
+    meta["files"]["model.onnx"] = storage.sha256_file(str(dest / "model.onnx"))
+    (dest / "skinray.json").write_text(json.dumps(meta))
+    return str(dest)
+
+
+def test_a_graph_that_matches_its_hash_but_does_not_load_is_one_line_before_any_run(model_dir, sample, tmp_path):
+    from skinray import SkinrayError
+    from skinray.config import load_config
+    from skinray.inference import check_loads
+    from skinray.score import score
+
+    from conftest import run_cli
+
+    bad = garbage_graph_model(model_dir, tmp_path / "m")
+    art = ModelArtifact.open(bad)  # the hashes hold
+    with pytest.raises(SkinrayError) as raised:
+        check_loads(art, "onnx")
+    assert f"model.onnx in {bad} cannot be loaded by ONNX Runtime: " in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+    check_loads(art, "tf")  # the Keras model is not touched by the graph check
+    out = tmp_path / "scores"
+    with pytest.raises(SkinrayError, match="cannot be loaded by ONNX Runtime"):
+        score(load_config(overrides={"score.model": bad, "score.input": f"{sample['local']}/images",
+                                     "score.out": str(out)}))
+    assert not out.exists()  # no run claimed, so none is left at running
+    image = sorted(os.listdir(f"{sample['local']}/images"))[0]
+    proc = run_cli("predict", "--model", bad, f"{sample['local']}/images/{image}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot be loaded by ONNX Runtime" in lines[0], proc.stderr
+
+
+def test_a_graph_without_an_output_the_model_records_is_refused(model_dir, tmp_path):
+    import json
+    import shutil
+
+    from skinray import SkinrayError
+    from skinray.inference import check_loads
+
+    dest = tmp_path / "m"
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
+    meta = json.loads((dest / "skinray.json").read_text())
+    meta["outputs"]["logit"] = "no_such_output"
+    (dest / "skinray.json").write_text(json.dumps(meta))
+    with pytest.raises(SkinrayError, match="model.onnx in .* has no output 'no_such_output'"):
+        check_loads(ModelArtifact.open(str(dest)), "onnx")

@@ -35,6 +35,30 @@ def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
     assert np.allclose(batch["prob_malignant"], df["prob_malignant"].iloc[:5])
 
 
+def test_a_sheet_that_cannot_be_written_is_one_line_before_any_image_is_scored(tmp_path, monkeypatch):
+    import tempfile
+
+    from skinray import SkinrayError
+
+    (tmp_path / "file").write_text("x")
+    model = str(tmp_path / "no-model")  # never opened: the sheet is checked first
+    for sheet, message in [(tmp_path / "file" / "sheet.png", "is a file, not a folder"),
+                           (tmp_path / "file" / "a" / "sheet.png", "is a file, not a folder"),
+                           (tmp_path, "is a folder"), ("s3://bucket/sheet.png", "local file")]:
+        with pytest.raises(SkinrayError, match=message):
+            predict(model, ["x.jpg"], sheet=str(sheet))
+
+    def denied(**kw):
+        raise PermissionError(13, "Permission denied", kw.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)  # a read-only folder (tests run as root, who may write anywhere)
+    with pytest.raises(SkinrayError, match="cannot be written: .*: Permission denied"):
+        predict(model, ["x.jpg"], sheet=str(tmp_path / "ro" / "sheet.png"))
+    proc = run_cli("predict", "--model", model, "x.jpg", "--sheet", str(tmp_path / "file" / "sheet.png"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0], proc.stderr
+
+
 def test_predict_explain_puts_a_saliency_overlay_beside_each_image(sample, model_dir, tmp_path):
     paths = [f"{sample['local']}/images/{p}" for p in sorted(os.listdir(f"{sample['local']}/images"))[:3]]
     plain, explained = str(tmp_path / "plain.png"), str(tmp_path / "explained.png")

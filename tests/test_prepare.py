@@ -61,6 +61,24 @@ def test_manifest_level_rejects_and_imputation(tmp_path, sample, ray_session):
     assert kept.loc[kept.isic_id == good[1], "age_approx"].item() == pytest.approx(train_median)
 
 
+def test_ages_that_are_no_age_are_imputed_and_counted(tmp_path, sample, ray_session):
+    good = sorted(set(pd.read_csv(f"{sample['local']}/metadata.csv")["isic_id"])
+                  - set(sample["summary"]["missing_ids"]) - set(sample["summary"]["corrupt_ids"]))[:24]
+    ages = ["1e300", "-5", "200", "inf"] + [str(40 + i) for i in range(len(good) - 4)]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"isic_id": good, "benign_malignant": ["malignant" if i % 3 == 0 else "benign"
+                                                        for i in range(len(good))], "age_approx": ages}).to_csv(
+        manifest, index=False)
+    report = _prepare(str(manifest), f"{sample['local']}/images", str(tmp_path / "out"))
+    assert report.kept == len(good)
+    imputed = report.record["imputed"]["age_approx"]
+    assert imputed["impossible"] == 4 and imputed["rows"] == 4
+    assert any("4 ages were no age in years" in w for w in report.record["warnings"])
+    kept = load_prepared(str(tmp_path / "out")).set_index("isic_id")
+    assert kept.loc[good[:4], "age_approx"].tolist() == [pytest.approx(imputed["value"])] * 4
+    assert kept["age_approx"].between(0, 130).all()
+
+
 def test_ham10000_schema_with_image_template(tmp_path, ray_session):
     from skinray.synth import generate
 
@@ -164,18 +182,18 @@ def test_the_stage_logs_one_structured_event(tmp_path, sample, ray_session):
     assert len(done) == 1 and done[0]["kept"] == report.kept and done[0]["rejected"] == report.rejected
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--manifest", "/nope/m.csv", "--images", "/nope", "--out", "/tmp/x"], "manifest not found"),
-    (["--manifest", "MANIFEST", "--images", "/nope", "--out", "/tmp/x", "--schema", "weird"], "invalid choice"),
+@pytest.mark.parametrize("args, message, code", [
+    (["--manifest", "/nope/m.csv", "--images", "/nope", "--out", "/tmp/x"], "manifest not found", 2),
+    (["--manifest", "MANIFEST", "--images", "/nope", "--out", "/tmp/x", "--schema", "weird"], "invalid choice", 2),
     (["--manifest", "s3://no-such-bucket-skinray/m.csv", "--images", "s3://x", "--out", "/tmp/x",
-      "--endpoint-url", "http://127.0.0.1:9"], "cannot access"),
-    (["--manifest", "EMPTY", "--images", "/nope", "--out", "/tmp/x"], "no rows"),
+      "--endpoint-url", "http://127.0.0.1:9"], "cannot reach", 75),  # storage away: retry later
+    (["--manifest", "EMPTY", "--images", "/nope", "--out", "/tmp/x"], "no rows", 2),
 ])
-def test_bad_arguments_exit_with_one_line(args, message, sample, tmp_path):
+def test_bad_arguments_exit_with_one_line(args, message, code, sample, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("isic_id,benign_malignant\n")
     args = [a.replace("MANIFEST", f"{sample['local']}/metadata.csv").replace("EMPTY", str(empty)) for a in args]
     proc = run_cli("prepare", *args)
-    assert proc.returncode == 2
+    assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

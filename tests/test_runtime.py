@@ -47,3 +47,33 @@ def test_a_frame_arrow_cannot_type_and_an_empty_one_still_become_datasets(ray_se
     assert ds.num_blocks() == 2
     assert _plain(_rows(ds)["note"].tolist()) == [1, "two", 3.5, None, "5"]
     assert dataset_from_frame(mixed.iloc[:0], 4).count() == 0
+
+
+def test_no_gpu_on_the_local_ray_is_said_at_once_not_after_the_wait(ray_session):
+    import time
+
+    from skinray import SkinrayError
+
+    started = time.monotonic()
+    with pytest.raises(SkinrayError, match="the local Ray this command started has no GPU and nothing can add one"):
+        runtime.wait_for_gpus(60)
+    assert time.monotonic() - started < 30  # much less than the wait it was given
+
+
+def _status(node_types, infeasible):
+    from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+    reply = GetClusterStatusReply()
+    for name in node_types:
+        reply.cluster_resource_state.node_states.add(ray_node_type_name=name)
+    constraint = reply.autoscaling_state.infeasible_cluster_resource_constraints.add()
+    for bundle in infeasible:
+        constraint.resource_requests.add(count=1).request.resources_bundle.update(bundle)
+    return reply
+
+
+def test_a_v2_autoscaler_without_gpu_node_types_is_believed_only_on_a_cluster_it_launched():
+    assert runtime.gpu_infeasible(_status(["headgroup", "cpu-workers"], [{"GPU": 1}])) == \
+        "its autoscaler has no node type with a GPU"
+    assert runtime.gpu_infeasible(_status(["headgroup", "gpu-workers"], [{"CPU": 64}])) is None  # a GPU may come
+    assert runtime.gpu_infeasible(_status(["", ""], [{"GPU": 1}])) is None  # hand-made: an operator may add one

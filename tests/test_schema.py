@@ -1,3 +1,4 @@
+import codecs
 import json
 
 import pandas as pd
@@ -70,3 +71,40 @@ def test_manifest_errors_name_the_line_and_the_encoding(tmp_path):
     (tmp_path / "empty.csv").write_bytes(b"")
     with pytest.raises(SkinrayError, match="cannot be parsed"):
         schema.read_manifest(str(tmp_path / "empty.csv"))
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16", b""), ("utf-16-le", codecs.BOM_UTF16_LE),
+                                           ("utf-16-be", codecs.BOM_UTF16_BE), ("utf-16-le", b""),
+                                           ("utf-16-be", b""), ("utf-32", b"")])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_utf16_or_utf32_manifest_is_read_as_such(encoding, bom, fmt, tmp_path):
+    """Excel's "Unicode text" and PowerShell write UTF-16; ``utf-16``/``utf-32`` write their own byte-order mark."""
+    if fmt == "csv":
+        text = "isic_id,benign_malignant,anatom_site_general\nISIC_1,benign,torso\nCafé_2,malignant,\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+            {"isic_id": "ISIC_1", "benign_malignant": "benign", "anatom_site_general": "torso"},
+            {"isic_id": "Café_2", "benign_malignant": "malignant", "anatom_site_general": None}])
+    path = tmp_path / f"m.{fmt}"
+    path.write_bytes(bom + text.encode(encoding))
+    df = schema.read_manifest(str(path))
+    assert list(df.columns) == ["isic_id", "benign_malignant", "anatom_site_general"]
+    assert df["isic_id"].tolist() == ["ISIC_1", "Café_2"] and df["benign_malignant"].tolist() == ["benign",
+                                                                                                   "malignant"]
+
+
+def test_a_broken_utf16_manifest_names_its_encoding(tmp_path):
+    (tmp_path / "m.csv").write_bytes(codecs.BOM_UTF16_LE + "isic_id\nISIC_1\n".encode("utf-16-le") + b"\x00\xdc")
+    with pytest.raises(SkinrayError, match="looks like UTF-16 text .*iconv -f UTF-16 -t UTF-8"):
+        schema.read_manifest(str(tmp_path / "m.csv"))
+
+
+@pytest.mark.parametrize("schema_name, column", [("isic", "age_approx"), ("ham10000", "age")])
+def test_a_number_that_is_no_age_is_read_as_unknown_and_marked(schema_name, column):
+    ages = ["40", "1e300", "-3", "131", "inf", "", "forty", "0", "130"]
+    ids = [f"ISIC_{i}" for i in range(len(ages))]
+    df = pd.DataFrame({"isic_id": ids, "benign_malignant": "benign", column: ages} if schema_name == "isic" else
+                      {"image_id": ids, "dx": "nv", column: ages}).astype("string")
+    out = schema.to_canonical(df, schema_name, ["mel"])
+    assert out["age_approx"].fillna(-1).tolist() == [40, -1, -1, -1, -1, -1, -1, 0, 130]
+    assert out["_age_impossible"].tolist() == [False, True, True, True, True, False, False, False, False]

@@ -6,6 +6,7 @@ Runs against a local folder and the S3 endpoint (moto), which honours the condit
 
 import json
 import os
+import re
 
 import duckdb
 import numpy as np
@@ -124,6 +125,22 @@ def test_a_table_of_another_schema_is_refused(out):
     with pytest.raises(SkinrayError, match="another schema"):
         scores_table.commit_run(out, "r1", "2026-11-25", _rows("r1"), {})
     assert DeltaTable(uri, storage_options=options).version() == 0  # nothing written into it
+
+
+def test_a_time_before_the_table_existed_has_no_version(out, capsys):
+    from skinray.cli import main
+
+    scores_table.commit_run(out, "night1", "2026-11-25", _rows("night1"), {})
+    first = scores_table.snapshot(out).runs["committed_at"].iloc[0]
+    for before in ("2000-01-01", (first - pd.Timedelta(seconds=5)).isoformat()):
+        message = re.escape(f"has no version as of {before}: the table's first version is from")
+        with pytest.raises(SkinrayError, match=message):
+            scores_table.snapshot(out, as_of=before)
+        assert main(["query", out, "--daily-counts", "--as-of", before]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "has no version as of" in err[0], err
+    later = (first + pd.Timedelta(seconds=1)).isoformat()
+    assert scores_table.snapshot(out, as_of=later).dataset.to_table().num_rows == 5
 
 
 def test_top_of_the_ranking_has_no_ties_from_saturated_outputs(out):
