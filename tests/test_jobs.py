@@ -61,7 +61,7 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     # skinray's lines are JSON objects; the stage's event and the command's result carry the counts as fields
     assert "[skinray]" not in logs and "skinray: error" not in logs, logs[-2000:]
-    done = [e for e in events if e.get("stage") == "score" and e.get("status") == "succeeded"]
+    done = [e for e in events if e.get("logger") == "skinray.score" and e.get("status") == "succeeded"]
     result = [e for e in events if e.get("logger") == "skinray.cli" and "run_id" in e]
     assert len(done) == 1 and done[0]["rows"] == 12 and done[0]["table_version"] == 1, logs[-2000:]
     assert len(result) == 1 and result[0]["run_id"] == done[0]["run_id"] and result[0]["scored"] <= 12
@@ -76,5 +76,5 @@ def test_score_job_submitted_to_head_node_succeeds(head_node, sample, model_dir,
     while client.get_job_status(again) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         time.sleep(2)
     assert client.get_job_status(again) == JobStatus.SUCCEEDED
-    assert "already complete" in client.get_job_logs(again)
+    assert "nothing new" in client.get_job_logs(again)  # and no second commit
     assert len(scores_dataset(str(out)).to_table()) == 12

@@ -88,5 +88,5 @@ def test_query_presets_and_sql(sample, model_dir, ray_session, tmp_path):
     assert bad.returncode == 2 and "query failed" in bad.stderr
     old = run_cli("query", out, "--daily-counts", "--as-of", "1", "--format", "csv")
     assert old.returncode == 0 and old.stdout.count("2026-11-2") == 1  # version 1 held the first night only
-    runs = run_cli("query", out, "SELECT run_id, scored_date, latest FROM runs", "--format", "json")
+    runs = run_cli("query", out, "SELECT run_id, scored_date, submission FROM runs", "--format", "json")
     assert runs.returncode == 0 and len([line for line in runs.stdout.splitlines() if line.startswith("{")]) == 2
