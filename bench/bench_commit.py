@@ -45,6 +45,7 @@ def _rows(n: int) -> Any:
         "image_width": 600, "image_height": 450, "mean_red": rng.normal(180, 10, n), "mean_green": 140.0,
         "mean_blue": 130.0, "label": rng.integers(0, 2, n), "dx": "nv", "age_approx": 50.0, "sex": "male",
         "anatom_site_general": "back", "lesion_id": [f"HAM_{i // 2:07d}" for i in range(n)]})
+    df["image_key"], df["image_stamp"] = df["image_uri"], "123456:1764000000000000000"
     return scores_table.to_rows(df)
 
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from skinray import scores_table, storage
 
     storage.boto3_client().create_bucket(Bucket="skinray-bench")
+    import pyarrow.compute as pc
+
     rows = _rows(args.rows)
     log(f"{args.rows:,} rows, {rows.nbytes / 1e6:.1f} MB in memory; host load {os.getloadavg()[0]:.2f}")
     local = tempfile.mkdtemp(prefix="skinray-commit-")
@@ -98,12 +101,22 @@ def main(argv: list[str] | None = None) -> int:
                                                              {"status": "succeeded"}), args.repeats)
             again = _time(lambda i: scores_table.commit_run(f"{base}/table-{i}", f"s{i}", "2026-11-30", rows, {}),
                           args.repeats)
+            late = rows.slice(0, max(args.rows // 40, 1))  # a late submission: 2.5% of the night, all new images
+            late = late.set_column(late.schema.get_field_index("image_key"), "image_key",
+                                   pc.binary_join_element_wise(late["image_key"], "-late", ""))
+            added = _time(lambda i: scores_table.commit_run(f"{base}/table-{i}", f"s{i}", "2026-11-30", late, {},
+                                                            submission=2), args.repeats)
+            rescore = _time(lambda i: scores_table.commit_run(f"{base}/table-{i}", f"m{i}", "2026-11-30", rows, {}),
+                            args.repeats)  # another model re-scores the whole night: every file replaced
             med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
             results.append({"storage": where, "plain Parquet s": round(med(plain), 3),
                             "first commit s (creates table)": round(med(delta), 3),
                             "later commit s": round(med(second), 3),
                             "re-commit (already in) s": round(med(again), 3),
-                            "later commit / plain Parquet": ratio(med(second), med(plain))})
+                            "late 2.5% added s": round(med(added), 3),
+                            "whole night re-scored (replaces) s": round(med(rescore), 3),
+                            "later commit / plain Parquet": ratio(med(second), med(plain)),
+                            "re-score / later commit": ratio(med(rescore), med(second))})
     finally:
         shutil.rmtree(local, ignore_errors=True)
         proc.terminate()
