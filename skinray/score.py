@@ -135,6 +135,7 @@ class Submission:
     pending: pd.DataFrame  # input rows the night has no answer for (new images, changed bytes)
     staged: pd.DataFrame  # staged rows of pending images (an earlier attempt of this submission)
     answered: int  # images the night already has an answer for
+    quarantined: list[str]  # staged parts that could not be read, moved aside (their images are scored again)
 
     @property
     def todo(self) -> pd.DataFrame:
@@ -151,14 +152,15 @@ def _plan(rows: pd.DataFrame, out: str, run_id: str, date: str, st: Any) -> Subm
     have = set(zip(answers["image_key"], answers["image_stamp"]))
     is_new = [(k, s) not in have for k, s in zip(rows["image_key"], rows["image_stamp"])]
     pending = rows[is_new].reset_index(drop=True)
-    staged = staging.load(out, run_id, st).frame()
+    parts = staging.load(out, run_id, st)
+    staged = parts.frame()
     if not staged.empty:  # keep the staged rows of pending images, numbered as this submission's input
         key = pending.set_index(["image_key", "image_stamp"])["input_row"]
         idx = pd.MultiIndex.from_arrays([staged["image_key"], staged["image_stamp"]])
         staged = staged[idx.isin(key.index)].reset_index(drop=True)
         staged["input_row"] = key.reindex(pd.MultiIndex.from_arrays(
             [staged["image_key"], staged["image_stamp"]])).to_numpy()
-    return Submission(pending, staged, len(rows) - len(pending))
+    return Submission(pending, staged, len(rows) - len(pending), parts.quarantined)
 
 
 def _header(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_input: Any, fingerprint: str,
@@ -215,7 +217,8 @@ def score(cfg: SkinrayConfig) -> RunRecord:
         log.info("run %s: %s inputs (%s), %s answered before, %s staged, %s to score with %s", run_id,
                  f"{len(rows):,}", scoring_input.kind, f"{plan.answered:,}", f"{len(plan.staged):,}",
                  f"{len(todo):,}", cfg.inference.engine, extra={"event": {"run_id": run_id, "stage": "score"}})
-        summary.update(scored_this_attempt=int(len(todo)), resumed_rows=int(len(plan.staged)))
+        summary.update(scored_this_attempt=int(len(todo)), resumed_rows=int(len(plan.staged)),
+                       quarantined_parts=plan.quarantined)
         if len(todo):
             summary.update(_score_rows(todo, cfg, out, run_id, artifact.model_id, lease))
             plan = _plan(rows, out, run_id, date, st)
