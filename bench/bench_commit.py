@@ -31,7 +31,7 @@ def _rows(n: int) -> Any:
     import numpy as np
     import pandas as pd
 
-    from skinray import scores_table
+    from skinray.scoring import table as scores_table
 
     rng = np.random.default_rng(0)
     logit = rng.normal(-1.5, 2.0, n)
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     proc, endpoint = _moto()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
-    from skinray import scores_table, storage
+    from skinray.io import storage
+    from skinray.scoring import table as scores_table
 
     storage.boto3_client().create_bucket(Bucket="skinray-bench")
     import pyarrow.compute as pc

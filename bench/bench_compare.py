@@ -23,8 +23,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from skinray.decision import metrics
+
 from bench.common import log, print_results  # noqa: E402
-from skinray import metrics  # noqa: E402
 
 
 def load(run: str) -> pd.DataFrame:

@@ -25,9 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from skinray.decision import metrics
+
 from bench.bench_compare import load as load_scored  # noqa: E402
 from bench.common import log, print_results  # noqa: E402
-from skinray import metrics  # noqa: E402
 
 FOLDS = 5
 

@@ -1,7 +1,7 @@
 """What averaging buys: an ensemble model (``skinray train --folds K --ensemble``) against each of its members, on
 the same images, one view each, with the paired-bootstrap ROC-AUC gain of the ensemble over every member.
 
-The members are read out of the ensemble's own ``model.keras`` (``skinray.model.members_of``), so nothing but the
+The members are read out of the ensemble's own ``model.keras`` (``skinray.model.network.members_of``), so nothing but the
 model directory and a prepared split is needed. Keras on CPU: about 2 minutes for 2,000 images and 5 members here.
 
 Run from the repository root:
@@ -31,15 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     args = ap.parse_args(argv)
 
-    from skinray.artifact import ModelArtifact
-    from skinray.config import ImageConfig
     from sklearn.metrics import roc_auc_score as roc_auc
 
-    from skinray.metrics import paired_auc_gain
-    from skinray.model import forward, members_of
-    from skinray.prepare import load_prepared
-    from skinray.storage import StorageConfig
-    from skinray.train_data import decode_rows
+    from skinray.config import ImageConfig
+    from skinray.data.prepare import load_prepared
+    from skinray.data.prepared import decode_rows
+    from skinray.decision.metrics import paired_auc_gain
+    from skinray.io.storage import StorageConfig
+    from skinray.model.artifact import ModelArtifact
+    from skinray.model.network import forward, members_of
 
     artifact = ModelArtifact.open(args.model)
     members = members_of(artifact.load_keras())

@@ -22,8 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_score import decode_to_npy, engine_alone, run_pipeline, split_images, write_manifest  # noqa: E402
-from bench.common import (DEFAULT_IMAGES, DEFAULT_WORKDIR, in_subprocess, list_images, log,  # noqa: E402
-                          print_results, ratio)
+from bench.common import DEFAULT_IMAGES, DEFAULT_WORKDIR, in_subprocess, list_images, log, print_results, ratio  # noqa: E402
 
 PER = 10_000
 
@@ -48,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = split_images(args.prepared, args.split, args.n) if args.prepared else list_images(args.images, args.n)
     models = {"A": os.path.abspath(args.model), "B": os.path.abspath(args.against)}
 
-    from bench.common import start_ray
     from skinray.runtime import cluster_cpus
+
+    from bench.common import start_ray
 
     ray = start_ray()
     actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))

@@ -2,9 +2,9 @@
 
 Builds a HAM10000-schema CSV of ``--rows`` rows (default 200,000) cycling over the JPEGs in ``--images`` (the
 10,015 HAM10000 files, each used ~20 times under a unique ``image_id``; an ``image_uri`` column holds the
-absolute path), then runs ``skinray.prepare.prepare(cfg)`` on it once and reports rows/s, phase times, peak
+absolute path), then runs ``skinray.data.prepare.prepare(cfg)`` on it once and reports rows/s, phase times, peak
 memory and where the CPU went. Baseline in the same run, before and after: the single-process loop
-``read bytes + skinray.images.check`` over ``--sample`` rows of the same manifest (rows/s) -> ratio.
+``read bytes + skinray.data.images.check`` over ``--sample`` rows of the same manifest (rows/s) -> ratio.
 
 Run from the repository root:  .venv/bin/python bench/bench_prepare.py [--rows 200000]
 """
@@ -71,8 +71,8 @@ def check_loop(manifest: str, sample: int, seed: int = 0) -> dict[str, Any]:
     per row, without Ray)."""
     import pandas as pd
 
-    from skinray import images
     from skinray.config import ImageConfig
+    from skinray.data import images
 
     uris = pd.read_csv(manifest, usecols=["image_uri"])["image_uri"].tolist()
     rng = random.Random(seed)
@@ -86,8 +86,8 @@ def check_loop(manifest: str, sample: int, seed: int = 0) -> dict[str, Any]:
             bad += reason is not None
         cpu = time.process_time() - cpu
     # The same rows through prepare's own per-row function (pyarrow filesystem stat + open + check).
-    from skinray import prepare as prep
-    from skinray.storage import StorageConfig
+    from skinray.data import prepare as prep
+    from skinray.io.storage import StorageConfig
 
     st = StorageConfig()
     with Timer() as t2:
@@ -99,8 +99,8 @@ def check_loop(manifest: str, sample: int, seed: int = 0) -> dict[str, Any]:
 
 
 def run_prepare(manifest: str, out: str) -> dict[str, Any]:
-    from skinray import prepare as prep
     from skinray.config import load_config
+    from skinray.data import prepare as prep
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(overrides={"prepare.manifest": manifest, "prepare.out": out})

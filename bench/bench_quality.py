@@ -30,12 +30,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
-from skinray import images, metrics, operating_point  # noqa: E402
 from skinray.config import ImageConfig  # noqa: E402
+from skinray.data import images
+from skinray.decision import metrics, operating_point
+
+from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
 
 VIEWS = ("plain", "hflip", "vflip", "hvflip")
-TTA_VIEWS = ("plain", "hflip", "vflip")  # what skinray.inference.predict_arrays averages
+TTA_VIEWS = ("plain", "hflip", "vflip")  # what skinray.inference.batch.predict_arrays averages
 SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity", "head/neck", "oral/genital",
          "palms/soles", "lateral torso")
 
@@ -163,7 +165,7 @@ def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, 
                        n_dx=len(classes) if dx_target else 0)
     seconds = time.time() - t0
 
-    def logits(mask: np.ndarray) -> np.ndarray:  # TTA averages logits, as skinray.views.run does
+    def logits(mask: np.ndarray) -> np.ndarray:  # TTA averages logits, as skinray.model.views.run does
         views = TTA_VIEWS if tta else ("plain",)
         out = [model.predict(inputs(v, mask), verbose=0, batch_size=512) for v in views]
         return np.mean([malignant_logit(o, malignant) if dx_target else o[:, 0] for o in out], axis=0)

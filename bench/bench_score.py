@@ -2,8 +2,8 @@
 
 All on the same images and the same model, in one run (the host is shared and noisy, so only ratios count):
 
-  (a) ``skinray.score.score(cfg)`` end to end on N images: wall, start-up (time to first row), steady images/s
-  (b) the engine's forward pass alone on images decoded beforehand with ``skinray.images.decode``: one process per
+  (a) ``skinray.scoring.run.score(cfg)`` end to end on N images: wall, start-up (time to first row), steady images/s
+  (b) the engine's forward pass alone on images decoded beforehand with ``skinray.data.images.decode``: one process per
       scoring actor, the same threads per process, the same batches and ``predict_arrays`` call the predictor
       makes; measured before and after (a), the mean is the baseline
   (c) the seed's loop on a subset: PIL open + resize to 224 + /255 + Keras ``model.predict(x[None])``, per image
@@ -54,7 +54,7 @@ TARGET_INT8_GAIN = 1.6  # int8 engine alone at least 1.6x float32
 
 def split_images(prepared: str, split: str, n: int) -> list[str]:
     """The image files of one split of a prepared dataset, cycled to exactly ``n``."""
-    from skinray.prepare import load_prepared
+    from skinray.data.prepare import load_prepared
 
     rows = load_prepared(prepared)
     files = rows.loc[rows["split"] == split, "image_uri"].tolist()
@@ -67,9 +67,9 @@ def decode_to_npy(paths: list[str], model_dir: str, out: str) -> dict[str, Any]:
     """Decode ``paths`` with the model's preprocessing spec into a uint8 .npy of shape (n, size, size, 3)."""
     import numpy as np
 
-    from skinray import images
-    from skinray.artifact import ModelArtifact
     from skinray.config import ImageConfig
+    from skinray.data import images
+    from skinray.model.artifact import ModelArtifact
 
     cfg = ModelArtifact.open(model_dir).image_config(ImageConfig())
     arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), cfg.size, cfg.size, 3))
@@ -87,9 +87,9 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
     try:
         import numpy as np
 
-        from skinray import inference
-        from skinray.artifact import ModelArtifact
-        from skinray.views import VIEWS, run
+        from skinray.inference import batch as inference
+        from skinray.model.artifact import ModelArtifact
+        from skinray.model.views import VIEWS, run
 
         artifact = ModelArtifact.open(model_dir)
         engine = inference.make_engine(artifact, engine_name, False, threads, policy)
@@ -145,7 +145,7 @@ def seed_loop(model_dir: str, paths: list[str], size: int = 224) -> dict[str, An
     import numpy as np
     from PIL import Image
 
-    from skinray.artifact import ModelArtifact
+    from skinray.model.artifact import ModelArtifact
 
     model = ModelArtifact.open(model_dir).load_keras()
     model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)  # warm-up, not timed
@@ -208,9 +208,9 @@ def write_manifest(paths: list[str], out: str) -> str:
 
 def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: str, label: str
                  ) -> dict[str, Any]:
-    from skinray import inference
-    from skinray import score as score_mod
     from skinray.config import load_config
+    from skinray.inference import batch as inference
+    from skinray.scoring import run as score_mod
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(overrides={
@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = split_images(args.prepared, args.split, args.n) if args.prepared else list_images(args.images, args.n)
     model_dir = resolve_model(args.model, args.weights, args.workdir, sample_images=paths[:8])
 
-    from bench.common import start_ray
     from skinray.runtime import cluster_cpus
+
+    from bench.common import start_ray
 
     ray = start_ray()
     actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))  # as inference.actor_pool starts
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
     vp_rows: list[dict[str, Any]] = []
     if args.views_and_precision:
-        from skinray.artifact import ModelArtifact
+        from skinray.model.artifact import ModelArtifact
 
         meta = ModelArtifact.open(model_dir).meta
         engines = ["onnx"] + (["onnx-int8"] if meta.int8 else [])

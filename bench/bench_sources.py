@@ -1,7 +1,7 @@
 """Issue 24 screened cheaply: how a model holds up on a dermoscopy source it never saw, on cached features.
 
 Every image of the three sources in ``../shared/data`` (HAM10000, ISIC 2017, SIIM-ISIC 2020) is decoded with the
-project's own decoder (``skinray.images.decode``, one preprocessing variant at a time) and passed once through the
+project's own decoder (``skinray.data.images.decode``, one preprocessing variant at a time) and passed once through the
 frozen ImageNet MobileNetV2 (global average pool, 1,280 features); the features are cached in the workdir. A
 logistic-regression head on them stands in for the fine-tuned network, so a lever costs seconds, not an hour:
 
@@ -40,9 +40,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
-from skinray import images, metrics, ood, operating_point, schema, split  # noqa: E402
 from skinray.config import ImageConfig  # noqa: E402
+from skinray.data import images, schema, split
+from skinray.decision import metrics, operating_point
+from skinray.model import ood
+
+from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = {"ham10000": ("HAM10000_metadata.csv", "images"), "isic2017": ("metadata.csv", "images"),
@@ -79,8 +82,8 @@ def model_extractor(model_dir: str) -> tuple[Any, str]:
     with (as a variant name)."""
     import tensorflow as tf
 
-    from skinray.artifact import ModelArtifact
-    from skinray.model import with_features
+    from skinray.model.artifact import ModelArtifact
+    from skinray.model.network import with_features
 
     art = ModelArtifact.open(model_dir)
     net = with_features(art.load_keras())
@@ -249,7 +252,7 @@ def ood_images(ham: pd.DataFrame, cfg: ImageConfig, n: int = 60) -> dict[str, li
     """Non-dermoscopy made without a download, decoded by the same decoder as the scored images."""
     import io
 
-    from PIL import Image, ImageDraw, ImageFilter, ImageEnhance
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(0)
@@ -286,7 +289,7 @@ def ood_images(ham: pd.DataFrame, cfg: ImageConfig, n: int = 60) -> dict[str, li
 
 def ood_scores(x_tr: np.ndarray, y_tr: np.ndarray, head: Any) -> dict[str, Any]:
     """Candidate scores (higher = less like the training images), each a function of pooled features."""
-    mahalanobis = ood.fit_stats(x_tr, y_tr).score  # what the product ships (skinray.ood)
+    mahalanobis = ood.fit_stats(x_tr, y_tr).score  # what the product ships (skinray.model.ood)
 
     def energy(f: np.ndarray) -> np.ndarray:
         z = head.decision_function(f)

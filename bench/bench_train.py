@@ -1,6 +1,6 @@
 """Training throughput (images/s per epoch) against a plain forward pass over the same images, in one run.
 
-Takes ``--n`` training and ``--val`` validation rows of a prepared HAM10000 dataset, runs ``skinray.train.train``
+Takes ``--n`` training and ``--val`` validation rows of a prepared HAM10000 dataset, runs ``skinray.train.driver.train``
 on them (Ray Train, ``--workers`` workers, frozen ImageNet base unless ``--fine-tune`` layers are unfrozen) and reads
 each epoch's images/s from the model's ``skinray.json``. Baseline, same images, same process tree, right after: the
 same Keras model's forward pass alone (``model(x, training=False)`` in a ``tf.function``, batch 32, all cores) on images decoded
@@ -44,9 +44,9 @@ def forward_pass(prepared: str, weights: str, size: int, resize: str, repeats: i
     import numpy as np
     import pandas as pd
 
-    from skinray import images
     from skinray.config import ImageConfig
-    from skinray.model import build_model
+    from skinray.data import images
+    from skinray.model.network import build_model
 
     df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
     uris = df[df.split == "train"]["image_uri"].tolist()
@@ -81,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from skinray.config import load_config
-    from skinray.train import train
+    from skinray.train.driver import train
 
     data, model_dir = os.path.join(args.workdir, "prepared"), os.path.join(args.workdir, "model")
     shutil.rmtree(args.workdir, ignore_errors=True)

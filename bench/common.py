@@ -35,8 +35,8 @@ def _psutil() -> Any:
     try:
         import psutil
     except ImportError:
-        import ray  # noqa: F401  (adds ray/thirdparty_files to sys.path)
         import psutil
+        import ray  # noqa: F401  (adds ray/thirdparty_files to sys.path)
     return psutil
 
 
@@ -291,7 +291,7 @@ def cycle(items: Iterable[Any], n: int) -> list[Any]:
 def make_model_dir(path: str, weights: str, sample_images: Sequence[str] = ()) -> dict[str, Any]:
     """An untrained but complete model directory: MobileNetV2 with real ImageNet weights and a random head.
 
-    Written through ``skinray.artifact`` like a trained model (``model.keras``, ``model.onnx`` with its parity
+    Written through ``skinray.model.artifact`` like a trained model (``model.keras``, ``model.onnx`` with its parity
     measured on random inputs and ``sample_images``, a verified ``skinray.json``). Speed and memory are what a
     trained model of the same architecture has; the probabilities mean nothing. Imports TensorFlow: call it via
     :func:`in_subprocess` from a driver whose memory is being measured.
@@ -300,9 +300,10 @@ def make_model_dir(path: str, weights: str, sample_images: Sequence[str] = ()) -
 
     import numpy as np
 
-    from skinray import artifact, images, model as skmodel
     from skinray.config import ImageConfig
-    from skinray.operating_point import Calibration, ThresholdChoice
+    from skinray.data import images
+    from skinray.decision.operating_point import Calibration, ThresholdChoice
+    from skinray.model import artifact, network as skmodel
 
     cfg = ImageConfig()
     m = skmodel.build_model(cfg.size, 1.0, weights)

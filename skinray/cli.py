@@ -307,14 +307,14 @@ def build_config(args: argparse.Namespace) -> SkinrayConfig:
         raise SkinrayError("--input-root needs --date")
     cfg = load_config(args.config, overrides, args.sets, args.recipe)
     if args.command == "score" and args.input_root:
-        from skinray import storage
+        from skinray.io import storage
 
         cfg.score.input = storage.join(args.input_root, cfg.score.night())
     return cfg
 
 
 def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.synth import generate
+    from skinray.data.synth import generate
 
     summary = generate(args.out, args.n, image_size=args.image_size, schema=args.schema,
                        malignant_fraction=args.malignant_fraction, seed=args.seed, corrupt=args.corrupt,
@@ -324,7 +324,7 @@ def _cmd_synth(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.prepare import prepare
+    from skinray.data.prepare import prepare
 
     r = prepare(cfg)
     lines = [f"kept {r.kept:,} of {r.rows_in:,} rows; rejected {r.rejected:,} {r.rejected_by_reason}"]
@@ -340,8 +340,8 @@ def _cmd_prepare(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.operating_point import describe
-    from skinray.train import selection, train
+    from skinray.decision.operating_point import describe
+    from skinray.train.driver import selection, train
 
     meta = train(cfg)
     auc = ((meta.validation or {}).get("ranking") or {}).get("roc_auc")
@@ -353,7 +353,7 @@ def _cmd_train(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.evaluate import evaluate
+    from skinray.inference.evaluate import evaluate
 
     r = evaluate(cfg)
     auc = r.roc_auc
@@ -366,7 +366,7 @@ def _cmd_evaluate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace, cfg: SkinrayConfig) -> int:
-    from skinray.validate import validate
+    from skinray.clinic.validate import validate
 
     v = validate(cfg)
     console.say("\n".join([p.describe() for p in v.checked] + [f"verdict: {v.verdict}"]),
@@ -376,8 +376,8 @@ def _cmd_validate(args: argparse.Namespace, cfg: SkinrayConfig) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.calibrate import calibrate
-    from skinray.operating_point import describe
+    from skinray.clinic.calibrate import calibrate
+    from skinray.decision.operating_point import describe
 
     meta = calibrate(cfg)
     before = meta.data["calibrated_on"]["threshold_before"]
@@ -387,7 +387,7 @@ def _cmd_calibrate(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.score import score
+    from skinray.scoring.run import score
 
     s = score(cfg)
     if s.already_complete:
@@ -403,7 +403,7 @@ def _cmd_score(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.predict import predict
+    from skinray.inference.predict import predict
     from skinray.query import format_frame
 
     if args.explain and not args.sheet:
@@ -429,14 +429,14 @@ def _cmd_query(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
 
 
 def _cmd_report(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.score_report import regenerate
+    from skinray.scoring.report import regenerate
 
     page = regenerate(args.out_uri, cfg, args.run_id, args.date)
     console.say(page, page=page)
 
 
 def _cmd_export(args: argparse.Namespace, cfg: SkinrayConfig) -> None:
-    from skinray.export import export
+    from skinray.inference.export import export
 
     model_id, meta = export(args.model, args.out, cfg.storage, args.int8, args.calibration_images)
     if meta.int8:

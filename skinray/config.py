@@ -5,18 +5,17 @@ The resolved config is written next to every output (``config.yaml``) so that an
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
-
 import datetime as dt
 import logging
 import re
+from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinray import SkinrayError
-from skinray.storage import StorageConfig
+from skinray.io.storage import StorageConfig
 
 DEFAULT_MALIGNANT_DX = ("mel", "bcc", "akiec")
 
@@ -120,7 +119,7 @@ class TrainConfig(_Section):
     # the seed recipe stays reproducible). Either way it is a layer inside the model, so scoring needs no setting.
     input_scaling: Literal["mobilenet", "unit"] = "mobilenet"
     weights: str = "imagenet"  # imagenet | none | a local or s3 path to a weights file
-    # the out-of-distribution guard (skinray.ood): the exported graph also outputs the pooled features, and the
+    # the out-of-distribution guard (skinray.model.ood): the exported graph also outputs the pooled features, and the
     # model directory holds their training statistics; off: no guard (as models trained before it)
     ood_guard: bool = True
     # a skinray model directory to start from instead (its fine-tuned base; a new head; its preprocessing and alpha)
@@ -431,7 +430,7 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path:
-        from skinray import storage
+        from skinray.io import storage
 
         try:
             data = yaml.safe_load(storage.read_text(path)) or {}

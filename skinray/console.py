@@ -14,7 +14,6 @@ import os
 import sys
 from typing import Any
 
-
 log = logging.getLogger("skinray")
 _format = "text"  # set by setup(): how say() and error() write
 _stage = "cli"  # set by setup(): the command, the stage of lines whose logger names none
@@ -35,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         parts = record.name.split(".")
-        # skinray.score → score; an event's own "stage" wins; every line has one
+        # skinray.scoring.run → score; an event's own "stage" wins; every line has one
         event["stage"] = parts[1] if parts[0] == "skinray" and len(parts) > 1 else _stage
         extra = getattr(record, "event", None)
         if isinstance(extra, dict):

@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skinray import storage
 from skinray.config import SkinrayConfig, with_values
-from skinray.results import EvaluationReport, PrepareReport, RunRecord
+from skinray.data.prepare import PrepareReport
+from skinray.inference.evaluate import EvaluationReport
+from skinray.io import storage
 from skinray.runtime import EXPORT_MODULES, require_train_extra
+from skinray.scoring.runs import RunRecord
 
 log = logging.getLogger("skinray.demo")
 
@@ -38,13 +40,13 @@ class DemoResult:
 
 def run_demo(out: str, n: int = 1500, weights: str | None = None, ham10000: str | None = None,
              epochs: int | None = None, workers: int = 2, base_config: SkinrayConfig | None = None) -> DemoResult:
-    from skinray.evaluate import evaluate
-    from skinray.operating_point import describe
-    from skinray.prepare import prepare
+    from skinray.data.prepare import prepare
+    from skinray.data.synth import generate
+    from skinray.decision.operating_point import describe
+    from skinray.inference.evaluate import evaluate
     from skinray.query import preset_sql, run_query
-    from skinray.score import score
-    from skinray.synth import generate
-    from skinray.train import train
+    from skinray.scoring.run import score
+    from skinray.train.driver import train
 
     require_train_extra("the demo (it trains a model)", EXPORT_MODULES)  # before the first stage's work
     t0 = time.time()

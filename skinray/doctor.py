@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from skinray import SkinrayError, storage
+from skinray import SkinrayError
 from skinray.config import SkinrayConfig
+from skinray.io import storage
 from skinray.runtime import ORT_GPU_SWAP, TRAIN_EXTRA_INSTALL, installed
 
 log = logging.getLogger("skinray.doctor")
@@ -140,8 +141,8 @@ def check_uri(report: Report, uri: str, cfg: SkinrayConfig, must_exist: bool = T
 
 
 def check_model(report: Report, uri: str, cfg: SkinrayConfig, engine: str | None = None) -> None:
-    from skinray.artifact import ModelArtifact
-    from skinray.inference import check_engine, check_loads
+    from skinray.inference.batch import check_engine, check_loads
+    from skinray.model.artifact import ModelArtifact
 
     try:
         art = ModelArtifact.open(uri, cfg.storage)

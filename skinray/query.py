@@ -16,9 +16,10 @@ from typing import Any
 import pandas as pd
 import pyarrow.dataset as pads
 
-from skinray import SkinrayError, scores_table
+from skinray import SkinrayError
 from skinray.config import check_date
-from skinray.storage import StorageConfig
+from skinray.io.storage import StorageConfig
+from skinray.scoring import table as scores_table
 
 PRESETS = {
     "top_suspicious": (

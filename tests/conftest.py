@@ -51,7 +51,7 @@ def s3_endpoint(tmp_path_factory) -> str:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     })
-    from skinray.storage import boto3_client
+    from skinray.io.storage import boto3_client
 
     boto3_client().create_bucket(Bucket=BUCKET)
     yield endpoint
@@ -72,8 +72,8 @@ def ray_session(s3_endpoint):
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory, s3_endpoint) -> dict:
     """Synthetic data with planted faults, locally and (the same files) on S3."""
-    from skinray import storage
-    from skinray.synth import generate
+    from skinray.data.synth import generate
+    from skinray.io import storage
 
     root = tmp_path_factory.mktemp("sample")
     summary = generate(str(root), 96, image_size=64, schema="isic", malignant_fraction=0.3, seed=3, corrupt=4,
@@ -96,7 +96,7 @@ def tiny_train_overrides(prepared: str, out: str) -> dict:
 @pytest.fixture(scope="session")
 def prepared(sample, ray_session, tmp_path_factory) -> str:
     from skinray.config import load_config
-    from skinray.prepare import prepare
+    from skinray.data.prepare import prepare
 
     out = str(tmp_path_factory.mktemp("prepared"))
     cfg = load_config(overrides={"prepare.manifest": f"{sample['local']}/metadata.csv",
@@ -109,7 +109,7 @@ def prepared(sample, ray_session, tmp_path_factory) -> str:
 def model_dir(prepared, tmp_path_factory) -> str:
     """A small model trained by the real 2-worker Ray Train path (weights none, 32 px, alpha 0.35)."""
     from skinray.config import load_config
-    from skinray.train import train
+    from skinray.train.driver import train
 
     out = str(tmp_path_factory.mktemp("model"))
     # flip TTA on: calibration and threshold come from flip-averaged validation scores, and scoring follows it
@@ -146,7 +146,7 @@ def labelled_set(tmp_path_factory) -> dict:
     """A clinic's own labelled images: another synthetic set (other seed, more malignant), ids of its own."""
     import pandas as pd
 
-    from skinray.synth import generate
+    from skinray.data.synth import generate
 
     root = tmp_path_factory.mktemp("clinic")
     generate(str(root), 160, image_size=64, schema="isic", malignant_fraction=0.45, seed=11)
@@ -166,8 +166,8 @@ def promising_model(model_dir, tmp_path_factory) -> str:
     import shutil
     import tempfile
 
-    from skinray import artifact
-    from skinray.operating_point import DiagnosisSensitivity
+    from skinray.decision.operating_point import DiagnosisSensitivity
+    from skinray.model import artifact
 
     art = artifact.ModelArtifact.open(model_dir)
     thr = art.meta.threshold.model_copy(update={
@@ -186,7 +186,7 @@ def second_source(tmp_path, n=80, seed=5):
     """A HAM10000-schema source with ids of its own (synth ids start again at 0) and no lesion ids."""
     import pandas as pd
 
-    from skinray.synth import generate
+    from skinray.data.synth import generate
 
     generate(str(tmp_path / "b"), n, image_size=48, schema="ham10000", seed=seed, malignant_fraction=0.4)
     meta = pd.read_csv(tmp_path / "b" / "metadata.csv")

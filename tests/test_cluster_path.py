@@ -17,11 +17,11 @@ import uuid
 import numpy as np
 import pytest
 
-from skinray import storage
-from skinray.artifact import ModelArtifact
 from skinray.config import load_config
+from skinray.io import storage
+from skinray.model.artifact import ModelArtifact
 from skinray.query import scores_dataset
-from skinray.score import score
+from skinray.scoring.run import score
 
 from conftest import BUCKET, REPO, free_port
 

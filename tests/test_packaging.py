@@ -18,12 +18,10 @@ import subprocess
 import sys
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 from skinray import EXIT_USAGE, SkinrayError
 from skinray.runtime import EXPORT_MODULES, TRAIN_EXTRA_INSTALL, installed, require_train_extra
@@ -35,7 +33,7 @@ TRAIN_ONLY = {"tensorflow", "keras", "tf2onnx", "onnx"}
 # sha256 of https://www.apache.org/licenses/LICENSE-2.0.txt, the verbatim text
 APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
 # dependencies skinray needs without an import statement of its own, and why
-USED_WITHOUT_IMPORT = {"tf2onnx": "Keras' model.export(format='onnx') imports it (skinray.model.export_onnx)"}
+USED_WITHOUT_IMPORT = {"tf2onnx": "Keras' model.export(format='onnx') imports it (skinray.model.network.export_onnx)"}
 NOT_INSTALLED_HERE = {"onnxruntime-gpu": {"onnxruntime"}}  # the GPU build of the same module
 BLOCKED = ("tensorflow", "keras", "tf2onnx", "tensorboard", "tf_keras")
 BLOCKER = f'''

@@ -3,7 +3,7 @@
 import pytest
 
 from skinray.config import load_config
-from skinray.prepare import load_prepared, prepare
+from skinray.data.prepare import load_prepared, prepare
 
 from conftest import HAM10000
 

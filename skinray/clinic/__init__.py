@@ -1,0 +1,1 @@
+"""A clinic's own labelled images: reading them, validating the promises, recalibrating."""

@@ -1,0 +1,1 @@
+"""Manifests and images to the prepared, lesion-grouped split; image decoding; synthetic data."""

@@ -1,0 +1,1 @@
+"""A model applied to images: engines and the Ray Data plan, predict, evaluate, export, quantize."""

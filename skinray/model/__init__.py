@@ -1,0 +1,1 @@
+"""The network, the model directory that carries it (``skinray.json``), and what reads its features."""

@@ -1,0 +1,255 @@
+"""The inference path: flip TTA in one engine call, flips near the threshold on a trained model, the measured batch
+policy, and the int8 graph's bounds."""
+
+import os
+
+import numpy as np
+import pytest
+
+from skinray.inference.batch import ImagePredictor, OnnxEngine, make_engine
+from skinray.inference.export import export
+from skinray.model.artifact import ModelArtifact
+from skinray.model.network import LOGIT
+from skinray.model.views import VIEWS, Views, run
+
+pytestmark = pytest.mark.slow
+
+
+def _x(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def random_graph(tmp_path_factory):
+    """An untrained network exported to ONNX: its logits differ from image to image (a trained tiny model's may not)."""
+    import keras
+
+    from skinray.model.network import build_model, export_onnx, forward
+
+    keras.utils.set_random_seed(3)
+    model = build_model(64, alpha=0.35, weights=None, dx_classes=4)
+    out = forward(model, _x(16, 64, seed=9))
+    for layer, values in (("logit", out["logit"]), ("dx_logits", out["dx_logits"])):  # untrained: ~1e-10, scale up
+        kernel, bias = model.get_layer(layer).get_weights()
+        model.get_layer(layer).set_weights([kernel / max(float(np.std(values)), 1e-30), bias])
+    path = str(tmp_path_factory.mktemp("graph") / "model.onnx")
+    names, parity = export_onnx(model, path, 64)
+    assert parity < 1e-4
+    return path, names
+
+
+@pytest.mark.parametrize("policy", ["per_image", "batch"])
+def test_tta_in_one_call_equals_three_calls(random_graph, policy):
+    path, names = random_graph
+    engine = OnnxEngine(path, names, policy=policy)
+    x = _x(7, 64)
+    one = run(engine, x, Views(tta=True))
+    assert set(one) == {"logit", "dx_logits", VIEWS} and (one.pop(VIEWS) == 3).all()
+    views = [x, x[:, :, ::-1, :], x[:, ::-1, :, :]]
+    three = {k: np.mean([engine.run(np.ascontiguousarray(v))[k] for v in views], axis=0) for k in one}
+    for key in one:
+        assert np.max(np.abs(one[key] - three[key])) < 1e-5, key
+    assert np.max(np.abs(one[LOGIT] - engine.run(x)[LOGIT])) > 1e-3  # the views really differ
+    assert np.std(one[LOGIT]) > 0.1  # and so do the images
+
+
+def test_auto_batch_policy_times_both_and_keeps_one(random_graph):
+    path, names = random_graph
+    engine = OnnxEngine(path, names, policy="auto")
+    x = _x(8, 64)
+    assert engine.mode is None
+    first = engine.run(x)  # the session's warm-up: not timed, so the first rows come back after one pass
+    assert engine._probes == 0 and engine.last_mode == "batch" and not any(engine._timings.values())
+    engine.run(x)
+    engine.run(x)
+    assert engine.mode in ("per_image", "batch") and all(t > 0 for t in engine._timings.values())
+    fixed = OnnxEngine(path, names, policy="batch").run(x)
+    assert np.max(np.abs(first[LOGIT] - fixed[LOGIT])) < 1e-5  # timing both ways changes nothing in the result
+
+
+def test_flips_near_the_threshold_are_a_follow_up_not_a_probe(random_graph):
+    """The flips call of a batch runs as already decided: only whole batches are timed for the batch policy, and
+    the batch's recorded mode is its first call's."""
+    path, names = random_graph
+    x = _x(16, 64)
+    z = OnnxEngine(path, names, policy="batch").run(x)[LOGIT]
+    center = float(np.median(z))
+    views = Views(tta=True, band=float(np.quantile(np.abs(z - center), 0.75)), center=center)
+    engine = OnnxEngine(path, names, policy="auto")
+    run(engine, x[:1], views)  # the untimed warm-up batch
+    out = run(engine, x, views)
+    assert 4 <= int((out[VIEWS] == 3).sum()) < 16  # enough images near the threshold to have been a probe
+    assert engine._probes == 1 and engine.last_mode == "probing" and engine.mode is None
+    run(engine, x, views)
+    assert engine._probes == 2 and engine.mode in ("per_image", "batch")
+
+
+def test_int8_export_records_its_bounds_and_scores_close_to_float(model_dir, prepared, sample, tmp_path):
+    from skinray.config import InferenceConfig
+
+    model_id, meta = export(model_dir, str(tmp_path / "int8"), int8_from=prepared, calibration_images=40)
+    v = meta.int8["validation"]
+    assert meta.int8["calibration"]["images"] >= 30 and meta.int8["calibration"]["split"] == "train"
+    assert v["images"] > 0 and v["max_abs_prob_change"] is not None and v["max_abs_prob_change"] < 0.1
+    assert {"roc_auc_change", "sensitivity_float", "sensitivity_int8", "threshold_holds"} <= set(v)
+    art = ModelArtifact.open(str(tmp_path / "int8"))
+    assert art.model_id == model_id and "model.int8.onnx" in art.meta.files
+    assert art.reference() == ModelArtifact.open(model_dir).reference()  # carried over
+    x = _x(12, art.meta.preprocessing.size, seed=5)
+    z32 = OnnxEngine(art.path("model.onnx"), {LOGIT: art.meta.outputs.logit}).run(x)[LOGIT]
+    z8 = make_engine(art, "onnx-int8").run(x)[LOGIT]
+    assert np.max(np.abs(z8 - z32)) <= max(0.25 * float(np.ptp(z32)), 0.05)  # moved, not scrambled
+    uris = [f"{sample['local']}/images/{n}" for n in sorted(os.listdir(f"{sample['local']}/images"))[:10]]
+    # every image with its three views in both: near the threshold, each graph would pick its own images to flip
+    a, _ = ImagePredictor(str(tmp_path / "int8"), inference=InferenceConfig(tta=True)).score_uris(uris)
+    b, _ = ImagePredictor(str(tmp_path / "int8"),
+                          inference=InferenceConfig(engine="onnx-int8", tta=True)).score_uris(uris)
+    ok = a["error"].isna()
+    assert (ok == b["error"].isna()).all() and np.max(np.abs(a.loc[ok, "prob_malignant"] -
+                                                           b.loc[ok, "prob_malignant"])) < 0.1
+
+
+def test_a_trained_model_flips_only_near_its_threshold(model_dir, sample, tmp_path):
+    """The session model was trained with the default flip TTA: its band was fitted on validation, and scoring gives
+    images inside it the three-view score and the others the one-view score."""
+    import json
+    import shutil
+
+    from skinray.config import InferenceConfig
+
+    art = ModelArtifact.open(model_dir)
+    assert art.meta.tta and art.meta.tta_band is not None and art.meta.tta_band >= 0
+    check = art.meta.validation["views"]
+    assert check["decisions_changed"] == 0 and 1.0 <= check["views_per_image"] <= 3.0
+    uris = [f"{sample['local']}/images/{n}" for n in sorted(os.listdir(f"{sample['local']}/images"))[:40]]
+    one, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=False)).score_uris(uris)
+    every, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=True)).score_uris(uris)
+    ok = one["error"].isna().to_numpy()
+    # a band through the middle of these images' scores, so that both sides are exercised
+    wide = tmp_path / "banded"
+    shutil.copytree(model_dir, wide)
+    meta = json.loads((wide / "skinray.json").read_text())
+    center = art.operating_point.raw_threshold
+    cal = art.meta.calibration  # the calibrated one-view logits back to the engine's raw logits
+    raw = (one.loc[ok, "logit_malignant"].to_numpy() - cal.bias) * cal.temperature
+    d = np.sort(np.abs(raw - center))
+    k = int(np.argmax(np.diff(d)))  # the band's edge in the widest gap: no image near it (a tiny model ties logits)
+    meta["tta_band"] = float(d[k] + d[k + 1]) / 2
+    (wide / "skinray.json").write_text(json.dumps(meta))
+    near, _ = ImagePredictor(str(wide)).score_uris(uris)
+    inside = np.abs(raw - center) <= meta["tta_band"]
+    assert 0 < inside.sum() < len(raw)
+    got, n_views = near.loc[ok, "prob_malignant"].to_numpy(), near.loc[ok, "_views"].to_numpy()
+    assert np.array_equal(n_views, np.where(inside, 3, 1)) and (near.loc[~ok, "_views"] == 0).all()
+    assert np.max(np.abs(got[inside] - every.loc[ok, "prob_malignant"].to_numpy()[inside])) < 1e-5
+    assert np.max(np.abs(got[~inside] - one.loc[ok, "prob_malignant"].to_numpy()[~inside])) < 1e-5
+
+
+class _FailingPlan:
+    """Stands in for a Ray Data plan: one batch, then ``exc``."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def iter_batches(self, **_: object):
+        import pandas as pd
+
+        yield pd.DataFrame({"input_row": [0]})
+        raise self.exc
+
+
+def test_what_stops_the_plan_reaches_the_user_as_one_line():
+    from ray.exceptions import GetTimeoutError, RayTaskError
+
+    from skinray import SkinrayError
+    from skinray.config import load_config
+    from skinray.inference.batch import pipeline_batches
+
+    cfg = load_config(overrides={"inference.actor_start_seconds": 7})
+    remote = RayTaskError("ImagePredictor.__init__", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                          "skinray.SkinrayError: model.onnx does not match its checksum",
+                          SkinrayError("model.onnx does not match its checksum")).as_instanceof_cause()
+    assert isinstance(remote, SkinrayError) and len(str(remote).splitlines()) > 1
+    timeout = GetTimeoutError("Timed out while starting actors. This may mean that the cluster does not have enough")
+    ours = SkinrayError("run r was taken over by another process")
+    for exc, expected in [(remote, "model.onnx does not match its checksum"),
+                          (timeout, "did not all start within 7 s (inference.actor_start_seconds)"), (ours, None)]:
+        batches = pipeline_batches(_FailingPlan(exc), cfg)
+        assert len(next(batches)) == 1
+        with pytest.raises(SkinrayError) as raised:
+            next(batches)
+        if expected is None:
+            assert raised.value is ours
+        else:
+            assert expected in str(raised.value) and len(str(raised.value).splitlines()) == 1
+    with pytest.raises(ValueError):  # a bug keeps its traceback
+        list(pipeline_batches(_FailingPlan(ValueError("boom")), cfg))
+
+
+def test_a_scoring_actor_imports_neither_scikit_learn_nor_tensorflow():
+    """What an actor imports is what it pays before its first batch: scikit-learn (with scipy.stats) cost each actor
+    about 0.9 s of CPU, TensorFlow more, and scoring needs neither (metrics import them on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, skinray.inference.batch; "
+            "print(sorted(m for m in ('sklearn', 'tensorflow', 'keras', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def garbage_graph_model(model_dir, dest) -> str:
+    """A copy of ``model_dir`` whose model.onnx is garbage with its hash re-recorded: it passes verification."""
+    import json
+    import shutil
+
+    from skinray.io import storage
+
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
+    (dest / "model.onnx").write_bytes(b"this is not an ONNX graph\n" * 40)
+    meta = json.loads((dest / "skinray.json").read_text())
+    meta["files"]["model.onnx"] = storage.sha256_file(str(dest / "model.onnx"))
+    (dest / "skinray.json").write_text(json.dumps(meta))
+    return str(dest)
+
+
+def test_a_graph_that_matches_its_hash_but_does_not_load_is_one_line_before_any_run(model_dir, sample, tmp_path):
+    from skinray import SkinrayError
+    from skinray.config import load_config
+    from skinray.inference.batch import check_loads
+    from skinray.scoring.run import score
+
+    from conftest import run_cli
+
+    bad = garbage_graph_model(model_dir, tmp_path / "m")
+    art = ModelArtifact.open(bad)  # the hashes hold
+    with pytest.raises(SkinrayError) as raised:
+        check_loads(art, "onnx")
+    assert f"model.onnx in {bad} cannot be loaded by ONNX Runtime: " in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+    check_loads(art, "tf")  # the Keras model is not touched by the graph check
+    out = tmp_path / "scores"
+    with pytest.raises(SkinrayError, match="cannot be loaded by ONNX Runtime"):
+        score(load_config(overrides={"score.model": bad, "score.input": f"{sample['local']}/images",
+                                     "score.out": str(out)}))
+    assert not out.exists()  # no run claimed, so none is left at running
+    image = sorted(os.listdir(f"{sample['local']}/images"))[0]
+    proc = run_cli("predict", "--model", bad, f"{sample['local']}/images/{image}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot be loaded by ONNX Runtime" in lines[0], proc.stderr
+
+
+def test_a_graph_without_an_output_the_model_records_is_refused(model_dir, tmp_path):
+    import json
+    import shutil
+
+    from skinray import SkinrayError
+    from skinray.inference.batch import check_loads
+
+    dest = tmp_path / "m"
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
+    meta = json.loads((dest / "skinray.json").read_text())
+    meta["outputs"]["logit"] = "no_such_output"
+    (dest / "skinray.json").write_text(json.dumps(meta))
+    with pytest.raises(SkinrayError, match="model.onnx in .* has no output 'no_such_output'"):
+        check_loads(ModelArtifact.open(str(dest)), "onnx")
