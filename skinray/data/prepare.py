@@ -43,12 +43,6 @@ ROWS_PER_BLOCK = 20_000  # bench/bench_prepare.py: 1.55x faster than 2,000 at 20
 log = logging.getLogger("skinray.prepare")
 
 
-def _top_level(cls: type, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The dataclass fields of ``cls`` that ``record`` holds at its top level (``extra`` wins)."""
-    names = {f.name for f in fields(cls)} - {"record"}
-    return {**{k: record[k] for k in names if k in record}, **extra}
-
-
 @dataclass(frozen=True)
 class PrepareReport:
     """``prepare``: every input row kept or rejected with a reason, and the split."""
@@ -66,9 +60,8 @@ class PrepareReport:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> PrepareReport:
-        return cls(**_top_level(cls, record), record=record)
-
-
+        """The typed view of ``report.json`` (every field is at its top level)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name != "record"}, record=record)
 
 def _read_and_check(uri: str, root: str | None, storage_cfg: StorageConfig, image_cfg: ImageConfig
                     ) -> tuple[str | None, int | None, int | None]:
