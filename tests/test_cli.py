@@ -75,7 +75,7 @@ def test_json_log_format_errors_are_one_json_object(capsys, tmp_path):
 
 
 def test_query_takes_its_sql_before_or_after_the_flags(tmp_path, capsys):
-    from test_scores_table import _rows
+    from scoring.test_table import _rows  # tests/ is on sys.path (conftest); scoring/ is a namespace package
 
     from skinray.scoring import table as scores_table
 
