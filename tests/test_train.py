@@ -334,7 +334,7 @@ def test_operating_point_settings_keep_the_run_name():
     base = load_config()
     same = load_config(sets=["train.threshold_policy=youden", "train.calibration=temperature", "train.tta=false",
                              "train.diagnosis_sensitivity={}", "train.target_sensitivity=0.9",
-                             "train.tta_near_threshold=false"])
+                             "train.tta_near_threshold=false", "train.above_chance_confidence=null"])
     assert run_name(same, "f" * 64) == run_name(base, "f" * 64)  # a refit resumes the run, it does not retrain
     # settings added since (colour constancy, photometric augmentation) leave earlier runs' names as they were at
     # their defaults: this is the name the defaults had before them (change it only with a default on purpose)
@@ -356,3 +356,30 @@ def test_a_fold_whose_run_is_gone_is_run_again_for_an_ensemble(tmp_path, caplog)
     done = FoldResult(0, 2, ["a"], np.zeros((1, 1)), 3, [{"epoch": 3, "val_auc": 0.7}])
     assert _restore_fold(cfg, setup, "train-x-fold1of2", done) is False
     assert "fold 1/2: its model cannot be read back" in caplog.text and "running the fold again" in caplog.text
+
+
+def test_a_network_that_did_not_learn_is_not_written(prepared, ray_session, tmp_path, capsys):
+    """Every validation row shows one image, so the validation outputs are constant whatever the network learned:
+    `skinray train` ends with one line and exit 3, and --out is not created (no model, no checkpoint folder)."""
+    import pandas as pd
+
+    from skinray.cli import main
+
+    df = pd.read_parquet(os.path.join(prepared, "manifest.parquet"))
+    val = df["split"] == "val"
+    df.loc[val, "image_uri"] = df.loc[val, "image_uri"].iloc[0]
+    one_image = tmp_path / "one-image-val"
+    one_image.mkdir()
+    df.to_parquet(one_image / "manifest.parquet")
+    (one_image / "report.json").write_text(json.dumps({}))
+    out = tmp_path / "m"
+    rc = main(["train", "--prepared", str(one_image), "--out", str(out), "--workers", "1", "--weights", "none",
+               "--image-size", "32", "--head-epochs", "1", "--fine-tune-epochs", "0", "--batch-size", "8",
+               "--set", "train.alpha=0.35", "--set", "train.tta=false"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("skinray: error:")]
+    assert rc == 3, err[-3000:]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert "did not learn, no model written" in errors[0] and "outputs are constant" in errors[0]
+    assert "best epoch (1)" in errors[0] and f"{int(val.sum())} held-out images" in errors[0]
+    assert not out.exists()
