@@ -1,8 +1,9 @@
 """Distributed fine-tuning, driver side: prepared/ → Ray Train (``TensorflowTrainer`` +
 ``MultiWorkerMirroredStrategy``, the worker loop in :mod:`skinray.train_loop`) → a verified model directory.
 
-The prepared manifest's rows (URI + label) are Ray Data datasets; ``get_dataset_shard("train")`` gives each worker
-an equal share, so all workers run the same number of steps. The driver prints one line per epoch (the workers
+The prepared manifest's rows (URI + label) are Ray Data datasets; each worker reads all of them and trains on its
+share of a permutation keyed by seed and epoch (:func:`skinray.train_loop.epoch_share`): all workers run the same
+number of steps, and the same seed trains the same network (the initial weights are seeded too). The driver prints one line per epoch (the workers
 send their records through a queue), then exports the best epoch: ``model.keras``, ``model.onnx`` (logit outputs,
 parity-checked) and ``skinray.json`` with the operating point fitted on validation (:mod:`skinray.operating_point`).
 With ``train.folds`` the operating point and the epoch count come from out-of-fold scores of every train+val image
@@ -136,7 +137,7 @@ def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, spec: RunSpec,
         ),
         datasets={"train": ray.data.from_pandas(tr[COLUMNS].reset_index(drop=True)),
                   "val": ray.data.from_pandas(va[COLUMNS].reset_index(drop=True))},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its share itself (epoch_share)
     )
     try:
         with _Progress(queue, label) as progress:
@@ -430,7 +431,7 @@ def _require_learned(cfg: SkinrayConfig, held_rows: pd.DataFrame, z_held: np.nda
     or a held-out ROC-AUC not above chance at ``train.above_chance_confidence``. Stops with one line (exit 3) after
     removing what this training created, so ``--out`` is as it was."""
     t = cfg.train
-    verdict = learned.judge(held_rows["label"].to_numpy(int), z_held, t.above_chance_confidence, t.seed)
+    verdict = learned.judge(held_rows["label"].to_numpy(int), z_held, t.above_chance_confidence or None, t.seed)
     if not verdict.dead:
         log.debug("%s: %s", scores, verdict.describe())
         return

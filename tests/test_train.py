@@ -295,6 +295,20 @@ def test_fine_tuning_phase_starts_after_early_stopped_head(prepared, ray_session
     assert keras_model.get_layer("unit_scaling")
 
 
+def test_the_same_seed_trains_the_same_network(model_dir, prepared, ray_session, tmp_path):
+    """Seeded initial weights and dropout, batches dealt from a seeded permutation: the session model's recipe
+    trained again gives the same epochs and the same weights (of two demo runs of one commit, one collapsed and
+    one learned: issue 25)."""
+    first = ModelArtifact.open(model_dir)
+    again = train(load_config(overrides={**tiny_train_overrides(prepared, str(tmp_path / "m")), "train.tta": True}))
+    assert again.training["run_name"] == first.meta.training["run_name"]  # the same run, in another storage path
+    assert [(h["loss"], h["val_auc"]) for h in again.history] == [(h["loss"], h["val_auc"])
+                                                                    for h in first.meta.history]
+    weights = first.load_keras().get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(
+        weights, ModelArtifact.open(str(tmp_path / "m")).load_keras().get_weights(), strict=True))
+
+
 def test_init_model_starts_from_a_models_base_with_a_new_head(model_dir, prepared, ray_session, tmp_path):
     from skinray.model import base_of
 
@@ -334,7 +348,7 @@ def test_operating_point_settings_keep_the_run_name():
     base = load_config()
     same = load_config(sets=["train.threshold_policy=youden", "train.calibration=temperature", "train.tta=false",
                              "train.diagnosis_sensitivity={}", "train.target_sensitivity=0.9",
-                             "train.tta_near_threshold=false", "train.above_chance_confidence=null"])
+                             "train.tta_near_threshold=false", "train.above_chance_confidence=0"])
     assert run_name(same, "f" * 64) == run_name(base, "f" * 64)  # a refit resumes the run, it does not retrain
     # settings added since (colour constancy, photometric augmentation) leave earlier runs' names as they were at
     # their defaults: this is the name the defaults had before them (change it only with a default on purpose)
