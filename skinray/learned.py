@@ -42,8 +42,10 @@ class Judgement:
         return f"ROC-AUC {auc}{ci} on {self.n:,} images ({self.n_pos:,} malignant)"
 
 
-def _constant(z: np.ndarray) -> bool:
-    return float(z.max() - z.min()) <= CONSTANT_RTOL * max(1.0, float(np.abs(z).max()))
+def constant(logits: Any) -> bool:
+    """Whether logits are one value up to float noise: a network that scores every image alike."""
+    z = np.asarray(logits, dtype=np.float64)
+    return bool(z.size) and float(z.max() - z.min()) <= CONSTANT_RTOL * max(1.0, float(np.abs(z).max()))
 
 
 def judge(y_true: Any, logits: Any, confidence: float | None = 0.95, seed: int = 0) -> Judgement:
@@ -62,7 +64,7 @@ def judge(y_true: Any, logits: Any, confidence: float | None = 0.95, seed: int =
     if not np.isfinite(z).all():
         return Judgement(n, n_pos, None, None, f"{int((~np.isfinite(z)).sum()):,} of its {n:,} held-out outputs are "
                                                "not finite (the training diverged)")
-    if _constant(z):
+    if constant(z):
         return Judgement(n, n_pos, CHANCE if metrics.two_classes(y) else None, None,
                          f"its outputs are constant: every one of the {n:,} held-out images scores "
                          f"logit {float(z.mean()):.4g} (a collapsed network)")

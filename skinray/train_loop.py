@@ -12,6 +12,7 @@ plain functions, tested without Ray.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError, metrics, storage
+from skinray import SkinrayError, learned, metrics, storage
 from skinray.config import ImageConfig, TrainConfig
 from skinray.model import build_model, resolve_weights, unfreeze_top
 from skinray.runtime import import_tensorflow
@@ -380,6 +381,15 @@ def _record(epoch: int, phase: Phase, loss: float | None, images: int, seconds: 
             "val_loss": ranking.get("log_loss"), "val_brier": ranking.get("brier")}
 
 
+def _score(record: dict[str, Any], logits: np.ndarray) -> float:
+    """What the best epoch is chosen by: validation AUC, else minus the validation loss. An epoch whose validation
+    outputs are constant never wins: the noise of a network that scores every image alike ranks the images by
+    chance, and was once kept as the best epoch (issue 25)."""
+    if learned.constant(logits):
+        return -math.inf
+    return record["val_auc"] if record["val_auc"] is not None else -(record["val_loss"] or 0.0)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, then for each phase and epoch train, validate, checkpoint, stop?"""
     import ray.data
@@ -404,7 +414,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss, images, seconds = w.train_epoch(epoch)
             logits = w.validate()
             record = _record(epoch, phase, loss, images, seconds, y_val, logits)
-            score = record["val_auc"] if record["val_auc"] is not None else -(record["val_loss"] or 0.0)
+            score = _score(record, logits)
             improved = fixed is not None or state.best_score is None or score > state.best_score
             state.history.append(record)
             if improved:
