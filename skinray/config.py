@@ -181,6 +181,10 @@ class TrainConfig(_Section):
     # targets) as a threshold_confidence prediction bound over the folds' own sensitivities, which spread by the
     # trained networks' differences as well as by the images; lower thresholds, a promise about the next network
     threshold_fold_spread: bool = False
+    # a model is written only when its held-out ROC-AUC is above chance (0.5) at this confidence: the lower end of
+    # the two-sided percentile-bootstrap interval (skinray.train.learned); 0: not checked (a few images cannot show it).
+    # Held-out outputs that are constant or not finite stop the training either way: no model is written.
+    above_chance_confidence: float = Field(0.95, ge=0, lt=1)
     run_name: str | None = None  # same name + same storage = resume
     storage_path: str | None = None  # Ray Train checkpoints; default {out}/_ray
     max_failures: int = Field(2, ge=0)

@@ -24,9 +24,12 @@ log = logging.getLogger("skinray.demo")
 # Demo-sized versions of the default recipe. Without weights the whole (small, 64 px) base learns from scratch:
 # measured here, 1,500 synthetic images reach validation AUC ~0.8 in 12-20 epochs of ~4 s, while 480 images or
 # 4 epochs stay at chance. No second phase, no early stopping (the validation split is small and noisy; the best
-# epoch is still kept). With real weights: a short head phase and a short fine-tuning phase.
+# epoch is still kept). 256 head units, not 64: Adam's first steps push each unit's weights on the (non-negative)
+# pooled features all one way, and 90-95% of the units end up off for every image; with 64, 4-5 were left, and a
+# run whose last ones died scored every image alike (issue 25; bench/RESULTS.md). With real weights: a short head
+# phase and a short fine-tuning phase.
 SMALL = {"image.size": 64, "train.alpha": 0.35, "train.weights": "none", "train.epochs": 20,
-         "train.fine_tune_epochs": 0, "train.early_stopping_patience": 0}
+         "train.fine_tune_epochs": 0, "train.early_stopping_patience": 0, "train.dense_units": 256}
 REAL = {"image.size": 224, "train.alpha": 1.0, "train.epochs": 3, "train.fine_tune_epochs": 2}
 
 

@@ -109,7 +109,7 @@ def test_the_pipeline_runs_across_two_nodes_on_s3_only(cluster, sample, ray_sess
         f"--out {base}/prepared",
         f"python jobs/train.py --prepared {base}/prepared --out {base}/model --workers 2 --weights none "
         f"--image-size 32 --head-epochs 2 --fine-tune-epochs 0 --batch-size 8 --set train.alpha=0.35 "
-        f"--set train.threshold_policy=youden --set train.tta=false",
+        f"--set train.threshold_policy=youden --set train.tta=false --set train.above_chance_confidence=0",
         f"python jobs/evaluate.py --model {base}/model --prepared {base}/prepared --out {base}/report",
         f"python jobs/score.py --model {base}/model --input-root {base}/incoming --date {DATE} --out {base}/scores "
         f"--actors 2 --batch-size 2 --set score.max_failure_fraction=0.5",

@@ -14,7 +14,10 @@ INTERNALS = ("Traceback", "oneDNN", "TrainingReport", "absl::", "cuda", "WARNING
 
 def test_the_demo_console_is_for_people(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--out", str(out), "--n", "300", "--epochs", "2", env={"RAY_ADDRESS": ""}, timeout=900)
+    # 300 images and 2 epochs test the console, not learning: a 24-image val split cannot show that network above
+    # chance (the default demo's can: tests/test_learned.py, bench/RESULTS.md)
+    proc = run_cli("demo", "--out", str(out), "--n", "300", "--epochs", "2",
+                   "--set", "train.above_chance_confidence=0", env={"RAY_ADDRESS": ""}, timeout=900)
     console = (proc.stderr + proc.stdout).strip().splitlines()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(console) <= 60, "\n".join(console)

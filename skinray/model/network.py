@@ -23,7 +23,7 @@ from skinray.io.storage import StorageConfig
 from skinray.runtime import import_tensorflow
 
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
-SCRATCH_BN_MOMENTUM = 0.9
+SCRATCH_BN_MOMENTUM = 0.5
 LOGIT = "logit"
 DX_LOGITS = "dx_logits"
 # Bumped when the graph changes in a way old checkpoints cannot be loaded into (part of a training run's name).
@@ -144,7 +144,9 @@ def build_model(image_size: int, alpha: float = 1.0, weights: str | None = "imag
     base.trainable = not frozen
     if weights is None:
         # Keras' BatchNorm momentum (0.999) suits long ImageNet runs; a short from-scratch run would otherwise
-        # score with almost-initial moving statistics, i.e. a constant output.
+        # score with almost-initial moving statistics, i.e. a constant output. The variance of a random deep stack
+        # is orders of magnitude below the initial moving variance (1): at 0.9 the 8 steps of the tests' training
+        # still gave validation logits within 3e-6 of each other; 0.5 tracks them within 4 steps.
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM

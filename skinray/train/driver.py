@@ -1,8 +1,9 @@
 """Distributed fine-tuning, driver side: prepared/ → Ray Train (``TensorflowTrainer`` +
 ``MultiWorkerMirroredStrategy``, the worker loop in :mod:`skinray.train.loop`) → a verified model directory.
 
-The prepared manifest's rows (URI + label) are Ray Data datasets; ``get_dataset_shard("train")`` gives each worker
-an equal share, so all workers run the same number of steps. The driver prints one line per epoch (the workers
+The prepared manifest's rows (URI + label) are Ray Data datasets; each worker reads all of them and trains on its
+share of a permutation keyed by seed and epoch (:func:`skinray.train.loop.epoch_share`): all workers run the same
+number of steps, and the same seed trains the same network (the initial weights are seeded too). The driver prints one line per epoch (the workers
 send their records through a queue), then exports the best epoch: ``model.keras``, ``model.onnx`` (logit outputs,
 parity-checked) and ``skinray.json`` with the operating point fitted on validation (:mod:`skinray.decision.operating_point`).
 With ``train.folds`` the operating point and the epoch count come from out-of-fold scores of every train+val image
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray import SkinrayError
+from skinray import DataError, SkinrayError
 from skinray.config import SkinrayConfig, TrainConfig
 from skinray.data import images
 from skinray.data.prepare import data_fingerprint, load_prepared
@@ -67,7 +68,7 @@ from skinray.runtime import (
     verbose,
     versions,
 )
-from skinray.train import cross_validation
+from skinray.train import cross_validation, learned
 from skinray.train.loop import CheckpointSaver, RunSpec, TrainState, train_loop_per_worker
 
 log = logging.getLogger("skinray.train")
@@ -79,8 +80,9 @@ VAL_BATCH = 64
 OPERATING_POINT_KEYS = {"threshold_policy", "target_sensitivity", "threshold_confidence", "diagnosis_sensitivity",
                         "calibration", "tta", "tta_near_threshold", "threshold_fold_spread"}
 # What is exported from the runs, not how any run trains: an ensemble of the fold models uses the same fold runs
-# as the cross-validated training without it, so switching it on after one trains nothing.
-EXPORT_KEYS = {"ensemble", "ood_guard"}
+# as the cross-validated training without it, so switching it on after one trains nothing; whether a run that did
+# not learn may be exported is judged on its held-out scores after the last epoch.
+EXPORT_KEYS = {"ensemble", "ood_guard", "above_chance_confidence"}
 
 
 # Settings added after run names were first derived: at their defaults they leave a run's name as it was, so a
@@ -164,7 +166,7 @@ def _fit(cfg: SkinrayConfig, tr: pd.DataFrame, va: pd.DataFrame, spec: RunSpec,
         ),
         datasets={"train": ray.data.from_pandas(tr[COLUMNS].reset_index(drop=True)),
                   "val": ray.data.from_pandas(va[COLUMNS].reset_index(drop=True))},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its share itself (epoch_share)
     )
     try:
         with _Progress(queue, label) as progress:
@@ -421,6 +423,55 @@ def _operating_point(t: TrainConfig, held_rows: pd.DataFrame, z_held: np.ndarray
     return op, held_report, band, logits_held
 
 
+def _run_names(name: str, t: TrainConfig) -> list[str]:
+    """Every Ray Train run (and the fold results folder) one training keeps under its storage path."""
+    if not t.folds:
+        return [name]
+    return [name, *(f"{name}-fold{f + 1}of{t.folds}" for f in range(t.folds)), f"{name}-final"]
+
+
+def _absent(cfg: SkinrayConfig, storage_path: str, name: str) -> list[str]:
+    """What this training may create that does not exist yet, innermost first: its runs' checkpoint folders, the
+    checkpoint root, ``--out``. A training that writes no model removes them again (:func:`_discard`)."""
+    uris = [storage.join(storage_path, run) for run in _run_names(name, cfg.train)] + [storage_path, cfg.train.out]
+    return [uri for uri in uris if not storage.exists(uri, cfg.storage)]
+
+
+def _empty(uri: str, cfg: SkinrayConfig) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(uri, cfg.storage)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return not any(info.type == pafs.FileType.File for info in infos)
+
+
+def _discard(created: list[str], storage_path: str, cfg: SkinrayConfig) -> None:
+    """Remove what this training created (``_absent``'s list): its own runs' folders, then the checkpoint root and
+    ``--out`` where nothing else landed in them meanwhile. Whatever existed before is left as it was."""
+    for uri in created:
+        own_run = uri not in (storage_path, cfg.train.out)
+        if own_run or _empty(uri, cfg):
+            storage.delete(uri, cfg.storage)
+
+
+def _require_learned(cfg: SkinrayConfig, held_rows: pd.DataFrame, z_held: np.ndarray, scores: str,
+                     created: list[str], storage_path: str) -> None:
+    """No model from a network that did not learn (:mod:`skinray.train.learned`): constant or non-finite held-out outputs,
+    or a held-out ROC-AUC not above chance at ``train.above_chance_confidence``. Stops with one line (exit 3) after
+    removing what this training created, so ``--out`` is as it was."""
+    t = cfg.train
+    verdict = learned.judge(held_rows["label"].to_numpy(int), z_held, t.above_chance_confidence or None, t.seed)
+    if not verdict.dead:
+        log.debug("%s: %s", scores, verdict.describe())
+        return
+    _discard(created, storage_path, cfg)
+    few = (f"; {verdict.n:,} held-out images may be too few to tell (a larger prepare.val_fraction, or --folds K "
+           "to judge on every train+val image)" if verdict.ci is not None else "")
+    raise DataError(f"the trained network did not learn, no model written to {t.out}: on {scores} {verdict.problem}. "
+                    f"Try another train.seed or a lower train.learning_rate (now {t.learning_rate:g}), more epochs "
+                    f"or images{few}")
+
+
 def selection(meta: ModelMeta) -> str:
     """How the exported weights were chosen, in words: the last line of ``train`` and of ``skinray train``."""
     cv, best = meta.training.get("cross_validation"), meta.training.get("best_epoch")
@@ -464,18 +515,21 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
         log.info("training on %s images (%s malignant), validating on %s; %d worker(s), run %s%s", f"{len(tr):,}",
                  f"{int(tr['label'].sum()):,}", f"{len(va):,}", t.workers, name,
                  f"; diagnosis output over {dx_classes}" if dx_classes else "")
+    created = _absent(cfg, storage_path, name)
     setup = _Setup(model, name, storage_path, _weights_for_workers(t.weights, weights_arg, storage_path, name, cfg),
                    dx_classes, malignant_dx)
 
     with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(4) as pool:
         cv, state, workers, held_folds = None, None, {}, None
-        if t.ensemble:
-            members: list[Any] = []
+        members: list[Any] | None = [] if t.ensemble else None
+        if t.folds:
             z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool, members)
+            _require_learned(cfg, held_rows, z_held, f"the out-of-fold scores of {t.folds} folds", created,
+                             storage_path)
+        if members is not None:
             log.info("exporting the %d fold models as one ensemble (the mean of their logits)", t.folds)
             model = build_ensemble(members)
         elif t.folds:
-            z_held, cv, held_folds = _cross_validate(cfg, held_rows, setup, pool)
             log.info("the folds chose %d epochs; the final model trains (or resumes) on all %s train+val images",
                      cv["epochs"], f"{len(fit_rows):,}")
             # (its workers skip validation: every held-out row is in its training data)
@@ -496,6 +550,8 @@ def train(cfg: SkinrayConfig) -> ModelMeta:
                                                     t.tta)
             if not t.folds:
                 z_held = z_graph
+                _require_learned(cfg, held_rows, z_held, f"the validation scores of its best epoch "
+                                 f"({state.best_epoch})", created, storage_path)
         op, held_report, band, logits_held = _operating_point(t, held_rows, z_held, held_folds)
         guard = _fit_guard(out_dir, names, fit_rows, held_features, "the val split" if not t.folds else
                            "train+val (the final model's own training rows)", cfg, pool)

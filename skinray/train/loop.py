@@ -12,6 +12,7 @@ plain functions, tested without Ray.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ from skinray.io import storage
 from skinray.io.storage import StorageConfig
 from skinray.model.network import build_model, resolve_weights, unfreeze_top
 from skinray.runtime import import_tensorflow
+from skinray.train import learned
 
 DECODE_THREADS = 4
 VAL_BATCH = 64
@@ -106,6 +108,15 @@ def next_position(state: TrainState, phases: list[Phase], patience: int,
         epoch = max(done) + 1 if done else phase.first_epoch
         return None if last_epoch is not None and epoch > last_epoch else (i, epoch)
     return None
+
+
+def epoch_share(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """Which of the ``n`` training rows ``rank`` trains on in ``epoch``, in order: one permutation of all rows keyed
+    by (seed, epoch), the same on every rank, dealt out in turn; the last ``n % world`` rows of it sit the epoch out,
+    so every rank runs as many steps. The same seed gives the same batches on every run and after a resume (Ray
+    Data's split of a dataset among workers varies from run to run, and so did the networks it trained)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[: n - n % world][rank::world]
 
 
 # --- the checkpoint object ---------------------------------------------------------------------------------------
@@ -206,6 +217,8 @@ class Worker:
         import ray.train
 
         tf = import_tensorflow()
+        import keras
+
         self.t = TrainConfig(**config["train"])
         self.spec = RunSpec(**config["spec"])
         self.storage_cfg = StorageConfig(**config["storage"])
@@ -225,6 +238,7 @@ class Worker:
                                "skinray[train,gpu] (tensorflow[and-cuda]) on the GPU nodes")
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         weights, _ = resolve_weights(self.spec.weights, self.storage_cfg)
+        keras.utils.set_random_seed(self.t.seed)  # the same initial weights and dropout masks on every run
         with self.strategy.scope():
             self.model = build_model(self.image_cfg.size, self.t.alpha, weights, self.t.dense_units, self.t.dropout,
                                      input_scaling=self.t.input_scaling, dx_classes=len(self.spec.dx_classes),
@@ -232,8 +246,9 @@ class Worker:
         self.has_dx = len(self.spec.dx_classes) > 1
         self.pool = ThreadPoolExecutor(DECODE_THREADS)
         self.prefetch = ThreadPoolExecutor(1)
-        self.rng = np.random.default_rng(self.t.seed * 1000 + self.rank)
-        self.train_shard = ray.train.get_dataset_shard("train")
+        # every rank reads all training rows (not pixels: small) in one order and takes its share per epoch
+        self.train_rows = shard_rows(ray.train.get_dataset_shard("train")).sort_values(
+            ["isic_id", "image_uri"], kind="stable").reset_index(drop=True)
         self.val_rows = shard_rows(ray.train.get_dataset_shard("val"))  # every rank: same decisions
         if self.spec.last_epoch is not None:
             self.val_rows = self.val_rows.head(0)
@@ -301,26 +316,27 @@ class Worker:
 
         return step
 
-    def train_epoch(self) -> tuple[float | None, int, float]:
-        """One pass over this worker's shard; (mean loss, images seen by all workers, seconds)."""
+    def train_epoch(self, epoch: int) -> tuple[float | None, int, float]:
+        """One pass over this worker's share of ``epoch``; (mean loss, images seen by all workers, seconds)."""
         import tensorflow as tf
 
         started = time.time()
-        rows = shard_rows(self.train_shard)
-        rows = rows.iloc[self.rng.permutation(len(rows))].reset_index(drop=True)
+        rows = self.train_rows.iloc[epoch_share(len(self.train_rows), self.t.seed, epoch, self.rank, self.world)]
+        rng = np.random.default_rng([self.t.seed, epoch, self.rank])  # augmentation, reproducible after a resume
         b = self.t.batch_size
         parts = [rows.iloc[i : i + b] for i in range(0, len(rows), b)]
+        part_seeds = rng.integers(2**31, size=len(parts))
 
-        def load(part: pd.DataFrame) -> np.ndarray:
-            part_rng = np.random.default_rng(self.rng.integers(2**31)) if self.t.augment else None
+        def load(part: pd.DataFrame, seed: int) -> np.ndarray:
+            part_rng = np.random.default_rng(seed) if self.t.augment else None
             return decode_rows(part, self.storage_cfg, self.image_cfg, self.pool, part_rng, self.t.vertical_flip,
                                self.t.photometric_augment)
 
         losses = []
-        pending = self.prefetch.submit(load, parts[0]) if parts else None
+        pending = self.prefetch.submit(load, parts[0], part_seeds[0]) if parts else None
         for i, part in enumerate(parts):
             x = pending.result()
-            pending = self.prefetch.submit(load, parts[i + 1]) if i + 1 < len(parts) else None
+            pending = self.prefetch.submit(load, parts[i + 1], part_seeds[i + 1]) if i + 1 < len(parts) else None
             losses.append(float(self.step(tf.constant(x), tf.constant(part["label"].to_numpy(np.float32)),
                                           tf.constant(part["dx_index"].to_numpy(np.int32)),
                                           tf.constant(float(len(part) * self.world)))))
@@ -368,6 +384,15 @@ def _record(epoch: int, phase: Phase, loss: float | None, images: int, seconds: 
             "val_loss": ranking.get("log_loss"), "val_brier": ranking.get("brier")}
 
 
+def _score(record: dict[str, Any], logits: np.ndarray) -> float:
+    """What the best epoch is chosen by: validation AUC, else minus the validation loss. An epoch whose validation
+    outputs are constant never wins: the noise of a network that scores every image alike ranks the images by
+    chance, and was once kept as the best epoch (issue 25)."""
+    if learned.constant(logits):
+        return -math.inf
+    return record["val_auc"] if record["val_auc"] is not None else -(record["val_loss"] or 0.0)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, then for each phase and epoch train, validate, checkpoint, stop?"""
     import ray.data
@@ -389,10 +414,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.model.set_weights(best_weights)  # a new phase starts from the best epoch so far, not the last
         w.start_phase(phase, None if fresh or optimizer_phase != phase.number else optimizer_values)
         for epoch in range(epoch, min(phase.last_epoch, fixed or phase.last_epoch) + 1):
-            loss, images, seconds = w.train_epoch()
+            loss, images, seconds = w.train_epoch(epoch)
             logits = w.validate()
             record = _record(epoch, phase, loss, images, seconds, y_val, logits)
-            score = record["val_auc"] if record["val_auc"] is not None else -(record["val_loss"] or 0.0)
+            score = _score(record, logits)
             improved = fixed is not None or state.best_score is None or score > state.best_score
             state.history.append(record)
             if improved:

@@ -86,3 +86,35 @@ def test_malignant_diagnoses_are_read_off_the_labels():
                                                                                            False]
     mixed = pd.DataFrame({"dx": ["x", "x", "x"], "label": [1, 0, 1]})
     assert malignant_diagnoses(mixed, ["x"]) == [True]  # mostly malignant
+
+
+def test_each_epoch_deals_one_seeded_permutation_out_to_the_ranks():
+    """Same seed → same batches on every run (Ray Data's split varied by run, and so did the trained networks);
+    every rank gets as many rows, none twice, and the order changes from epoch to epoch."""
+    import numpy as np
+
+    from skinray.train.loop import epoch_share
+
+    shares = [epoch_share(1075, 42, 3, rank, 2) for rank in range(2)]
+    assert [len(s) for s in shares] == [537, 537]
+    both = np.concatenate(shares)
+    assert len(set(both.tolist())) == 1074 and both.max() < 1075
+    assert all(np.array_equal(epoch_share(1075, 42, 3, r, 2), shares[r]) for r in range(2))
+    assert not np.array_equal(epoch_share(1075, 42, 4, 0, 2), shares[0])
+    assert not np.array_equal(epoch_share(1075, 7, 3, 0, 2), shares[0])
+    assert sorted(epoch_share(5, 0, 1, 0, 1).tolist()) == [0, 1, 2, 3, 4]  # one worker: every row
+
+
+def test_an_epoch_with_constant_validation_outputs_is_never_the_best():
+    """Issue 25: noise around one value ranks the validation images by chance; such an epoch was kept as the best."""
+    import math
+
+    import numpy as np
+
+    from skinray.train.loop import _score
+
+    record = {"val_auc": 0.62, "val_loss": 0.7}
+    assert _score(record, np.array([0.3, -1.2, 2.0])) == 0.62
+    assert _score(record, np.full(8, 0.0617) + np.linspace(0, 3e-7, 8)) == -math.inf
+    assert _score({"val_auc": None, "val_loss": 0.7}, np.array([0.1, 0.2])) == -0.7  # one class: minus the loss
+    assert _score({"val_auc": None, "val_loss": None}, np.zeros(0)) == 0.0  # no validation rows (a final run)
