@@ -37,7 +37,7 @@ from skinray.decision import metrics, operating_point
 from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
 
 VIEWS = ("plain", "hflip", "vflip", "hvflip")
-TTA_VIEWS = ("plain", "hflip", "vflip")  # what skinray.inference.batch.predict_arrays averages
+TTA_VIEWS = ("plain", "hflip", "vflip")  # what flip TTA averages (skinray.model.views.flips)
 SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity", "head/neck", "oral/genital",
          "palms/soles", "lateral torso")
 

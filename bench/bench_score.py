@@ -4,7 +4,7 @@ All on the same images and the same model, in one run (the host is shared and no
 
   (a) ``skinray.scoring.run.score(cfg)`` end to end on N images: wall, start-up (time to first row), steady images/s
   (b) the engine's forward pass alone on images decoded beforehand with ``skinray.data.images.decode``: one process per
-      scoring actor, the same threads per process, the same batches and ``predict_arrays`` call the predictor
+      scoring actor, the same threads per process, the same batches and ``skinray.model.views.run`` call the predictor
       makes; measured before and after (a), the mean is the baseline
   (c) the seed's loop on a subset: PIL open + resize to 224 + /255 + Keras ``model.predict(x[None])``, per image
   memory: peak summed RSS (driver + Ray instance) of (a) on N and on ``--mem-factor`` x N images
@@ -87,13 +87,13 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
     try:
         import numpy as np
 
-        from skinray.inference import batch as inference
+        from skinray.inference.engines import make_engine
         from skinray.model.artifact import ModelArtifact
-        from skinray.model.views import VIEWS, run
+        from skinray.model.views import VIEWS, for_model, run
 
         artifact = ModelArtifact.open(model_dir)
-        engine = inference.make_engine(artifact, engine_name, False, threads, policy)
-        views = inference.resolve_views(artifact, tta)
+        engine = make_engine(artifact, engine_name, False, threads, policy)
+        views = for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point, tta)
         x = np.load(npy, mmap_mode="r")
         run(engine, np.asarray(x[idx[:1]], dtype=np.float32), views)  # warm-up, not timed
         for j in idx:  # fault the pages in: reading pre-decoded tensors is not what (b) measures
@@ -165,7 +165,7 @@ def seed_loop(model_dir: str, paths: list[str], size: int = 224) -> dict[str, An
 
 
 class _TracedDataset:
-    """Wraps the dataset ``inference.predict_dataset`` returns; records (time, rows) of each batch the driver gets."""
+    """Wraps the dataset ``plan.predict_dataset`` returns; records (time, rows) of each batch the driver gets."""
 
     def __init__(self, ds: Any, trace: list[tuple[float, int]]) -> None:
         self._ds, self._trace = ds, trace
@@ -209,7 +209,7 @@ def write_manifest(paths: list[str], out: str) -> str:
 def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: str, label: str
                  ) -> dict[str, Any]:
     from skinray.config import load_config
-    from skinray.inference import batch as inference
+    from skinray.inference import plan
     from skinray.scoring import run as score_mod
 
     shutil.rmtree(out, ignore_errors=True)
@@ -220,7 +220,7 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
         "score.run_id": f"bench-{label}", "score.top_k": 8,
     })
     trace: list[tuple[float, int]] = []
-    original = inference.predict_dataset
+    original = plan.predict_dataset
     t_pipeline = [0.0]
 
     def traced(*a: Any, **kw: Any) -> Any:
@@ -228,13 +228,13 @@ def run_pipeline(manifest: str, out: str, args: argparse.Namespace, model_dir: s
         ds, actors = original(*a, **kw)
         return _TracedDataset(ds, trace), actors
 
-    inference.predict_dataset = traced
+    plan.predict_dataset = traced
     gc.collect()
     try:
         with PeakMemory() as mem, Timer() as t:
             summary = score_mod.score(cfg)
     finally:
-        inference.predict_dataset = original
+        plan.predict_dataset = original
     if summary.failed:
         log(f"WARNING: {summary.failed} images failed: {summary.failed_by_reason}")
     return {
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import start_ray
 
     ray = start_ray()
-    actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))  # as inference.actor_pool starts
+    actors = args.actors or max(1, int(cluster_cpus() // args.cpus_per_actor))  # as plan.actor_pool starts
     threads = max(1, int(args.cpus_per_actor))
     log(f"Ray up: {cluster_cpus()} CPUs -> {actors} actors x {threads} thread(s); engine {args.engine}, "
         f"batch {args.batch_size}, N={args.n}")

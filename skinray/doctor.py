@@ -141,7 +141,7 @@ def check_uri(report: Report, uri: str, cfg: SkinrayConfig, must_exist: bool = T
 
 
 def check_model(report: Report, uri: str, cfg: SkinrayConfig, engine: str | None = None) -> None:
-    from skinray.inference.batch import check_engine, check_loads
+    from skinray.inference.engines import check_engine, check_loads
     from skinray.model.artifact import ModelArtifact
 
     try:

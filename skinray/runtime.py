@@ -195,6 +195,18 @@ def _interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("SKINRAY_LOG_FORMAT", "text") == "text"
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (a scoring actor, a training worker); outside Ray (predict), the host."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray: the host is the node
+        pass
+    return f"local:{os.uname().nodename}"
+
+
 def cluster_cpus() -> int:
     import ray
 

@@ -201,6 +201,20 @@ def second_source(tmp_path, n=80, seed=5):
     return meta
 
 
+def garbage_graph_model(model_dir, dest) -> str:
+    """A copy of ``model_dir`` whose model.onnx is garbage with its hash re-recorded: it passes verification."""
+    import json
+
+    from skinray.io import storage
+
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
+    (dest / "model.onnx").write_bytes(b"this is not an ONNX graph\n" * 40)
+    meta = json.loads((dest / "skinray.json").read_text())
+    meta["files"]["model.onnx"] = storage.sha256_file(str(dest / "model.onnx"))
+    (dest / "skinray.json").write_text(json.dumps(meta))
+    return str(dest)
+
+
 class FlakyS3:
     """An HTTP proxy in front of the S3 endpoint that answers ``503 SlowDown`` to GETs of chosen keys: the first
     ``times`` of each (``times=None``: every one), as a throttled or briefly unreachable bucket does. Everything else

@@ -49,7 +49,7 @@ def test_a_tampered_model_fails(model_dir, tmp_path):
 
 
 def test_a_model_whose_graph_does_not_load_fails(model_dir, tmp_path):
-    from test_inference import garbage_graph_model
+    from conftest import garbage_graph_model
 
     bad = garbage_graph_model(model_dir, tmp_path / "m")
     report = doctor.Report()

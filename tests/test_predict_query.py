@@ -29,7 +29,7 @@ def test_predict_table_and_contact_sheet(sample, model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("image,prob_malignant,predicted,confidence,dx_pred,ood_score,error")
     # the same predictor as batch scoring: a prediction here is the score a nightly run gives the same image
-    from skinray.inference.batch import ImagePredictor
+    from skinray.inference.predictor import ImagePredictor
 
     batch = ImagePredictor(model_dir).score_uris(paths[:5])[0]
     assert np.allclose(batch["prob_malignant"], df["prob_malignant"].iloc[:5])

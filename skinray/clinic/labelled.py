@@ -15,6 +15,7 @@ import pandas as pd
 
 from skinray import SkinrayError
 from skinray.config import SkinrayConfig, with_values
+from skinray.data.images import error_reasons
 from skinray.io import storage
 from skinray.model.artifact import ModelArtifact
 
@@ -58,7 +59,7 @@ def score(cfg: SkinrayConfig, art: ModelArtifact, manifest: str | None, images: 
     pred, _ = predict_split(with_values(cfg, {"evaluate.model": art.uri}), kept)
     failed = pred["error"].notna()
     not_scored = pd.concat([rejects, pred.loc[failed, ["isic_id", "image_uri"]].assign(
-        reason=pred.loc[failed, "error"].str.split(":").str[0])], ignore_index=True)
+        reason=error_reasons(pred.loc[failed, "error"]))], ignore_index=True)
     outside = pred["out_of_distribution"].fillna(False).astype(bool) & ~failed
     scored = pred[~failed & ~outside].reset_index(drop=True)
     cal = art.meta.calibration  # the engine's own logit, before the model's calibration: what a refit starts from

@@ -25,11 +25,23 @@ from skinray.io.storage import StorageConfig
 Image.MAX_IMAGE_PIXELS = None
 
 
+def row_error(reason: str, detail: str = "") -> str:
+    """A row's ``error`` text: its reason code, then what happened (``reason: detail``); :func:`error_reasons` reads
+    the code back."""
+    return f"{reason}: {detail}" if detail else reason
+
+
+def error_reasons(errors: Any) -> Any:
+    """The reason code of each :func:`row_error` text in ``errors`` (a pandas Series); a row without one stays
+    missing."""
+    return errors.astype("string").str.split(":").str[0].astype(object)
+
+
 class ImageError(ValueError):
     """An image that cannot be used; ``reason`` is a short stable code stored in rejects and score errors."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(row_error(reason, detail))
         self.reason = reason
         self.detail = detail
 

@@ -1,8 +1,8 @@
 """An honest evaluation of a model directory on one split of a prepared dataset.
 
-Predictions come from the same Ray Data plan and predictor as batch scoring (:func:`skinray.inference.batch.
-predict_dataset`), every number from :mod:`skinray.decision.metrics`, every picture from :mod:`skinray.render.plots`, so
-evaluation and nightly scoring cannot disagree.
+Predictions come from the same Ray Data plan and predictor as batch scoring
+(:func:`skinray.inference.plan.predict_dataset`), every number from :mod:`skinray.decision.metrics`, every picture from
+:mod:`skinray.render.plots`, so evaluation and nightly scoring cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from skinray.data.prepare import data_fingerprint, load_prepared
 from skinray.data.prepared import dx_codes
 from skinray.decision import metrics, promises
 from skinray.decision.operating_point import describe
-from skinray.inference import batch as inference
+from skinray.inference import engines, plan
+from skinray.inference.predictor import WORKER_COLUMNS
 from skinray.io import storage
 from skinray.model import ood, views
 from skinray.model.artifact import ModelArtifact
@@ -67,13 +68,13 @@ def predict_split(cfg: SkinrayConfig, rows: pd.DataFrame) -> tuple[pd.DataFrame,
     """Score ``rows`` with the evaluate model through the batch-scoring plan, in input order; and the views per
     scored image."""
     rows = rows.reset_index(drop=True).assign(input_row=lambda d: range(len(d)))
-    ds, _ = inference.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
-    batches = list(inference.pipeline_batches(ds, cfg))
+    ds, _ = plan.predict_dataset(rows, cfg.evaluate.model, cfg, cfg.evaluate.batch_size)
+    batches = list(plan.pipeline_batches(ds, cfg))
     n = sum(len(b) for b in batches)
     if n != len(rows):
         raise SkinrayError(f"evaluation returned {n} rows for {len(rows)}")
     out = pd.concat(batches, ignore_index=True).sort_values("input_row").reset_index(drop=True)
-    return out.drop(columns=inference.WORKER_COLUMNS), views.per_image(out["_views"].value_counts().to_dict())
+    return out.drop(columns=WORKER_COLUMNS), views.per_image(out["_views"].value_counts().to_dict())
 
 
 def in_training_data(model_data: dict[str, Any], split: str, fingerprint: str) -> bool:
@@ -173,8 +174,8 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
     if not e.model or not e.prepared or not e.out:
         raise SkinrayError("evaluate needs --model, --prepared and --out")
     art = ModelArtifact.open(e.model, st)
-    inference.check_engine(art, cfg.inference.engine)
-    inference.check_loads(art, cfg.inference.engine)
+    engines.check_engine(art, cfg.inference.engine)
+    engines.check_loads(art, cfg.inference.engine)
     df = load_prepared(e.prepared, st)
     rows = df if e.split == "all" else df[df["split"] == e.split]
     if rows.empty:
@@ -210,7 +211,8 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
                                      "described": ood.describe(art.meta.ood)}
     report.update(split=e.split, in_training_data=seen, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
-                  **inference.resolve_views(art, cfg.inference.tta).record(), views_per_image=views_per_image)
+                  **views.for_model(art.meta.tta, art.meta.tta_band, art.operating_point, cfg.inference.tta).record(),
+                  views_per_image=views_per_image)
     with tempfile.TemporaryDirectory() as tmp:
         pngs = [
             plots.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),

@@ -66,7 +66,7 @@ def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared:
     """``model.int8.onnx`` beside ``model.onnx``, and what it changes on the validation split."""
     from skinray.data.prepare import load_prepared
     from skinray.decision.operating_point import Calibration, OperatingPoint, ThresholdChoice
-    from skinray.inference.batch import OnnxEngine
+    from skinray.inference.engines import OnnxEngine
 
     rows = load_prepared(prepared, storage_cfg)
     image_cfg = preprocessing(fields).image_config(ImageConfig())  # every field: size, resize, colour constancy

@@ -1,6 +1,6 @@
 """A few images, now: the seed's multi-image prediction in-process (no Ray), with an optional contact sheet.
 
-It runs the same :class:`skinray.inference.batch.ImagePredictor` as batch scoring, so a prediction here equals the
+It runs the same :class:`skinray.inference.predictor.ImagePredictor` as batch scoring, so a prediction here equals the
 score the nightly run gives the same image.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from skinray import SkinrayError
 from skinray.config import ImageConfig, InferenceConfig
-from skinray.inference.batch import ImagePredictor
+from skinray.inference.predictor import ImagePredictor
 from skinray.io.storage import StorageConfig
 from skinray.render import plots
 from skinray.runtime import require_train_extra

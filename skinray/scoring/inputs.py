@@ -18,7 +18,7 @@ import pandas as pd
 
 from skinray import SkinrayError
 from skinray.config import ManifestConfig
-from skinray.data import schema
+from skinray.data import images, schema
 from skinray.io import paths, storage
 from skinray.io.storage import StorageConfig
 
@@ -116,11 +116,13 @@ def _manifest_rows(uri: str, images_root: str | None, manifest: ManifestConfig,
 def _unsafe_reason(row_id: str | None, ref: str | None, template: str, columns: dict[str, str]) -> str | None:
     """Why a manifest row cannot be scored before any file is touched (its ``error``), or None."""
     if row_id is None and not ref:
-        return "empty_id: the row has no image id or image_uri"
+        return images.row_error("empty_id", "the row has no image id or image_uri")
     if ref:
-        return "unsafe_id: the image_uri climbs out of the image root" if paths.unsafe_ref(ref) else None
+        return (images.row_error("unsafe_id", "the image_uri climbs out of the image root") if paths.unsafe_ref(ref)
+                else None)
     if row_id is not None and paths.unsafe_id(row_id):
-        return "unsafe_id: the id would address a file outside the image root"
+        return images.row_error("unsafe_id", "the id would address a file outside the image root")
     if paths.unsafe_columns(template, columns):
-        return "unsafe_id: a column of the image template would address a file outside the image root"
+        return images.row_error("unsafe_id",
+                                "a column of the image template would address a file outside the image root")
     return None

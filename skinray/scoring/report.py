@@ -27,7 +27,7 @@ from skinray.config import SkinrayConfig
 from skinray.data import images
 from skinray.decision import metrics
 from skinray.decision.operating_point import describe
-from skinray.inference.batch import OUT_OF_DISTRIBUTION
+from skinray.inference.predictor import OUT_OF_DISTRIBUTION
 from skinray.io import storage
 from skinray.model import ood
 from skinray.model.artifact import MODEL_FILE, ModelArtifact
@@ -211,7 +211,7 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
     outside, _ = _cards(outside_rows.head(cfg.score.top_k), artifact, cfg, None, folder)
     timings = t1 + t2
     failures = {str(reason): _ids(group) for reason, group in
-                df[df["error"].notna()].assign(_r=lambda d: d["error"].str.split(":").str[0]).groupby("_r")}
+                df[df["error"].notna()].assign(_r=lambda d: images.error_reasons(d["error"])).groupby("_r")}
     threshold_text = describe(artifact.meta.threshold) if artifact is not None else str(
         (run.get("threshold_policy") or {}).get("policy", ""))
     page = review_page.RunPage(

@@ -31,9 +31,9 @@ from skinray import DataError, SkinrayError, TemporaryError
 from skinray.config import SkinrayConfig
 from skinray.data import images
 from skinray.decision import drift
-from skinray.inference import batch as inference
+from skinray.inference import engines, plan as ray_plan, predictor
 from skinray.io import storage
-from skinray.model import ood
+from skinray.model import ood, views
 from skinray.model.artifact import ModelArtifact
 from skinray.runtime import versions
 from skinray.scoring import inputs as score_inputs, report as score_report, runs, staging, table as scores_table
@@ -61,7 +61,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
     """Runs the Ray Data plan over ``todo`` and stages its rows part by part; returns timing and placement."""
     s = cfg.score
     started = time.time()  # the time to the first rows counts building the plan (Ray's block metadata) too
-    ds, actors = inference.predict_dataset(todo, s.model, cfg, s.batch_size)
+    ds, actors = ray_plan.predict_dataset(todo, s.model, cfg, s.batch_size)
     writer = staging.PartWriter(out, run_id, cfg.storage)
     nodes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
@@ -80,7 +80,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
             writer.write(scores_table.to_rows(part))
             buffer, buffered = [], 0
 
-    for batch in inference.pipeline_batches(ds, cfg):
+    for batch in ray_plan.pipeline_batches(ds, cfg):
         if lease.lost:
             raise SkinrayError(f"run {run_id} was taken over by another process; this one stops")
         if first_at is None:
@@ -89,7 +89,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
         modes.update(batch["_batch_mode"].astype(str).tolist())
         n_views.update({int(k): int(v) for k, v in batch["_views"].value_counts().items()})
         ready.update(batch["_ready_at"].tolist())
-        buffer.append(batch.drop(columns=inference.WORKER_COLUMNS))
+        buffer.append(batch.drop(columns=predictor.WORKER_COLUMNS))
         buffered += len(batch)
         done += len(batch)
         if buffered >= s.part_rows:
@@ -114,7 +114,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
 
 def _outcome(result: pd.DataFrame, cfg: SkinrayConfig) -> dict[str, Any]:
     n_failed = int(result["error"].notna().sum())
-    by_reason = result["error"].dropna().str.split(":").str[0].value_counts().to_dict()
+    by_reason = images.error_reasons(result["error"].dropna()).value_counts().to_dict()
     outcome: dict[str, Any] = {"rows": int(len(result)), "scored": int(len(result) - n_failed), "failed": n_failed,
                                "failed_by_reason": {str(k): int(v) for k, v in by_reason.items()},
                                "status": "succeeded"}
@@ -128,7 +128,7 @@ def _outcome(result: pd.DataFrame, cfg: SkinrayConfig) -> dict[str, Any]:
 
 def _retryable(rows: pd.DataFrame) -> pd.Series:
     """Rows whose image could not be read for a passing reason: not a result, read again by the next submit."""
-    reason = rows["error"].astype("string").str.split(":").str[0]
+    reason = images.error_reasons(rows["error"])
     return reason.isin(images.RETRYABLE_REASONS).fillna(False).astype(bool)
 
 
@@ -175,7 +175,8 @@ def _header(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_
         "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
         "nulled_values": scoring_input.nulled,  # impossible values read as unknown, by column
         "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
-        **inference.resolve_views(artifact, cfg.inference.tta).record(), "threshold": artifact.threshold,
+        **views.for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point,
+                          cfg.inference.tta).record(), "threshold": artifact.threshold,
         "threshold_policy": artifact.meta.threshold.model_dump(),
         "calibration": artifact.meta.calibration.model_dump(), "diagnoses": artifact.diagnoses,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -199,8 +200,8 @@ def score(cfg: SkinrayConfig) -> runs.RunRecord:
     out, input_uri = storage.normalize(s.out), storage.normalize(s.input)
     score_inputs.check_not_nested(input_uri, out)
     artifact = ModelArtifact.open(s.model, st)
-    inference.check_engine(artifact, cfg.inference.engine)
-    inference.check_loads(artifact, cfg.inference.engine)
+    engines.check_engine(artifact, cfg.inference.engine)
+    engines.check_loads(artifact, cfg.inference.engine)
     scoring_input = score_inputs.load(input_uri, s.input_kind, s.images, cfg.manifest, st)
     rows = scoring_input.rows
     run_id = s.run_id or default_run_id(input_uri, artifact.model_id, date)

@@ -30,7 +30,7 @@ from skinray.decision import metrics
 from skinray.io import storage
 from skinray.io.storage import StorageConfig
 from skinray.model.network import build_model, resolve_weights, unfreeze_top
-from skinray.runtime import import_tensorflow
+from skinray.runtime import import_tensorflow, node_id
 from skinray.train import learned
 
 DECODE_THREADS = 4
@@ -234,7 +234,7 @@ class Worker:
         gpus = tf.config.list_physical_devices("GPU")
         self._announce(gpus)
         if self.t.use_gpu and not gpus:
-            raise SkinrayError(f"train --gpu: TensorFlow on node {_node_id()} sees no GPU; install "
+            raise SkinrayError(f"train --gpu: TensorFlow on node {node_id()} sees no GPU; install "
                                "skinray[train,gpu] (tensorflow[and-cuda]) on the GPU nodes")
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         weights, _ = resolve_weights(self.spec.weights, self.storage_cfg)
@@ -257,7 +257,7 @@ class Worker:
 
     def _announce(self, gpus: list[Any]) -> None:
         if self.spec.progress is not None:
-            self.spec.progress.put({"event": "worker", "rank": self.rank, "node_id": _node_id(),
+            self.spec.progress.put({"event": "worker", "rank": self.rank, "node_id": node_id(),
                                     "gpus": [g.name for g in gpus]})
 
     def start_phase(self, phase: Phase, optimizer_values: dict[str, np.ndarray] | None = None) -> None:
@@ -433,9 +433,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer_values = None
         position = next_position(state, phases, patience, fixed)
     w.close()
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()

@@ -138,3 +138,15 @@ def test_mean_color_is_the_exact_channel_mean(shape):
     arr[0, 0] = 255  # a saturated corner: no overflow in the sums
     np.testing.assert_array_equal(images.mean_color(arr), arr.reshape(-1, 3).mean(axis=0))
     assert images.mean_color(np.full(shape, 255, np.uint8)).tolist() == [255.0, 255.0, 255.0]
+
+
+def test_a_row_error_is_its_reason_then_its_detail_and_reads_back_as_its_reason():
+    import pandas as pd
+
+    assert images.row_error("missing", "no image URI") == "missing: no image URI"
+    assert images.row_error("empty") == "empty"
+    assert str(images.ImageError("undecodable", "OSError: x: y")) == images.row_error("undecodable", "OSError: x: y")
+    errors = pd.Series([images.row_error("undecodable", "OSError: x: y"), None, "empty", float("nan")], dtype=object)
+    reasons = images.error_reasons(errors)
+    assert reasons[[0, 2]].tolist() == ["undecodable", "empty"] and reasons[[1, 3]].isna().all()
+    assert images.error_reasons(pd.Series([None, None])).isin(images.RETRYABLE_REASONS).tolist() == [False, False]

@@ -77,7 +77,7 @@ def _members(n: int, dx_classes: int = 7, malignant_dx: list[bool] | None = None
 def test_ensemble_outputs_the_members_mean_logits_in_keras_model_keras_and_onnx(tmp_path, malignant_dx) -> None:
     """One graph for k fold models: logit and dx_logits are the members' means, loaded back in safe mode and
     exported to ONNX within the parity limit; its members are found again for Grad-CAM."""
-    from skinray.inference.batch import OnnxEngine
+    from skinray.inference.engines import OnnxEngine
     from skinray.model.artifact import ONNX_PARITY_LIMIT
     from skinray.model.network import build_ensemble, load_keras, members_of
 

@@ -22,7 +22,7 @@ from PIL import Image
 from skinray.config import load_config
 from skinray.data.synth import generate
 from skinray.decision import drift
-from skinray.inference.batch import ImagePredictor
+from skinray.inference.predictor import ImagePredictor
 from skinray.io import storage
 from skinray.model import artifact
 from skinray.query import run_query

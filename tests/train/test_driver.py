@@ -186,7 +186,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     # its graph is the mean of the two fold models' logits, each as the fold scored its held-out rows with
     from ray.train import Result
 
-    from skinray.inference.batch import OnnxEngine
+    from skinray.inference.engines import OnnxEngine
     from skinray.model.network import build_model, forward
     from skinray.train.loop import CheckpointSaver
 

@@ -1,13 +1,14 @@
-"""The inference path: flip TTA in one engine call, flips near the threshold on a trained model, the measured batch
-policy, and the int8 graph's bounds."""
+"""The engines: flip TTA in one engine call, the measured batch policy, the int8 graph's bounds, and a model's graph
+checked before any run."""
 
 import os
 
 import numpy as np
 import pytest
 
-from skinray.inference.batch import ImagePredictor, OnnxEngine, make_engine
+from skinray.inference.engines import OnnxEngine, make_engine
 from skinray.inference.export import export
+from skinray.inference.predictor import ImagePredictor
 from skinray.model.artifact import ModelArtifact
 from skinray.model.network import LOGIT
 from skinray.model.views import VIEWS, Views, run
@@ -109,117 +110,13 @@ def test_int8_export_records_its_bounds_and_scores_close_to_float(model_dir, pre
                                                            b.loc[ok, "prob_malignant"])) < 0.1
 
 
-def test_a_trained_model_flips_only_near_its_threshold(model_dir, sample, tmp_path):
-    """The session model was trained with the default flip TTA: its band was fitted on validation, and scoring gives
-    images inside it the three-view score and the others the one-view score."""
-    import json
-    import shutil
-
-    from skinray.config import InferenceConfig
-
-    art = ModelArtifact.open(model_dir)
-    assert art.meta.tta and art.meta.tta_band is not None and art.meta.tta_band >= 0
-    check = art.meta.validation["views"]
-    assert check["decisions_changed"] == 0 and 1.0 <= check["views_per_image"] <= 3.0
-    uris = [f"{sample['local']}/images/{n}" for n in sorted(os.listdir(f"{sample['local']}/images"))[:40]]
-    one, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=False)).score_uris(uris)
-    every, _ = ImagePredictor(model_dir, inference=InferenceConfig(tta=True)).score_uris(uris)
-    ok = one["error"].isna().to_numpy()
-    # a band through the middle of these images' scores, so that both sides are exercised
-    wide = tmp_path / "banded"
-    shutil.copytree(model_dir, wide)
-    meta = json.loads((wide / "skinray.json").read_text())
-    center = art.operating_point.raw_threshold
-    cal = art.meta.calibration  # the calibrated one-view logits back to the engine's raw logits
-    raw = (one.loc[ok, "logit_malignant"].to_numpy() - cal.bias) * cal.temperature
-    d = np.sort(np.abs(raw - center))
-    k = int(np.argmax(np.diff(d)))  # the band's edge in the widest gap: no image near it (a tiny model ties logits)
-    meta["tta_band"] = float(d[k] + d[k + 1]) / 2
-    (wide / "skinray.json").write_text(json.dumps(meta))
-    near, _ = ImagePredictor(str(wide)).score_uris(uris)
-    inside = np.abs(raw - center) <= meta["tta_band"]
-    assert 0 < inside.sum() < len(raw)
-    got, n_views = near.loc[ok, "prob_malignant"].to_numpy(), near.loc[ok, "_views"].to_numpy()
-    assert np.array_equal(n_views, np.where(inside, 3, 1)) and (near.loc[~ok, "_views"] == 0).all()
-    assert np.max(np.abs(got[inside] - every.loc[ok, "prob_malignant"].to_numpy()[inside])) < 1e-5
-    assert np.max(np.abs(got[~inside] - one.loc[ok, "prob_malignant"].to_numpy()[~inside])) < 1e-5
-
-
-class _FailingPlan:
-    """Stands in for a Ray Data plan: one batch, then ``exc``."""
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-    def iter_batches(self, **_: object):
-        import pandas as pd
-
-        yield pd.DataFrame({"input_row": [0]})
-        raise self.exc
-
-
-def test_what_stops_the_plan_reaches_the_user_as_one_line():
-    from ray.exceptions import GetTimeoutError, RayTaskError
-
-    from skinray import SkinrayError
-    from skinray.config import load_config
-    from skinray.inference.batch import pipeline_batches
-
-    cfg = load_config(overrides={"inference.actor_start_seconds": 7})
-    remote = RayTaskError("ImagePredictor.__init__", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-                          "skinray.SkinrayError: model.onnx does not match its checksum",
-                          SkinrayError("model.onnx does not match its checksum")).as_instanceof_cause()
-    assert isinstance(remote, SkinrayError) and len(str(remote).splitlines()) > 1
-    timeout = GetTimeoutError("Timed out while starting actors. This may mean that the cluster does not have enough")
-    ours = SkinrayError("run r was taken over by another process")
-    for exc, expected in [(remote, "model.onnx does not match its checksum"),
-                          (timeout, "did not all start within 7 s (inference.actor_start_seconds)"), (ours, None)]:
-        batches = pipeline_batches(_FailingPlan(exc), cfg)
-        assert len(next(batches)) == 1
-        with pytest.raises(SkinrayError) as raised:
-            next(batches)
-        if expected is None:
-            assert raised.value is ours
-        else:
-            assert expected in str(raised.value) and len(str(raised.value).splitlines()) == 1
-    with pytest.raises(ValueError):  # a bug keeps its traceback
-        list(pipeline_batches(_FailingPlan(ValueError("boom")), cfg))
-
-
-def test_a_scoring_actor_imports_neither_scikit_learn_nor_tensorflow():
-    """What an actor imports is what it pays before its first batch: scikit-learn (with scipy.stats) cost each actor
-    about 0.9 s of CPU, TensorFlow more, and scoring needs neither (metrics import them on first use)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, skinray.inference.batch; "
-            "print(sorted(m for m in ('sklearn', 'tensorflow', 'keras', 'scipy.stats') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
-
-
-def garbage_graph_model(model_dir, dest) -> str:
-    """A copy of ``model_dir`` whose model.onnx is garbage with its hash re-recorded: it passes verification."""
-    import json
-    import shutil
-
-    from skinray.io import storage
-
-    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
-    (dest / "model.onnx").write_bytes(b"this is not an ONNX graph\n" * 40)
-    meta = json.loads((dest / "skinray.json").read_text())
-    meta["files"]["model.onnx"] = storage.sha256_file(str(dest / "model.onnx"))
-    (dest / "skinray.json").write_text(json.dumps(meta))
-    return str(dest)
-
-
 def test_a_graph_that_matches_its_hash_but_does_not_load_is_one_line_before_any_run(model_dir, sample, tmp_path):
     from skinray import SkinrayError
     from skinray.config import load_config
-    from skinray.inference.batch import check_loads
+    from skinray.inference.engines import check_loads
     from skinray.scoring.run import score
 
-    from conftest import run_cli
+    from conftest import garbage_graph_model, run_cli
 
     bad = garbage_graph_model(model_dir, tmp_path / "m")
     art = ModelArtifact.open(bad)  # the hashes hold
@@ -244,7 +141,7 @@ def test_a_graph_without_an_output_the_model_records_is_refused(model_dir, tmp_p
     import shutil
 
     from skinray import SkinrayError
-    from skinray.inference.batch import check_loads
+    from skinray.inference.engines import check_loads
 
     dest = tmp_path / "m"
     shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("_ray"))
