@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skinray.decision import metrics
+from skinray.decision import intervals, metrics
 
 from bench.common import log, print_results  # noqa: E402
 
@@ -41,7 +41,7 @@ def describe(name: str, df: pd.DataFrame) -> tuple[dict[str, Any], list[dict[str
     row = {"model": name, "n": len(df), "roc_auc": f"{report['ranking']['roc_auc']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]",
            "ece": f"{report['ranking']['ece']:.4f}", "threshold": f"{t:.4f}"}
     for rate, k, n in (("sensitivity", at["tp"], at["tp"] + at["fn"]), ("specificity", at["tn"], at["tn"] + at["fp"])):
-        lo, hi = metrics.proportion_ci(k, n)
+        lo, hi = intervals.proportion_ci(k, n)
         row[rate] = f"{k / n:.3f} [{lo:.2f}, {hi:.2f}]"
     per_dx = [{"model": name, "dx": g["group"], "n": g["n"],
                "sensitivity": f"{g['sensitivity']:.3f} [{g['sensitivity_ci95'][0]:.2f}, {g['sensitivity_ci95'][1]:.2f}]"}
@@ -72,8 +72,8 @@ def main() -> None:
         row, dx = describe(name, df)
         rows.append(row)
         per_dx += dx
-    gain, lo, hi = metrics.paired_auc_gain(ref["label"].to_numpy(int), new["logit_malignant"].to_numpy(float),
-                                           ref["logit_malignant"].to_numpy(float), n_boot=args.n_boot)
+    gain, lo, hi = intervals.paired_auc_gain(ref["label"].to_numpy(int), new["logit_malignant"].to_numpy(float),
+                                             ref["logit_malignant"].to_numpy(float), n_boot=args.n_boot)
     paired = [{"comparison": f"{args.new_name} - {args.ref_name}", "roc_auc_gain": f"{gain:+.4f}",
                "paired_bootstrap_95": f"[{lo:+.4f}, {hi:+.4f}]", "excludes_zero": "yes" if lo > 0 or hi < 0 else "no"}]
     print_results(f"{args.new_name} against {args.ref_name}",

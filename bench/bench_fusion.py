@@ -25,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skinray.decision import metrics
+from skinray.decision import inputs, intervals
 
 from bench.bench_compare import load as load_scored  # noqa: E402
 from bench.common import log, print_results  # noqa: E402
@@ -60,9 +60,9 @@ def screen(val: pd.DataFrame, test: pd.DataFrame, c: float, n_boot: int) -> dict
     out = {}
     for split, y, new, ref in (("validation (out of fold)", yv, oof, xv[:, 0]),
                                ("test (fitted on validation)", yt, fused.decision_function(xt), xt[:, 0])):
-        gain, lo, hi = metrics.paired_auc_gain(y, new, ref, n_boot=n_boot)
-        out[split] = {"roc_auc_logit": f"{metrics.roc_auc_score(y, ref):.4f}",
-                      "roc_auc_fused": f"{metrics.roc_auc_score(y, new):.4f}",
+        gain, lo, hi = intervals.paired_auc_gain(y, new, ref, n_boot=n_boot)
+        out[split] = {"roc_auc_logit": f"{inputs.sklearn_metrics().roc_auc_score(y, ref):.4f}",
+                      "roc_auc_fused": f"{inputs.sklearn_metrics().roc_auc_score(y, new):.4f}",
                       "gain": f"{gain:+.4f}", "paired_bootstrap_95": f"[{lo:+.4f}, {hi:+.4f}]"}
     out["coefficients"] = dict(zip(["logit", "age", "age_missing", "male", "female", *sites],
                                    np.round(fused.coef_[0], 3).tolist()))

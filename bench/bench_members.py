@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from skinray.config import ImageConfig
     from skinray.data.prepare import load_prepared
     from skinray.data.prepared import decode_rows
-    from skinray.decision.metrics import paired_auc_gain
+    from skinray.decision.intervals import paired_auc_gain
     from skinray.io.storage import StorageConfig
     from skinray.model.artifact import ModelArtifact
     from skinray.model.network import forward, members_of

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skinray.config import ImageConfig  # noqa: E402
 from skinray.data import images
-from skinray.decision import metrics, operating_point
+from skinray.decision import calibration, intervals, metrics, operating_point
 
 from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
 
@@ -171,7 +171,7 @@ def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, 
         return np.mean([malignant_logit(o, malignant) if dx_target else o[:, 0] for o in out], axis=0)
 
     zv, zt = logits(va), logits(te)
-    temperature_only = operating_point.fit_calibration(y[va], zv, "temperature")
+    temperature_only = calibration.fit_calibration(y[va], zv, "temperature")
     ece_temperature = metrics.ranking_metrics(
         y[te], operating_point.OperatingPoint(temperature_only, operating_point.ThresholdChoice(
             threshold=0.5, policy="fixed")).apply(zt).prob)["ece"]
@@ -179,7 +179,7 @@ def run_variant(name: str, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, 
     pv, pt = op.apply(zv).prob, op.apply(zt).prob
     thr = op.threshold.threshold
     rank = metrics.ranking_metrics(y[te], pt)
-    lo, hi = metrics.bootstrap_auc_ci(y[te], pt, n_boot=1000, seed=0)
+    lo, hi = intervals.bootstrap_auc_ci(y[te], pt, n_boot=1000, seed=0)
     at = metrics.threshold_metrics(y[te], pt, thr)
     return {"variant": name, "val_auc": round(float(metrics.ranking_metrics(y[va], pv)["roc_auc"]), 4),
             "test_auc": round(rank["roc_auc"], 4), "auc_95ci": f"[{lo:.3f}, {hi:.3f}]",
@@ -240,7 +240,7 @@ def main() -> None:
         val_logits[name.split()[0]] = np.mean([r["_val_logits"] for r in runs], axis=0)
         ref = {"I": "H", "J": "I"}.get(name.split()[0])
         if ref in val_logits:  # the lever against the row it changes, on the same validation images
-            gain, lo, hi = metrics.paired_auc_gain(y_val, val_logits[name.split()[0]], val_logits[ref])
+            gain, lo, hi = intervals.paired_auc_gain(y_val, val_logits[name.split()[0]], val_logits[ref])
             row[f"val_auc_gain_vs_{ref}"] = f"{gain:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         table.append(row)
         log(f"{name}: val {row['val_auc']} test {row['test_auc']} {row['auc_95ci']}")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skinray.config import ImageConfig  # noqa: E402
 from skinray.data import images, schema, split
-from skinray.decision import metrics, operating_point
+from skinray.decision import inputs, intervals, metrics, operating_point
 from skinray.model import ood
 
 from bench.common import DEFAULT_WEIGHTS, DEFAULT_WORKDIR, log, print_results  # noqa: E402
@@ -167,8 +167,8 @@ def fit_point(y: np.ndarray, z: np.ndarray, mel: np.ndarray) -> operating_point.
 def figures(y: np.ndarray, z: np.ndarray, mel: np.ndarray, op: operating_point.OperatingPoint, n_boot: int,
             with_ece: bool) -> dict[str, Any]:
     s = op.apply(z)
-    auc = float(metrics.sklearn_metrics().roc_auc_score(y, z))
-    lo, hi = metrics.bootstrap_auc_ci(y, s.prob, n_boot=n_boot)  # calibration is monotonic: the same ranking
+    auc = float(inputs.sklearn_metrics().roc_auc_score(y, z))
+    lo, hi = intervals.bootstrap_auc_ci(y, s.prob, n_boot=n_boot)  # calibration is monotonic: the same ranking
     pos, neg = y == 1, y == 0
     return {"n": int(len(y)), "roc_auc": round(auc, 3), "ci": f"[{lo:.3f}, {hi:.3f}]",
             "sensitivity": round(float(s.malignant[pos].mean()), 3),
@@ -240,7 +240,7 @@ def paired(data: dict[str, pd.DataFrame], new: dict[str, np.ndarray], ref: dict[
         y = rows["label"].to_numpy()[test] if len(a) == int(test.sum()) and len(a) != len(rows) else \
             rows["label"].to_numpy()
         ok = np.isfinite(a) & np.isfinite(b)
-        g, lo, hi = metrics.paired_auc_gain(y[ok], a[ok], b[ok], n_boot)
+        g, lo, hi = intervals.paired_auc_gain(y[ok], a[ok], b[ok], n_boot)
         out[name] = f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}]"
     return out
 
@@ -315,7 +315,7 @@ def run_ood(data: dict[str, pd.DataFrame], feats: dict[str, np.ndarray], variant
     sets = {k: features(v, forward) for k, v in ood_images(ham, variant_config(variant)).items()}
     sets.update({f"{n} (another source)": feats[n] for n in data if n != "ham10000"})
     rows = []
-    sk = metrics.sklearn_metrics()
+    sk = inputs.sklearn_metrics()
     for name, fn in scores.items():
         t0 = time.perf_counter()
         s_te = fn(x[te])

@@ -302,7 +302,8 @@ def make_model_dir(path: str, weights: str, sample_images: Sequence[str] = ()) -
 
     from skinray.config import ImageConfig
     from skinray.data import images
-    from skinray.decision.operating_point import Calibration, ThresholdChoice
+    from skinray.decision.calibration import Calibration
+    from skinray.decision.operating_point import ThresholdChoice
     from skinray.model import artifact, network as skmodel
 
     cfg = ImageConfig()

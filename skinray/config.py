@@ -1,20 +1,20 @@
 """One typed config for every stage: defaults here, a YAML file over them, CLI flags over that.
 
 The resolved config is written next to every output (``config.yaml``) so that any run can be repeated exactly.
+How the layers are read (recipes, the file, ``--set`` strings, keys that moved) is :mod:`skinray.config_layers`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinray import SkinrayError
+from skinray.config_layers import format_error, load_recipe, merge, migrate, parse_override, read_file, set_path
 from skinray.io.storage import StorageConfig
 
 DEFAULT_MALIGNANT_DX = ("mel", "bcc", "akiec")
@@ -345,83 +345,6 @@ class SkinrayConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
-# Keys that moved to a shared section: old config files keep working, with a warning naming the new key.
-MOVED_KEYS = {
-    "prepare.schema": "manifest.schema",
-    "prepare.image_template": "manifest.image_template",
-    "prepare.malignant_dx": "manifest.malignant_dx",
-    "score.engine": "inference.engine",
-    "score.tta": "inference.tta",
-    "evaluate.bootstrap": "metrics.bootstrap",
-    **{f"score.{key}": f"inference.{key}" for key in (
-        "actors", "min_actors", "max_actors", "cpus_per_actor", "use_gpu", "gpu_wait_seconds")},
-}
-
-
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    for old, new in MOVED_KEYS.items():
-        section, key = old.split(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            value = data[section].pop(key)
-            logging.getLogger("skinray").warning("config key %s is now %s", old, new)
-            new_section, new_key = new.split(".")
-            data.setdefault(new_section, {}).setdefault(new_key, value)
-    return data
-
-
-def _format_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "finite_number":
-        return f"invalid config value for {where}: {first['input']!r} is not a finite number"
-    return f"invalid config value for {where}: {first['msg']}"
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for key in parts[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise SkinrayError(f"config key {dotted!r}: {key!r} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with the value read as YAML (so ``3``, ``true``, ``[a, b]`` keep their types)."""
-    if "=" not in text:
-        raise SkinrayError(f"--set expects section.key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    if not raw.strip():
-        return key.strip(), None
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except (yaml.YAMLError, ValueError):  # e.g. a template such as {images}/{x}.jpg: not YAML, so the text itself
-        return key.strip(), raw
-
-
-RECIPES_DIR = Path(__file__).with_name("recipes")
-
-
-def recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_recipe(name: str) -> dict[str, Any]:
-    """A named training recipe: a YAML layer shipped in the package (``seed``: the notebook; ``improved``)."""
-    path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise SkinrayError(f"unknown recipe {name!r}; choose one of {recipes()}")
-    return {**(yaml.safe_load(path.read_text()) or {}), "recipe": name}
-
-
 def load_config(
     path: str | None = None,
     overrides: dict[str, Any] | None = None,
@@ -432,36 +355,27 @@ def load_config(
 
     A YAML file may name its own ``recipe:``; ``recipe`` (``--recipe``) wins over it.
     """
-    data: dict[str, Any] = {}
-    if path:
-        from skinray.io import storage
-
-        try:
-            data = yaml.safe_load(storage.read_text(path)) or {}
-        except yaml.YAMLError as exc:
-            raise SkinrayError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise SkinrayError(f"config file {path} must hold a mapping of sections")
+    data: dict[str, Any] = read_file(path) if path else {}
     recipe = recipe or data.get("recipe")
     if recipe:
-        data = _merge(load_recipe(recipe), {**data, "recipe": recipe})
+        data = merge(load_recipe(recipe), {**data, "recipe": recipe})
     for text in sets or []:
-        _set_path(data, *parse_override(text))
+        set_path(data, *parse_override(text))
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_path(data, key, value)
+            set_path(data, key, value)
     try:
-        return SkinrayConfig.model_validate(_migrate(data))
+        return SkinrayConfig.model_validate(migrate(data))
     except ValidationError as exc:
-        raise SkinrayError(_format_error(exc)) from exc
+        raise SkinrayError(format_error(exc)) from exc
 
 
 def with_values(cfg: SkinrayConfig, values: dict[str, Any]) -> SkinrayConfig:
     """A copy of ``cfg`` with dotted keys set (``{"score.date": "2026-11-25"}``), validated like a loaded one."""
     data = cfg.model_dump(by_alias=True)
     for key, value in values.items():
-        _set_path(data, key, value)
+        set_path(data, key, value)
     try:
-        return SkinrayConfig.model_validate(_migrate(data))
+        return SkinrayConfig.model_validate(migrate(data))
     except ValidationError as exc:
-        raise SkinrayError(_format_error(exc)) from exc
+        raise SkinrayError(format_error(exc)) from exc

@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from skinray import SkinrayError
-from skinray.config import SkinrayConfig, load_config, parse_override
+from skinray.config import SkinrayConfig, load_config
+from skinray.config_layers import parse_override
 
 
 def test_defaults_are_the_improved_recipe_on_the_seed_model():
@@ -60,7 +61,7 @@ def test_parse_override_types():
 
 
 def test_recipes_are_a_layer_under_file_and_flags(tmp_path):
-    from skinray.config import recipes
+    from skinray.config_layers import recipes
 
     assert {"seed", "improved"} <= set(recipes())
     seed = load_config(recipe="seed")

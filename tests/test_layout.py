@@ -13,7 +13,7 @@ from conftest import REPO
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "runtime", "console"),  # the errors and exit codes, process set-up, the console
     ("io",),
-    ("config",),
+    ("config", "config_layers"),  # the typed sections, and the layers (recipe, file, --set) they are read from
     ("decision",),
     ("model",),
     ("data",),

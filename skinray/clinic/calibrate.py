@@ -20,7 +20,7 @@ from skinray import SkinrayError
 from skinray.clinic import labelled
 from skinray.config import SkinrayConfig
 from skinray.decision import operating_point
-from skinray.decision.metrics import two_classes
+from skinray.decision.inputs import two_classes
 from skinray.io import storage
 from skinray.model.artifact import META_FILE, ModelArtifact, ModelMeta, write
 

@@ -164,6 +164,50 @@ def _corrupt_bytes(kind: str, rng: np.random.Generator, good: bytes) -> bytes:
     return CORRUPT_TEXT
 
 
+def _plan_broken(plan: np.random.Generator, n: int, corrupt: int, missing: int
+                 ) -> tuple[list[int], list[int], dict[int, str]]:
+    """The planted faults: (rows with an undecodable file, rows without a file, the kind of each undecodable one)."""
+    broken = plan.permutation(n)
+    corrupt_idx = sorted(int(i) for i in broken[:corrupt])
+    missing_idx = sorted(int(i) for i in broken[corrupt : corrupt + missing])
+    kind_offset = int(plan.integers(len(CORRUPT_KINDS)))
+    corrupt_kind = {i: CORRUPT_KINDS[(j + kind_offset) % len(CORRUPT_KINDS)] for j, i in enumerate(corrupt_idx)}
+    return corrupt_idx, missing_idx, corrupt_kind
+
+
+def _write_images(images_uri: str, sizes: list[int], labels: list[bool], schema: str, id_col: str, image_size: int,
+                  seed: int, corrupt_kind: dict[int, str], missing: set[int], cfg: StorageConfig | None
+                  ) -> list[dict[str, str]]:
+    """Every image file, lesion by lesion (a missing row's stale file from an earlier run deleted), uploaded by a
+    bounded pool of threads; returns the metadata rows in image order."""
+    rows: list[dict[str, str]] = []
+    pending: deque[Future] = deque()
+    i = 0
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        for j, (k, malignant) in enumerate(zip(sizes, labels)):
+            lesion_id = f"{LESION_PREFIX}{j:07d}"
+            meta = _lesion_meta(np.random.default_rng([seed, 1, j]), schema, malignant)
+            lesion = sample_lesion(np.random.default_rng([seed, 2, j]), malignant)
+            for _ in range(k):
+                image_id = f"{ID_PREFIX}{i:07d}"
+                rows.append({id_col: image_id, "lesion_id": lesion_id, **meta})
+                uri = _storage.join(images_uri, f"{image_id}.jpg")
+                if i in missing:
+                    pending.append(pool.submit(_storage.delete, uri, cfg))  # a stale file from an earlier run
+                else:
+                    rng = np.random.default_rng([seed, 3, i])
+                    data = jpeg_bytes(render(lesion, rng, image_size))
+                    if i in corrupt_kind:
+                        data = _corrupt_bytes(corrupt_kind[i], rng, data)
+                    pending.append(pool.submit(_storage.write_bytes, uri, data, cfg))
+                while len(pending) > 4 * UPLOAD_THREADS:  # bounded memory; re-raises upload errors early
+                    pending.popleft().result()
+                i += 1
+        while pending:
+            pending.popleft().result()
+    return rows
+
+
 def _csv_text(columns: tuple[str, ...], rows: list[dict[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -203,41 +247,13 @@ def generate(
 
     sizes = _group_lesions(plan, n, images_per_lesion)
     labels = _assign_labels(plan, sizes, malignant_fraction)
-    broken = plan.permutation(n)
-    corrupt_idx = sorted(int(i) for i in broken[:corrupt])
-    missing_idx = sorted(int(i) for i in broken[corrupt : corrupt + missing])
-    kind_offset = int(plan.integers(len(CORRUPT_KINDS)))
-    corrupt_kind = {i: CORRUPT_KINDS[(j + kind_offset) % len(CORRUPT_KINDS)] for j, i in enumerate(corrupt_idx)}
-    missing_set = set(missing_idx)
+    corrupt_idx, missing_idx, corrupt_kind = _plan_broken(plan, n, corrupt, missing)
 
     id_col = "isic_id" if schema == "isic" else "image_id"
     columns = ISIC_COLUMNS if schema == "isic" else HAM_COLUMNS
     images_uri = _storage.join(out_uri, "images")
-    rows: list[dict[str, str]] = []
-    pending: deque[Future] = deque()
-    i = 0
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-        for j, (k, malignant) in enumerate(zip(sizes, labels)):
-            lesion_id = f"{LESION_PREFIX}{j:07d}"
-            meta = _lesion_meta(np.random.default_rng([seed, 1, j]), schema, malignant)
-            lesion = sample_lesion(np.random.default_rng([seed, 2, j]), malignant)
-            for _ in range(k):
-                image_id = f"{ID_PREFIX}{i:07d}"
-                rows.append({id_col: image_id, "lesion_id": lesion_id, **meta})
-                uri = _storage.join(images_uri, f"{image_id}.jpg")
-                if i in missing_set:
-                    pending.append(pool.submit(_storage.delete, uri, cfg))  # a stale file from an earlier run
-                else:
-                    rng = np.random.default_rng([seed, 3, i])
-                    data = jpeg_bytes(render(lesion, rng, image_size))
-                    if i in corrupt_kind:
-                        data = _corrupt_bytes(corrupt_kind[i], rng, data)
-                    pending.append(pool.submit(_storage.write_bytes, uri, data, cfg))
-                while len(pending) > 4 * UPLOAD_THREADS:  # bounded memory; re-raises upload errors early
-                    pending.popleft().result()
-                i += 1
-        while pending:
-            pending.popleft().result()
+    rows = _write_images(images_uri, sizes, labels, schema, id_col, image_size, seed, corrupt_kind,
+                         set(missing_idx), cfg)
 
     metadata_uri = _storage.join(out_uri, "metadata.csv")
     _storage.write_text(metadata_uri, _csv_text(columns, rows), cfg)

@@ -1,12 +1,9 @@
 """The one metrics module for skinray: evaluation and batch scoring both call it, so "AUC" means one thing.
 
-Conventions (shared by every function here):
-
-* label 1 = malignant (the positive class), 0 = benign; ``prob`` is P(malignant) in [0, 1];
-* a case is predicted malignant when ``prob >= threshold`` (the same rule ``roc_curve`` thresholds follow);
-* metrics come from scikit-learn wherever it has them; outputs are plain Python types (JSON-serialisable),
-  with undefined values (NaN, e.g. precision when nothing is predicted positive) reported as ``None``;
-* bad inputs (length mismatch, NaN or out-of-range probabilities, labels other than 0/1) raise ``ValueError``.
+Inputs follow :mod:`skinray.decision.inputs` (label 1 = malignant; predicted malignant when ``prob >= threshold``;
+bad inputs raise ``ValueError``); the intervals around these figures live in :mod:`skinray.decision.intervals`.
+Metrics come from scikit-learn wherever it has them; outputs are plain Python types (JSON-serialisable), with
+undefined values (NaN, e.g. precision when nothing is predicted positive) reported as ``None``.
 """
 
 from __future__ import annotations
@@ -16,6 +13,9 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from skinray.decision.inputs import ArrayLike, check_threshold, sklearn_metrics, two_classes, validate
+from skinray.decision.intervals import bootstrap_auc_ci, proportion_ci
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -29,7 +29,6 @@ ECE_BINS = 10  # equal-width bins on [0, 1], binned exactly like sklearn.calibra
 SPEC_TARGET = 0.90  # sensitivity_at_90_specificity: max TPR with FPR <= 1 - SPEC_TARGET
 SENS_TARGET = 0.90  # specificity_at_90_sensitivity: max TNR with TPR >= SENS_TARGET
 ROC_TOL = 1e-12  # float slack when comparing rates read off roc_curve against targets
-BOOT_CELLS_PER_CHUNK = 2_000_000  # bootstrap draws (replicates x rows) held in memory at once
 AGE_BANDS = ("<30", "30-44", "45-59", "60-74", "75+", "unknown")
 AGE_EDGES = (30, 45, 60, 75)  # lower edges of bands 2..5
 AGE_MAX = 130  # ages above this (or negative) are data errors -> "unknown"
@@ -38,74 +37,8 @@ ONE_CLASS_WARNING = (
     "specificity_at_90_sensitivity and the AUC confidence interval need both classes and are None"
 )
 
-ArrayLike = Any  # list, numpy array or pandas Series
 
-
-# --- scikit-learn, imported on first use ---------------------------------------------------------------------
-
-
-def sklearn_metrics() -> Any:
-    """``sklearn.metrics``, imported on first use: a scoring actor applies an operating point and computes no
-    metric, and importing scikit-learn (with scipy.stats) cost each actor about 1 s of CPU before its first
-    batch (bench/RESULTS.md, time to the first row)."""
-    import sklearn.metrics
-
-    return sklearn.metrics
-
-
-# --- validation and conversion ---------------------------------------------------------------------------------
-
-
-def _vector(values: ArrayLike, name: str, expected: str, shape_hint: str = "") -> np.ndarray:
-    """A non-empty 1-D float64 array, or ValueError naming ``name`` and what it should hold."""
-    try:
-        v = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be {expected}: {e}") from None
-    if v.ndim != 1:
-        raise ValueError(f"{name} must be 1-D{shape_hint}, got shape {v.shape}")
-    if v.size == 0:
-        raise ValueError(f"{name} is empty")
-    return v
-
-
-def as_prob(prob: ArrayLike, name: str = "prob") -> np.ndarray:
-    """1-D float64 probabilities; raise on NaN/inf, out-of-range values or a non-1-D shape."""
-    p = _vector(prob, name, "numeric probabilities", " (one P(malignant) per case)")
-    bad = ~np.isfinite(p)
-    if bad.any():
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s), first at index {int(np.argmax(bad))}")
-    if p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got min={p.min():.6g}, max={p.max():.6g}")
-    return p
-
-
-def as_labels(y_true: ArrayLike) -> np.ndarray:
-    """1-D int64 labels in {0, 1}; raise on anything else (NaN, 2, 'malignant', ...)."""
-    y = _vector(y_true, "y_true", "0/1 labels")
-    bad = ~np.isin(y, (0.0, 1.0))
-    if bad.any():
-        raise ValueError(
-            f"y_true must contain only 0 (benign) and 1 (malignant); found {np.unique(y[bad])[:5].tolist()}"
-        )
-    return y.astype(np.int64)
-
-
-def validate(y_true: ArrayLike, prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    y, p = as_labels(y_true), as_prob(prob)
-    if len(y) != len(p):
-        raise ValueError(f"length mismatch: y_true has {len(y)} rows, prob has {len(p)}")
-    return y, p
-
-
-def check_threshold(threshold: float) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
-    if not (0.0 <= t <= 1.0):
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
-    return t
+# --- outputs ---------------------------------------------------------------------------------------------------
 
 
 def _py(x: Any) -> Any:
@@ -118,10 +51,6 @@ def _py(x: Any) -> Any:
         return int(x)
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def two_classes(y: np.ndarray) -> bool:
-    return bool(y.min() != y.max())
 
 
 # --- threshold metrics -----------------------------------------------------------------------------------------
@@ -218,89 +147,6 @@ def ranking_metrics(y_true: ArrayLike, prob: ArrayLike) -> dict:
     return {k: _py(v) for k, v in out.items()}
 
 
-# --- bootstrap -------------------------------------------------------------------------------------------------
-
-
-def _auc_of_resamples(y: np.ndarray, score_rank: np.ndarray, n_ranks: int, idx: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row of ``idx`` (a resample of case indices), NaN where a resample has one class.
-
-    Vectorised Mann-Whitney U over tied-score groups: AUC = P(s+ > s-) + 0.5 P(s+ = s-), the same quantity
-    roc_auc_score computes (the tests check equality). ``score_rank`` is the dense rank of each score.
-    """
-    b = idx.shape[0]
-    key = (score_rank[idx] * 2 + y[idx]) + (np.arange(b, dtype=np.int64)[:, None] * (2 * n_ranks))
-    counts = np.bincount(key.ravel(), minlength=b * 2 * n_ranks).reshape(b, n_ranks, 2).astype(np.float64)
-    neg, pos = counts[..., 0], counts[..., 1]
-    neg_below = np.cumsum(neg, axis=1) - neg
-    u = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = u / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
-
-
-def bootstrap_auc_ci(
-    y_true: ArrayLike, prob: ArrayLike, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> tuple[float, float]:
-    """Percentile-bootstrap (1 - alpha) CI for ROC AUC; resamples containing one class are skipped.
-
-    Raises ValueError if y_true has a single class (no AUC to bound). Deterministic for a given seed.
-    """
-    y, p = validate(y_true, prob)
-    if not two_classes(y):
-        raise ValueError("bootstrap_auc_ci needs both classes in y_true")
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not (0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    n_boot, n = int(n_boot), len(y)
-    uniq, rank = np.unique(p, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, BOOT_CELLS_PER_CHUNK // n)
-    aucs = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        aucs.append(_auc_of_resamples(y, rank.astype(np.int64), len(uniq), idx))
-    a = np.concatenate(aucs)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        raise ValueError("every bootstrap resample had a single class; too few cases for a CI")
-    lo, hi = np.quantile(a, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(lo), float(hi)
-
-
-def paired_auc_gain(y_true: ArrayLike, score_new: ArrayLike, score_ref: ArrayLike, n_boot: int = 1000,
-                    seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
-    """ROC AUC of ``score_new`` minus ``score_ref`` on the same cases, with a paired percentile-bootstrap interval.
-
-    Why paired: two models scored on one validation split share its luck; resampling the cases once for both
-    cancels it, so the interval is far narrower than the difference of two separate intervals. Scores may be
-    logits (any real numbers): AUC only ranks them.
-    """
-    sk = sklearn_metrics()
-    y = as_labels(y_true)
-    new, ref = (_vector(s, name, "numeric scores") for s, name in ((score_new, "score_new"), (score_ref, "score_ref")))
-    if not (len(y) == len(new) == len(ref)):
-        raise ValueError(f"length mismatch: {len(y)} labels, {len(new)} and {len(ref)} scores")
-    if not (np.isfinite(new).all() and np.isfinite(ref).all()):
-        raise ValueError("scores contain NaN/inf")
-    if not two_classes(y):
-        raise ValueError("paired_auc_gain needs both classes in y_true")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, BOOT_CELLS_PER_CHUNK // len(y))
-    ranks = [(len(u), r.astype(np.int64)) for u, r in (np.unique(s, return_inverse=True) for s in (new, ref))]
-    gains = []
-    for start in range(0, int(n_boot), chunk):
-        idx = rng.integers(0, len(y), size=(min(chunk, int(n_boot) - start), len(y)))
-        a_new, a_ref = (_auc_of_resamples(y, rank, n, idx) for n, rank in ranks)
-        gains.append(a_new - a_ref)
-    g = np.concatenate(gains)
-    g = g[np.isfinite(g)]
-    lo, hi = np.quantile(g, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(sk.roc_auc_score(y, new) - sk.roc_auc_score(y, ref)), float(lo), float(hi)
-
-
 # --- reports ---------------------------------------------------------------------------------------------------
 
 
@@ -385,20 +231,6 @@ def grouped_report(
             }
         )
     return rows
-
-
-def proportion_ci(k: int, n: int, level: float = 0.95) -> list[float] | None:
-    """Exact (Clopper-Pearson) two-sided interval of a proportion k/n, or None without cases.
-
-    Why exact: per-diagnosis groups are small (about 90 melanomas in HAM10000's validation split), where the
-    normal approximation's interval is too narrow and can leave [0, 1].
-    """
-    if n <= 0:
-        return None
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
-    return [float(ci.low), float(ci.high)]
 
 
 def age_band(age: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinray.decision import metrics
+from skinray.decision import inputs, intervals, metrics
 
 MELANOMA = "mel"  # the diagnosis code of melanoma (HAM10000's; ISIC names are mapped to it by skinray.data.schema)
 ECE_FLOOR = 0.05  # a calibration promise is never tighter than this: ECE of a few hundred images is biased upward
@@ -23,7 +23,7 @@ ECE_BOOT = 200
 
 
 def _ci(k: int, n: int) -> list[float] | None:
-    return metrics.proportion_ci(k, n)
+    return intervals.proportion_ci(k, n)
 
 
 def _ece_ci(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> list[float]:
@@ -36,17 +36,17 @@ def figures(y_true: Any, prob: Any, threshold: float, dx: Any = None, n_boot: in
             ) -> dict[str, Any]:
     """ROC-AUC and ECE with bootstrap intervals; sensitivity, melanoma sensitivity and specificity at ``threshold``
     with exact intervals. A figure that needs a class the images lack is None."""
-    y, p = metrics.validate(y_true, prob)
-    t = metrics.check_threshold(threshold)
+    y, p = inputs.validate(y_true, prob)
+    t = inputs.check_threshold(threshold)
     flagged = p >= t
     pos, neg = y == 1, y == 0
     codes = np.array([d if isinstance(d, str) else "" for d in dx] if dx is not None else [""] * len(y), object)
     mel = pos & (codes == MELANOMA)
-    both = metrics.two_classes(y)
+    both = inputs.two_classes(y)
     out: dict[str, Any] = {"n": int(len(y)), "n_pos": int(pos.sum()), "n_melanoma": int(mel.sum()),
                            "threshold": t}
-    out["roc_auc"] = float(metrics.sklearn_metrics().roc_auc_score(y, p)) if both else None
-    out["roc_auc_ci95"] = list(metrics.bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)) if both and n_boot else None
+    out["roc_auc"] = float(inputs.sklearn_metrics().roc_auc_score(y, p)) if both else None
+    out["roc_auc_ci95"] = list(intervals.bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)) if both and n_boot else None
     out["ece"] = metrics.expected_calibration_error(y, p) if len(y) else None
     out["ece_ci95"] = _ece_ci(y, p, min(n_boot, ECE_BOOT), seed) if len(y) and n_boot else None
     for name, mask, hit in (("sensitivity", pos, flagged), ("melanoma_sensitivity", mel, flagged),
@@ -117,7 +117,7 @@ def promised(meta: Any) -> list[Promise]:
         out.append(Promise("melanoma_sensitivity", floor.target, "at least", "the threshold's melanoma floor"))
     cm = (val.get("at_threshold") or {}).get("confusion")
     if cm and cm["tn"] + cm["fp"]:
-        low = metrics.proportion_ci(cm["tn"], cm["tn"] + cm["fp"])[0]
+        low = intervals.proportion_ci(cm["tn"], cm["tn"] + cm["fp"])[0]
         out.append(Promise("specificity", low, "at least", "lower 95% bound on held-out validation"))
     auc_ci = val.get("roc_auc_ci95")
     if auc_ci:

@@ -16,7 +16,8 @@ from typing import Any
 
 from skinray import SkinrayError
 from skinray.config import ImageConfig
-from skinray.decision.operating_point import CALIBRATION_METHODS, Calibration, ThresholdChoice
+from skinray.decision.calibration import CALIBRATION_METHODS, Calibration
+from skinray.decision.operating_point import ThresholdChoice
 from skinray.inference import quantize
 from skinray.io import storage
 from skinray.io.storage import StorageConfig
@@ -65,7 +66,7 @@ def _int8(out_dir: str, names: dict[str, str], fields: dict[str, Any], prepared:
           storage_cfg: StorageConfig | None) -> dict[str, Any]:
     """``model.int8.onnx`` beside ``model.onnx``, and what it changes on the validation split."""
     from skinray.data.prepare import load_prepared
-    from skinray.decision.operating_point import Calibration, OperatingPoint, ThresholdChoice
+    from skinray.decision.operating_point import OperatingPoint
     from skinray.inference.engines import OnnxEngine
 
     rows = load_prepared(prepared, storage_cfg)

@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skinray import SkinrayError
 from skinray.config import ImageConfig
+from skinray.decision.calibration import Calibration
 from skinray.decision.metrics import CLASS_NAMES
-from skinray.decision.operating_point import Calibration, OperatingPoint, ThresholdChoice
+from skinray.decision.operating_point import OperatingPoint, ThresholdChoice
 from skinray.io import storage
 from skinray.io.storage import StorageConfig
 from skinray.model.ood import FILE as OOD_FILE, OodGuard, Stats

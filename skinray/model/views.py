@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from skinray.decision import metrics
+from skinray.decision import inputs, metrics
 from skinray.decision.operating_point import OperatingPoint
 from skinray.model.network import LOGIT
 from skinray.model.ood import FEATURES
@@ -141,7 +141,7 @@ def check(y: np.ndarray, z_views: np.ndarray, op: OperatingPoint, band: float) -
     one, every, near = (op.apply(combine(z_views, v)) for v in (Views(), Views(tta=True), banded))
     share = float(np.mean(banded.near(np.asarray(z_views, np.float64)[:, 0])))
     y = np.asarray(y, int)
-    both = metrics.two_classes(y)
+    both = inputs.two_classes(y)
 
     def auc(s: Any) -> float | None:
         return round(metrics.ranking_metrics(y, s.prob)["roc_auc"], 5) if both else None

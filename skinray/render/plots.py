@@ -13,17 +13,8 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
-from skinray.decision.metrics import (
-    CLASS_NAMES,
-    ECE_BINS,
-    ArrayLike,
-    as_prob,
-    check_threshold,
-    expected_calibration_error,
-    threshold_metrics,
-    two_classes,
-    validate,
-)
+from skinray.decision.inputs import ArrayLike, as_prob, check_threshold, two_classes, validate
+from skinray.decision.metrics import CLASS_NAMES, ECE_BINS, expected_calibration_error, threshold_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from skinray.decision import metrics
+from skinray.decision import inputs, intervals
 
 CHANCE = 0.5
 N_BOOT = 2000
@@ -55,7 +55,7 @@ def judge(y_true: Any, logits: Any, confidence: float | None = 0.95, seed: int =
     percentile-bootstrap interval of the ROC-AUC whose lower end is at or below chance. Labels of one class leave
     the AUC unjudged (nothing to rank against); the constant check still applies. Deterministic for a ``seed``.
     """
-    y = metrics.as_labels(y_true)
+    y = inputs.as_labels(y_true)
     z = np.asarray(logits, dtype=np.float64)
     z = z.mean(axis=1) if z.ndim == 2 else z.reshape(-1)
     if len(z) != len(y):
@@ -65,17 +65,17 @@ def judge(y_true: Any, logits: Any, confidence: float | None = 0.95, seed: int =
         return Judgement(n, n_pos, None, None, f"{int((~np.isfinite(z)).sum()):,} of its {n:,} held-out outputs are "
                                                "not finite (the training diverged)")
     if constant(z):
-        return Judgement(n, n_pos, CHANCE if metrics.two_classes(y) else None, None,
+        return Judgement(n, n_pos, CHANCE if inputs.two_classes(y) else None, None,
                          f"its outputs are constant: every one of the {n:,} held-out images scores "
                          f"logit {float(z.mean()):.4g} (a collapsed network)")
-    if not metrics.two_classes(y):
+    if not inputs.two_classes(y):
         return Judgement(n, n_pos, None, None, None)
     _, rank = np.unique(z, return_inverse=True)  # AUC only ranks: dense ranks in [0, 1] never saturate like sigmoid
     score = rank / max(1, int(rank.max()))
-    auc = float(metrics.sklearn_metrics().roc_auc_score(y, score))
+    auc = float(inputs.sklearn_metrics().roc_auc_score(y, score))
     if confidence is None:
         return Judgement(n, n_pos, auc, None, None)
-    ci = metrics.bootstrap_auc_ci(y, score, n_boot=N_BOOT, seed=seed, alpha=1.0 - confidence)
+    ci = intervals.bootstrap_auc_ci(y, score, n_boot=N_BOOT, seed=seed, alpha=1.0 - confidence)
     judged = Judgement(n, n_pos, auc, ci, None)
     if ci[0] > CHANCE:
         return judged

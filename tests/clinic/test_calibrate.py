@@ -8,7 +8,7 @@ import pytest
 
 from skinray.cli import main
 from skinray.clinic.calibrate import images_needed
-from skinray.decision.operating_point import sensitivity_lower_bound
+from skinray.decision.bounds import sensitivity_lower_bound
 from skinray.io import storage
 from skinray.model.artifact import ModelArtifact
 

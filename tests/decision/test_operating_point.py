@@ -1,14 +1,16 @@
-"""skinray.decision.operating_point: calibration on logits, the threshold policy, the float64 probabilities it gives."""
+"""skinray.decision.operating_point: the threshold policy, the float64 probabilities it gives, its description."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.special import expit
-from sklearn.metrics import log_loss, recall_score
+from sklearn.metrics import recall_score
 
-from skinray.decision import metrics as M, operating_point as O
-from skinray.decision.operating_point import Calibration, OperatingPoint, ThresholdChoice
+from skinray.decision import operating_point as O
+from skinray.decision.bounds import sensitivity_lower_bound
+from skinray.decision.calibration import Calibration
+from skinray.decision.operating_point import OperatingPoint, ThresholdChoice
 
 from conftest import noisy_scores
 
@@ -51,7 +53,7 @@ def test_choose_threshold_with_confidence_bound(target: float, confidence: float
     higher = p[p > c["threshold"]]  # the highest such threshold: one score higher breaks the bound
     if higher.size:
         tp_up = int(((p >= higher.min()) & (y == 1)).sum())
-        assert O.sensitivity_lower_bound(tp_up, n_pos, confidence) < target
+        assert sensitivity_lower_bound(tp_up, n_pos, confidence) < target
 
 
 def test_choose_threshold_unreachable_bound_catches_every_positive() -> None:
@@ -77,7 +79,7 @@ def test_diagnosis_target_lowers_the_threshold_until_it_holds(policy: str, confi
     c = O.choose_threshold(y, p, policy, 0.7, confidence, dx=dx, diagnosis_targets={"mel": 0.8, "akiec": 0.8})
     mel = p[(dx == "mel")]
     caught = int((mel >= c["threshold"]).sum())
-    bound = caught / len(mel) if confidence is None else float(O.sensitivity_lower_bound(caught, len(mel), confidence))
+    bound = caught / len(mel) if confidence is None else float(sensitivity_lower_bound(caught, len(mel), confidence))
     assert plain["threshold"] > c["threshold"] and c["lowered_for"] == ["mel"]  # the overall target hid them
     assert (mel >= plain["threshold"]).mean() < 0.8
     d = c["diagnoses"]["mel"]
@@ -88,7 +90,7 @@ def test_diagnosis_target_lowers_the_threshold_until_it_holds(policy: str, confi
     above = np.sort(mel[mel > c["threshold"]])
     if above.size:
         k = int((mel >= above[0]).sum())
-        assert (k / 90 if confidence is None else O.sensitivity_lower_bound(k, 90, confidence)) < 0.8
+        assert (k / 90 if confidence is None else sensitivity_lower_bound(k, 90, confidence)) < 0.8
     assert c["diagnoses"]["akiec"].n == 0 and c["diagnoses"]["akiec"].met is None  # absent: no promise
     assert c["sensitivity"] == pytest.approx(recall_score(y, p >= c["threshold"]))
     choice = ThresholdChoice(**c)
@@ -136,38 +138,6 @@ def test_choose_threshold_clips_inf() -> None:
     assert 0.0 < t < 1.0
 
 
-def _prob(logits: np.ndarray, t: float, b: float = 0.0) -> np.ndarray:
-    return OperatingPoint(Calibration(method="platt", temperature=t, bias=b),
-                          ThresholdChoice(threshold=0.5, policy="fixed")).apply(logits).prob
-
-
-def test_fit_temperature_recovers_two() -> None:
-    rng = np.random.default_rng(10)
-    z = rng.normal(0.0, 1.5, 20_000)
-    y = rng.binomial(1, expit(z))
-    t = O.fit_temperature(y, 2.0 * z)  # logits over-confident by a factor 2
-    assert abs(t - 2.0) < 0.3
-    q = _prob(2.0 * z, t)
-    assert q.dtype == np.float64 and q.shape == z.shape
-    assert log_loss(y, q) < log_loss(y, expit(2.0 * z))
-    np.testing.assert_allclose(_prob(z, 1.0), expit(z), atol=1e-12)
-
-
-def test_fit_platt_undoes_the_class_weight_shift() -> None:
-    rng = np.random.default_rng(11)
-    z = rng.normal(-1.5, 1.5, 20_000)  # ~25% positives
-    y = rng.binomial(1, expit(z))
-    raw = 2.0 * z + np.log(4.0)  # over-confident and shifted as by a 4:1 class weight
-    t, b = O.fit_platt(y, raw)
-    assert abs(t - 2.0) < 0.3 and abs(b + np.log(4.0) / 2.0) < 0.2
-    q = _prob(raw, t, b)
-    assert M.expected_calibration_error(y, q) < 0.02
-    assert M.expected_calibration_error(y, q) < M.expected_calibration_error(y, _prob(raw, O.fit_temperature(y, raw)))
-    assert M.ranking_metrics(y, q)["roc_auc"] == pytest.approx(M.ranking_metrics(y, expit(raw))["roc_auc"])
-    with pytest.raises(ValueError, match="both classes"):
-        O.fit_platt([1, 1], [0.2, 0.3])
-
-
 def test_saturated_logits_keep_distinct_probabilities_and_ranking() -> None:
     """A float32 sigmoid is exactly 1.0 above logit ~17; logits calibrated in float64 keep every image distinct."""
     z = np.array([17.5, 20.0, 25.0, 30.0, 35.0], np.float32)
@@ -179,21 +149,6 @@ def test_saturated_logits_keep_distinct_probabilities_and_ranking() -> None:
     assert np.all(np.diff(scored.logit) > 0) and np.all(np.diff(scored.prob) >= 0)
     assert scored.prob.dtype == np.float64 and len(set(scored.prob[:3].tolist())) == 3
     assert scored.malignant.all() and np.allclose(scored.confidence, scored.prob)
-
-
-def test_fit_calibration_falls_back_when_it_cannot_fit() -> None:
-    assert O.fit_calibration([1, 1, 0], [0.5, 0.5, 0.5], "platt").method == "none"  # a constant score
-    assert O.fit_calibration([1, 1], [0.2, 0.3], "platt").method == "none"  # one class
-    rng = np.random.default_rng(3)
-    z = rng.normal(0, 2, 400)
-    y = rng.binomial(1, expit(z))
-    assert O.fit_calibration(y, z, "temperature").bias == 0.0
-
-
-@pytest.mark.parametrize("bad", [{"temperature": float("nan")}, {"temperature": 0.0}, {"bias": float("inf")}])
-def test_calibration_refuses_non_finite_values(bad: dict) -> None:
-    with pytest.raises(ValueError):
-        Calibration(method="platt", **bad)
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), -1.0, 1.5])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from skinray.decision.operating_point import Calibration, OperatingPoint, ThresholdChoice
+from skinray.decision.calibration import Calibration
+from skinray.decision.operating_point import OperatingPoint, ThresholdChoice
 from skinray.model import views
 from skinray.model.network import DX_LOGITS, LOGIT
 from skinray.model.views import VIEWS, Views

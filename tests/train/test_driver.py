@@ -8,7 +8,7 @@ import pytest
 
 from skinray import SkinrayError
 from skinray.config import load_config
-from skinray.decision.operating_point import sensitivity_lower_bound
+from skinray.decision.bounds import sensitivity_lower_bound
 from skinray.model.artifact import ModelArtifact
 from skinray.train.driver import train
 
