@@ -5,7 +5,7 @@ stage that scores.
     model.onnx     what scoring runs by default; outputs ``logit`` and, with a diagnosis head, ``dx_logits``, and
                    with the out-of-distribution guard ``features``
     ood.npz        the guard's statistics (skinray.model.ood), when the model has one
-    config.yaml    the training config
+    config.yaml    the training config, as resolved (``skinray train --config`` of it repeats the training)
     reference.json the validation split's profile (scores, metadata, image size and colour) for drift checks
     skinray.json   the typed, versioned description (:class:`ModelMeta`): preprocessing, outputs, the operating
                    point, provenance, and the SHA-256 of every other file — written last
@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skinray import SkinrayError
-from skinray.config import ImageConfig
+from skinray.config import ImageConfig, SkinrayConfig, load_config
 from skinray.decision.calibration import Calibration
 from skinray.decision.metrics import CLASS_NAMES
 from skinray.decision.operating_point import OperatingPoint, ThresholdChoice
@@ -292,6 +292,12 @@ class ModelArtifact:
         with open(self.path(REFERENCE_FILE)) as f:
             return json.load(f)
 
+    def config(self) -> SkinrayConfig | None:
+        """The config the model was trained with (None for a model directory without one)."""
+        if CONFIG_FILE not in self.meta.files:
+            return None
+        return load_config(self.path(CONFIG_FILE))
+
     def load_keras(self) -> Any:
         from skinray.model.network import load_keras
 
@@ -303,6 +309,27 @@ class ModelArtifact:
             return None
         with open(self.path(OOD_FILE), "rb") as f:
             return Stats.from_bytes(f.read(), self.meta.ood.dims)
+
+
+# --- the files a training writes into ``local_dir`` before :func:`write` publishes them ------------------------------
+
+
+def write_config(local_dir: str, cfg: SkinrayConfig) -> None:
+    """``config.yaml``: the training config, read back by :meth:`ModelArtifact.config`."""
+    with open(os.path.join(local_dir, CONFIG_FILE), "w") as f:
+        f.write(cfg.to_yaml())
+
+
+def write_reference(local_dir: str, profile: dict[str, Any]) -> None:
+    """``reference.json``: the validation profile (:func:`skinray.decision.drift.profile`), read back by
+    :meth:`ModelArtifact.reference`."""
+    storage.write_json(os.path.join(local_dir, REFERENCE_FILE), profile)
+
+
+def write_guard(local_dir: str, stats: Stats) -> None:
+    """``ood.npz``: the out-of-distribution guard's statistics, read back by :meth:`ModelArtifact.guard`."""
+    with open(os.path.join(local_dir, OOD_FILE), "wb") as f:
+        f.write(stats.to_bytes())
 
 
 def write(local_dir: str, out_uri: str, meta: ModelMeta, storage_cfg: StorageConfig | None = None

@@ -8,7 +8,7 @@ out-of-fold scores (about 1,550 positives); the final model then trains on all o
 
 This module owns the folds, the per-fold result files (``{storage}/{run}/cv/fold-I-of-K.json``: written as each
 fold finishes, so a killed cross-validation goes on at the next fold, and checked against the fold's rows when read
-back) and the choice of epoch count. The Ray Train runs themselves are :mod:`skinray.train.driver`'s.
+back) and the choice of epoch count. The Ray Train runs themselves are :mod:`skinray.train.fold_runs`'s.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def test_two_worker_training_writes_a_loadable_artifact(model_dir, prepared):
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     out = forward(model, x)
     assert out["logit"].shape == (3,) and out["dx_logits"].shape == (3, len(art.diagnoses))
-    assert os.path.exists(os.path.join(model_dir, "config.yaml"))
+    # config.yaml reads back as the config it was trained with
+    assert art.config() == load_config(overrides={**tiny_train_overrides(prepared, model_dir), "train.tta": True})
 
 
 def test_killed_worker_resumes_from_checkpoint(prepared, ray_session, tmp_path):
@@ -117,7 +118,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     finished folds back instead of running them; train.ensemble exports the same fold models as one graph."""
     import pandas as pd
 
-    import skinray.train.driver as train_module
+    import skinray.train.runs as runs_module
     from skinray.data.prepare import load_prepared
     from skinray.data.prepared import dx_codes
     from skinray.decision import operating_point
@@ -161,7 +162,7 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     def first_run(*args, **kwargs):
         raise Started(args[4])
 
-    monkeypatch.setattr(train_module, "_run", first_run)
+    monkeypatch.setattr(runs_module, "run", first_run)
     storage_path = os.path.join(str(tmp_path / "m"), "_ray")
     with pytest.raises(Started, match=f"^{meta.training['run_name']}-final$"):
         train(load_config(overrides={**over, "train.out": str(tmp_path / "m2"), "train.storage_path": storage_path}))
@@ -209,17 +210,18 @@ def test_cross_validation_fits_the_operating_point_out_of_fold_and_resumes_at_th
     # a fold run kept on S3 (as on a multi-node cluster) is read back the same way
     from skinray.io import storage
     from skinray.train.cross_validation import FoldResult
-    from skinray.train.driver import _restore_fold, _Setup
+    from skinray.train.fold_runs import restore_fold
+    from skinray.train.runs import Setup
 
     fold_run = f"{meta.training['run_name']}-fold2of2"
     storage.upload_dir(os.path.join(storage_path, fold_run), f"s3://{BUCKET}/cv-runs/{fold_run}")
-    s3_setup = _Setup(build_model(cfg.image.size, cfg.train.alpha, None, cfg.train.dense_units, cfg.train.dropout,
-                                  freeze_base=True, dx_classes=len(artifact.diagnoses)),
-                      meta.training["run_name"], f"s3://{BUCKET}/cv-runs", "none", [], None)
-    assert _restore_fold(cfg, s3_setup, fold_run, results[1])
+    s3_setup = Setup(build_model(cfg.image.size, cfg.train.alpha, None, cfg.train.dense_units, cfg.train.dropout,
+                                 freeze_base=True, dx_classes=len(artifact.diagnoses)),
+                     meta.training["run_name"], f"s3://{BUCKET}/cv-runs", "none", [], None)
+    assert restore_fold(cfg, s3_setup, fold_run, results[1])
     np.testing.assert_allclose(forward(s3_setup.model, x)["logit"], members[1], atol=1e-6)
     other_epoch = FoldResult(1, 2, results[1].isic_id, results[1].views, results[1].best_epoch + 7, [])
-    assert not _restore_fold(cfg, s3_setup, fold_run, other_epoch)  # not the model these scores came from
+    assert not restore_fold(cfg, s3_setup, fold_run, other_epoch)  # not the model these scores came from
 
     # and it is scored like any model: calibrated probabilities, the diagnosis, Grad-CAM of the mean logit
     from skinray.inference.predict import predict
@@ -347,7 +349,7 @@ def test_diagnosis_target_without_diagnoses_is_one_clear_error(prepared, tmp_pat
 
 
 def test_operating_point_settings_keep_the_run_name():
-    from skinray.train.driver import run_name
+    from skinray.train.plan import run_name
 
     base = load_config()
     same = load_config(sets=["train.threshold_policy=youden", "train.calibration=temperature", "train.tta=false",
@@ -367,12 +369,13 @@ def test_a_fold_whose_run_is_gone_is_run_again_for_an_ensemble(tmp_path, caplog)
     them, so the fold is trained and scored again (not exported from a different model)."""
     from skinray.model.network import build_model
     from skinray.train.cross_validation import FoldResult
-    from skinray.train.driver import _restore_fold, _Setup
+    from skinray.train.fold_runs import restore_fold
+    from skinray.train.runs import Setup
 
     cfg = load_config()
-    setup = _Setup(build_model(32, alpha=0.35, weights=None), "train-x", str(tmp_path / "_ray"), "none", [], None)
+    setup = Setup(build_model(32, alpha=0.35, weights=None), "train-x", str(tmp_path / "_ray"), "none", [], None)
     done = FoldResult(0, 2, ["a"], np.zeros((1, 1)), 3, [{"epoch": 3, "val_auc": 0.7}])
-    assert _restore_fold(cfg, setup, "train-x-fold1of2", done) is False
+    assert restore_fold(cfg, setup, "train-x-fold1of2", done) is False
     assert "fold 1/2: its model cannot be read back" in caplog.text and "running the fold again" in caplog.text
 
 

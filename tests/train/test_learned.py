@@ -75,36 +75,36 @@ def test_a_training_that_writes_no_model_leaves_out_as_it_was(tmp_path):
     """What a training created is removed again (its own run folders, then the checkpoint root and --out where
     nothing else landed); an existing model at --out, its other runs and files that appeared meanwhile stay."""
     from skinray.config import load_config
-    from skinray.train.driver import _absent, _discard
+    from skinray.train.created import absent, discard
 
     def cfg(out):
         return load_config(overrides={"train.out": str(out), "train.folds": 2})
 
     fresh = tmp_path / "fresh"
-    created = _absent(cfg(fresh), str(fresh / "_ray"), "train-x")
+    created = absent(cfg(fresh), str(fresh / "_ray"), "train-x")
     assert created[-2:] == [str(fresh / "_ray"), str(fresh)] and len(created) == 6  # run, 2 folds, final, root, out
     (fresh / "_ray" / "train-x-fold1of2" / "checkpoint_0").mkdir(parents=True)
     (fresh / "_ray" / "train-x-fold1of2" / "checkpoint_0" / "best.weights.h5").write_bytes(b"w")
     (fresh / "_ray" / "train-x" / "fold1of2.npz").parent.mkdir(parents=True)
     (fresh / "_ray" / "train-x" / "fold1of2.npz").write_bytes(b"z")
-    _discard(created, str(fresh / "_ray"), cfg(fresh))
+    discard(created, str(fresh / "_ray"), cfg(fresh))
     assert not fresh.exists()
 
     model = tmp_path / "model"  # a model written earlier, with its own run's checkpoints
     (model / "_ray" / "train-old").mkdir(parents=True)
     (model / "_ray" / "train-old" / "state.json").write_text("{}")
     (model / "skinray.json").write_text("{}")
-    created = _absent(cfg(model), str(model / "_ray"), "train-x")
+    created = absent(cfg(model), str(model / "_ray"), "train-x")
     assert str(model) not in created and str(model / "_ray") not in created
     (model / "_ray" / "train-x").mkdir()
     (model / "_ray" / "train-x" / "state.json").write_text("{}")
-    _discard(created, str(model / "_ray"), cfg(model))
+    discard(created, str(model / "_ray"), cfg(model))
     assert sorted(p.name for p in model.rglob("*")) == ["_ray", "skinray.json", "state.json", "train-old"]
 
     shared = tmp_path / "shared"  # a checkpoint root another training wrote to meanwhile is kept, its run too
-    created = _absent(cfg(tmp_path / "m2"), str(shared), "train-x")
+    created = absent(cfg(tmp_path / "m2"), str(shared), "train-x")
     (shared / "train-other").mkdir(parents=True)
     (shared / "train-other" / "state.json").write_text("{}")
     (shared / "train-x").mkdir()
-    _discard(created, str(shared), cfg(tmp_path / "m2"))
+    discard(created, str(shared), cfg(tmp_path / "m2"))
     assert [p.name for p in shared.iterdir()] == ["train-other"]

@@ -4,7 +4,7 @@ import pandas as pd
 
 from skinray.config import TrainConfig
 from skinray.data.prepared import diagnosis_index, malignant_diagnoses
-from skinray.train.loop import Phase, TrainState, next_position, schedule, stopped_early
+from skinray.train.schedule import Phase, TrainState, next_position, schedule, stopped_early
 
 
 def _state(*epochs, best=None):
@@ -93,7 +93,7 @@ def test_each_epoch_deals_one_seeded_permutation_out_to_the_ranks():
     every rank gets as many rows, none twice, and the order changes from epoch to epoch."""
     import numpy as np
 
-    from skinray.train.loop import epoch_share
+    from skinray.train.schedule import epoch_share
 
     shares = [epoch_share(1075, 42, 3, rank, 2) for rank in range(2)]
     assert [len(s) for s in shares] == [537, 537]
