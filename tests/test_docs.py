@@ -279,3 +279,47 @@ def test_the_link_checker_catches_a_missing_file_or_heading():
     assert slug("Quick start (fresh machine, Python 3.11, no internet needed beyond `pip`)") == \
         "quick-start-fresh-machine-python-311-no-internet-needed-beyond-pip"
     assert slug("IAM / credentials") == "iam--credentials"
+
+
+ROOMS = ("io", "decision", "model", "data", "render", "inference", "train", "scoring", "clinic", "cli")
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _named_modules(text: str) -> set[str]:
+    """``room/module`` (and ``room/module.name``) spans of inline code in a page: the modules it names."""
+    found = set()
+    for span in re.findall(r"`([^`\n]+)`", text):
+        span = re.sub(r"\.py\b", "", span)  # `cli/flags.py` names the module cli/flags
+        m = re.fullmatch(r"(" + "|".join(ROOMS) + r")/(\w+)(?:\.(\w+))?(?:\s.*)?", span)
+        if m:
+            found.add(m.group(0).split()[0])
+    return found
+
+
+def test_the_architecture_page_names_every_module_and_only_modules_that_exist():
+    import importlib
+
+    text = ARCHITECTURE.read_text()
+    named = _named_modules(text)
+    wrong = []
+    for ref in sorted(named):
+        module, _, attr = ref.partition(".")
+        path = ROOT / "skinray" / f"{module}.py"
+        if not path.exists():
+            wrong.append(f"{ref}: no skinray/{module}.py")
+        elif attr and not hasattr(importlib.import_module("skinray." + module.replace("/", ".")), attr):
+            wrong.append(f"{ref}: no {attr} in skinray/{module}.py")
+    assert not wrong, wrong
+    rooms_table = text[text.index("## The rooms"): text.index("## Stages")]
+    for path in sorted((ROOT / "skinray").rglob("*.py")):
+        rel = path.relative_to(ROOT / "skinray")
+        if rel.name == "__init__.py" and len(rel.parts) > 1 or rel.name == "__main__.py":
+            continue
+        assert f"`{rel.stem}`" in rooms_table, f"skinray/{rel} is not in the architecture page's rooms table"
+        if len(rel.parts) > 1 and rel.parts[0] != "cli":
+            assert f"{rel.parts[0]}/{rel.stem}" in named, f"skinray/{rel} is never named as {rel.parts[0]}/{rel.stem}"
+
+
+def test_the_module_checker_reads_room_paths():
+    assert _named_modules("`data/prepare` → `scoring/runs.RunRecord` `render/plots (x)` `cli` `io` `cli/flags.py`") == {
+        "data/prepare", "scoring/runs.RunRecord", "render/plots", "cli/flags"}

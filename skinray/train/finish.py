@@ -76,7 +76,7 @@ def through_graph(engine_path: str, outputs: dict[str, str], rows: pd.DataFrame,
     """Rows through the exported graph: logits, one column per view (the three flips with ``flips``, else one), and
     the pooled features of the image itself (None without that output) — what scoring will produce, so the
     operating point and the guard are fitted on it."""
-    from skinray.inference.batch import OnnxEngine
+    from skinray.inference.engines import OnnxEngine
 
     engine = OnnxEngine(engine_path, outputs, threads=os.cpu_count() or 1, policy="batch")
     logits, features = [], []
