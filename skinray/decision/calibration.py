@@ -8,11 +8,10 @@ the model directory (``skinray.json``), the ONNX export and the clinic refit all
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from skinray.decision.inputs import ArrayLike, as_labels, two_classes
 
@@ -30,15 +29,8 @@ class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["platt", "temperature", "none"] = "none"
-    temperature: float = Field(1.0, gt=0)
-    bias: float = 0.0
-
-    @field_validator("temperature", "bias")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    bias: float = Field(0.0, allow_inf_nan=False)
 
     @property
     def description(self) -> str:

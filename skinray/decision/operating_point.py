@@ -17,12 +17,11 @@ by :meth:`OperatingPoint.apply` wherever a model scores, and put into words by :
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import expit
 
 from skinray.decision.bounds import (
@@ -72,7 +71,7 @@ class ThresholdChoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1, allow_inf_nan=False)
     policy: str
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     sensitivity: float | None = None
@@ -83,13 +82,6 @@ class ThresholdChoice(BaseModel):
     diagnoses: dict[str, DiagnosisSensitivity] | None = None  # per-diagnosis targets, when any were asked for
     lowered_for: list[str] | None = None  # the diagnoses whose targets lowered the policy's threshold
     fold_spread: FoldSpread | None = None  # cross-validated models with train.threshold_fold_spread
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number in [0, 1]")
-        return v
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,11 @@ hashed in ``skinray.json`` like every file; its description (:class:`OodGuard`) 
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from skinray import SkinrayError
 
@@ -44,18 +43,11 @@ class OodGuard(BaseModel):
     file: Literal["ood.npz"] = FILE
     output: str  # the graph's features output
     dims: int = Field(ge=1)
-    threshold: float = Field(gt=0)  # scores above it are out of distribution
+    threshold: float = Field(gt=0, allow_inf_nan=False)  # scores above it are out of distribution
     keep: float = Field(gt=0, lt=1)  # the share of held-out validation images the threshold keeps
     fitted_on: str
     fitted_rows: int = Field(ge=2)
     validation_flagged: float | None = Field(None, ge=0, le=1)
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
 
 @dataclass(frozen=True)
