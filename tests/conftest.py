@@ -21,6 +21,21 @@ HAM10000 = REPO.parent / "shared" / "data" / "ham10000"
 BUCKET = "skinray-test"
 
 
+# run.json's keys as scoring wrote them before the record had a schema (format 0): a succeeded night, and what a
+# failed one has instead; the schema keeps every one and adds format_version and image_root
+RUN_JSON_KEYS_V0 = {
+    "run_id", "scored_date", "status", "input", "input_kind", "input_fingerprint", "skipped_inputs", "nulled_values",
+    "model", "model_id", "engine", "tta", "tta_band", "threshold", "threshold_policy", "calibration", "diagnoses",
+    "started_at", "table", "config", "versions", "scored_this_attempt", "resumed_rows", "quarantined_parts", "actors",
+    "rows_by_node", "batch_modes", "views", "startup_seconds", "images_per_second_steady", "actors_ready_seconds",
+    "images_per_second_overall", "rows", "scored", "failed", "failed_by_reason", "retry_later",
+    "out_of_distribution", "flagged", "mean_prob", "drift", "commit_seconds", "submissions", "table_version",
+    "finished_at", "wall_seconds", "pngs", "metrics", "worklist", "saliency_seconds_per_image"}
+FAILED_RUN_JSON_KEYS_V0 = (RUN_JSON_KEYS_V0 - {"commit_seconds", "submissions", "table_version", "wall_seconds"}
+                           | {"failure_reason"})
+RUN_JSON_ADDED = {"format_version", "image_root"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

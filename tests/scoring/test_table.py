@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 from skinray import SkinrayError
 from skinray.io import storage
 from skinray.query import preset_sql, run_query, scores_dataset
-from skinray.scoring import table as scores_table
+from skinray.scoring import row_schema, table as scores_table
 
 from conftest import BUCKET
 
@@ -43,7 +43,7 @@ def _rows(run_id: str, n: int = 5, seed: int = 0) -> pa.Table:
         "image_key": [f"/in/{i}.jpg" for i in range(n)], "image_stamp": "1:1"})
     df.loc[n - 1, ["prob_malignant", "logit_malignant", "predicted", "confidence", "dx_pred", "dx_probs"]] = None
     df.loc[n - 1, "error"] = "missing: /in/4.jpg"
-    return scores_table.to_rows(df)
+    return row_schema.to_rows(df)
 
 
 def _count(out: str, run_id: str, **kw) -> int:
@@ -149,7 +149,7 @@ def test_top_of_the_ranking_has_no_ties_from_saturated_outputs(out):
     rows = _rows("r", n=6).to_pandas()
     rows["logit_malignant"] = [40.0, 35.0, 30.0, 25.0, 20.0, None]
     rows["prob_malignant"] = 1 / (1 + np.exp(-rows["logit_malignant"]))
-    scores_table.commit_run(out, "r", "2026-11-25", scores_table.to_rows(rows.assign(scored_at=pd.Timestamp.now(
+    scores_table.commit_run(out, "r", "2026-11-25", row_schema.to_rows(rows.assign(scored_at=pd.Timestamp.now(
         tz="UTC"), dx_probs=None)), {})
     top = run_query(out, preset_sql("top_suspicious", 5, "2026-11-25"))
     assert top["isic_id"].tolist() == [f"ISIC_{i}" for i in range(5)]  # ordered by logit, not the rounded prob
