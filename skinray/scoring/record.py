@@ -196,7 +196,7 @@ class RunRecord(BaseModel):
         return self.status == "failed"
 
     def answers_all(self, pending: int) -> bool:
-        """Nothing new to do: the night is committed and none of its ``pending`` inputs lacks an answer."""
+        """Nothing new to do: the night is committed and no input is ``pending`` (without an answer)."""
         return self.committed and pending == 0
 
     # --- reading it -----------------------------------------------------------------------------------------------
