@@ -31,7 +31,7 @@ def _rows(n: int) -> Any:
     import numpy as np
     import pandas as pd
 
-    from skinray.scoring import table as scores_table
+    from skinray.scoring import row_schema
 
     rng = np.random.default_rng(0)
     logit = rng.normal(-1.5, 2.0, n)
@@ -46,7 +46,7 @@ def _rows(n: int) -> Any:
         "mean_blue": 130.0, "label": rng.integers(0, 2, n), "dx": "nv", "age_approx": 50.0, "sex": "male",
         "anatom_site_general": "back", "lesion_id": [f"HAM_{i // 2:07d}" for i in range(n)]})
     df["image_key"], df["image_stamp"] = df["image_uri"], "123456:1764000000000000000"
-    return scores_table.to_rows(df)
+    return row_schema.to_rows(df)
 
 
 def _time(fn: Any, repeats: int) -> list[float]:

@@ -17,7 +17,7 @@ from skinray.data.prepare import PrepareReport
 from skinray.inference.evaluate import EvaluationReport
 from skinray.io import storage
 from skinray.runtime import EXPORT_MODULES, require_train_extra
-from skinray.scoring.runs import RunRecord
+from skinray.scoring.record import RunRecord
 
 log = logging.getLogger("skinray.demo")
 

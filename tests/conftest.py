@@ -21,6 +21,21 @@ HAM10000 = REPO.parent / "shared" / "data" / "ham10000"
 BUCKET = "skinray-test"
 
 
+# run.json's keys as scoring wrote them before the record had a schema (format 0): a succeeded night, and what a
+# failed one has instead; the schema keeps every one and adds format_version and image_root
+RUN_JSON_KEYS_V0 = {
+    "run_id", "scored_date", "status", "input", "input_kind", "input_fingerprint", "skipped_inputs", "nulled_values",
+    "model", "model_id", "engine", "tta", "tta_band", "threshold", "threshold_policy", "calibration", "diagnoses",
+    "started_at", "table", "config", "versions", "scored_this_attempt", "resumed_rows", "quarantined_parts", "actors",
+    "rows_by_node", "batch_modes", "views", "startup_seconds", "images_per_second_steady", "actors_ready_seconds",
+    "images_per_second_overall", "rows", "scored", "failed", "failed_by_reason", "retry_later",
+    "out_of_distribution", "flagged", "mean_prob", "drift", "commit_seconds", "submissions", "table_version",
+    "finished_at", "wall_seconds", "pngs", "metrics", "worklist", "saliency_seconds_per_image"}
+FAILED_RUN_JSON_KEYS_V0 = (RUN_JSON_KEYS_V0 - {"commit_seconds", "submissions", "table_version", "wall_seconds"}
+                           | {"failure_reason"})
+RUN_JSON_ADDED = {"format_version", "image_root"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -320,3 +335,27 @@ class FlakyS3:
     def __exit__(self, *exc) -> None:
         self._process.terminate()
         self._process.join(10)
+
+
+def score_rows(run_id: str, n: int = 5, seed: int = 0):
+    """``n`` rows in the scores table's schema for one night (the last one a failed image), seeded."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from skinray.scoring import row_schema
+
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(0, 3, n)
+    prob = 1 / (1 + np.exp(-logit))
+    df = pd.DataFrame({
+        "run_id": run_id, "input_row": np.arange(n), "isic_id": [f"ISIC_{i}" for i in range(n)],
+        "image_uri": [f"/in/{i}.jpg" for i in range(n)], "prob_malignant": prob, "logit_malignant": logit,
+        "predicted": np.where(prob >= 0.4, "malignant", "benign"), "confidence": np.maximum(prob, 1 - prob),
+        "threshold": 0.4, "dx_pred": "nv", "dx_probs": json.dumps({"mel": 0.2, "nv": 0.8}), "model_id": "m" * 16,
+        "scored_at": pd.Timestamp("2026-11-25T03:00:00Z"), "error": None, "label": None,
+        "image_key": [f"/in/{i}.jpg" for i in range(n)], "image_stamp": "1:1"})
+    df.loc[n - 1, ["prob_malignant", "logit_malignant", "predicted", "confidence", "dx_pred", "dx_probs"]] = None
+    df.loc[n - 1, "error"] = "missing: /in/4.jpg"
+    return row_schema.to_rows(df)

@@ -75,9 +75,9 @@ def test_json_log_format_errors_are_one_json_object(capsys, tmp_path):
 
 
 def test_query_takes_its_sql_before_or_after_the_flags(tmp_path, capsys):
-    from scoring.test_table import _rows  # tests/ is on sys.path (conftest); scoring/ is a namespace package
-
     from skinray.scoring import table as scores_table
+
+    from conftest import score_rows as _rows
 
     out = str(tmp_path / "out")
     scores_table.commit_run(out, "night1", "2026-11-25", _rows("night1"), {})

@@ -127,3 +127,22 @@ def test_every_module_attribute_read_exists():
                     and not hasattr(importlib.import_module(bound[node.value.id]), node.attr)):
                 missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not missing, missing
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def test_modules_and_functions_read_as_tables_of_contents():
+    """No module over 400 lines and no function over 80: a stage reads as a list of named steps."""
+    long = []
+    for module, path in MODULES.items():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long.append(f"{module}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {size} lines")
+    assert not long, long

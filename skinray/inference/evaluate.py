@@ -8,8 +8,6 @@ Predictions come from the same Ray Data plan and predictor as batch scoring
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,25 +209,13 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
                                      "described": ood.describe(art.meta.ood)}
     report.update(split=e.split, in_training_data=seen, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
-                  **views.for_model(art.meta.tta, art.meta.tta_band, art.operating_point, cfg.inference.tta).record(),
-                  views_per_image=views_per_image)
-    with tempfile.TemporaryDirectory() as tmp:
-        pngs = [
-            plots.plot_roc(y, p, os.path.join(tmp, "roc.png"), threshold=thr),
-            plots.plot_pr(y, p, os.path.join(tmp, "pr.png")),
-            plots.plot_confusion(y, p, thr, os.path.join(tmp, "confusion.png")),
-            plots.plot_calibration(y, p, os.path.join(tmp, "calibration.png")),
-            plots.plot_score_histogram(p, os.path.join(tmp, "score_histogram.png"), threshold=thr, y_true=y),
-        ]
-        if report.get("diagnosis", {}).get("n"):
-            pngs.append(plots.plot_diagnosis_confusion(report["diagnosis"],
-                                                       os.path.join(tmp, "diagnosis_confusion.png")))
-        pictures = {}
-        for path in pngs:
-            with open(path, "rb") as fh:
-                pictures[os.path.basename(path)] = fh.read()
-            storage.write_bytes(storage.join(e.out, os.path.basename(path)), pictures[os.path.basename(path)], st)
-        names = list(pictures)
+                  **views.for_model(art.meta.tta, art.meta.tta_band, art.operating_point, cfg.inference.tta).record(), views_per_image=views_per_image)
+    drawings = plots.labelled_drawings(y, p, thr)
+    if report.get("diagnosis", {}).get("n"):
+        drawings["diagnosis_confusion.png"] = lambda path: plots.plot_diagnosis_confusion(report["diagnosis"], path)
+    pictures = plots.pngs(drawings)
+    plots.publish(pictures, e.out, st)
+    names = list(pictures)
     storage.write_parquet(pa.Table.from_pandas(pred[PREDICTION_COLUMNS], preserve_index=False),
                           storage.join(e.out, "predictions.parquet"), st)
     markdown = _markdown(report, art, e.split, names)

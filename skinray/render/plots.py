@@ -6,8 +6,9 @@ Numbers come from :mod:`skinray.decision.metrics`; this module only draws them (
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from sklearn.calibration import calibration_curve
@@ -15,12 +16,16 @@ from sklearn.metrics import average_precision_score, confusion_matrix, precision
 
 from skinray.decision.inputs import ArrayLike, as_prob, check_threshold, two_classes, validate
 from skinray.decision.metrics import CLASS_NAMES, ECE_BINS, expected_calibration_error, threshold_metrics
+from skinray.io import storage
+from skinray.io.storage import StorageConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from PIL import Image
 
 DPI = 110
+# what a labelled set gets (evaluate, and a scoring run whose input carries labels): :func:`labelled_pngs`
+LABELLED_PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")
 
 def _figure(figsize: tuple[float, float], **kwargs: Any) -> "Figure":
     """A Figure bound to the Agg canvas directly: no pyplot, no global figure registry, nothing to leak."""
@@ -279,3 +284,34 @@ def plot_diagnosis_confusion(report: dict, path: str | os.PathLike[str]) -> str:
     ax.set(xlabel="Predicted diagnosis", ylabel="True diagnosis")
     ax.set_title(f"Diagnoses: balanced accuracy {report['balanced_accuracy']:.3f} (n={report['n']})", fontsize=10)
     return _save(fig, path)
+
+
+# --- drawn for a page and a folder -------------------------------------------------------------------------------
+
+
+def pngs(drawings: dict[str, Callable[[str], str | None]]) -> dict[str, bytes]:
+    """Each drawing (a function of the path it draws to) drawn into a temporary folder: its PNG bytes by file name,
+    in the order given; a drawing that returns None (nothing to draw) is left out."""
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, draw in drawings.items():
+            path = draw(os.path.join(tmp, name))
+            if path:
+                out[name] = Path(path).read_bytes()
+    return out
+
+
+def labelled_drawings(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, Callable[[str], str]]:
+    """The five pictures of a labelled set at its threshold (:data:`LABELLED_PLOTS`, in that order), to draw with
+    :func:`pngs`: ROC with the operating point, PR, confusion, calibration and the score histogram by class."""
+    return {"roc.png": lambda path: plot_roc(y_true, prob, path, threshold=threshold),
+            "pr.png": lambda path: plot_pr(y_true, prob, path),
+            "confusion.png": lambda path: plot_confusion(y_true, prob, threshold, path),
+            "calibration.png": lambda path: plot_calibration(y_true, prob, path),
+            "score_histogram.png": lambda path: plot_score_histogram(prob, path, threshold=threshold, y_true=y_true)}
+
+
+def publish(pictures: dict[str, bytes], folder: str, storage_cfg: StorageConfig | None = None) -> None:
+    """Write each picture into ``folder`` (local or S3) under its name."""
+    for name, data in pictures.items():
+        storage.write_bytes(storage.join(folder, name), data, storage_cfg)

@@ -14,11 +14,9 @@ import html
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
-
-from skinray.model.views import Views, per_image
 
 STYLE = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -180,22 +178,35 @@ class Flag:
     href: str | None
 
 
+class RunFacts(Protocol):
+    """What the run page reads of a scoring run's record (:class:`skinray.scoring.record.RunRecord`)."""
+
+    run_id: str
+    scored_date: str
+    status: str
+    model_id: str
+    rows: int
+    scored: int
+    failed: int
+    metrics: dict[str, Any] | None
+
+
 @dataclass
 class RunPage:
-    run: dict[str, Any]
+    run: RunFacts
     flagged_count: int
     flagged: list[Lesion]
     borderline: list[Lesion]
     failures: dict[str, list[str]]
     drift: dict[str, Any]
     trend: list[dict[str, Any]]
-    threshold_text: str
     plots: dict[str, bytes] = field(default_factory=dict)  # name → PNG
     saliency_note: str = ""
     outside: list[Lesion] = field(default_factory=list)  # images the out-of-distribution guard flagged
     outside_count: int = 0
     guard_text: str = ""  # the guard in words, or that the model has none
     worklist: list[Flag] = field(default_factory=list)  # every flagged image, most suspicious first
+    health: list[dict[str, Any]] = field(default_factory=list)  # the run-health table's rows: what, value
 
 
 def full_size(uri: str | None, href: str | None, text: str) -> str:
@@ -277,51 +288,31 @@ def _trend_section(trend: list[dict[str, Any]]) -> str:
             f'{"".join(charts)}</div><p class="muted">Red dots: runs with drift.</p></section>')
 
 
+def _metrics_section(page: RunPage) -> str:
+    metrics = page.run.metrics or {}
+    at = metrics.get("at_threshold") or {}
+    imgs = "".join(f'<img src="{data_uri(png, "image/png")}" alt="{esc(name)}">' for name, png in page.plots.items())
+    ci = metrics.get("roc_auc_ci95") or [None, None]
+    rk = metrics.get("ranking") or {}
+    return (f'<section id="metrics"><h2>With labels: ROC-AUC {fmt(rk.get("roc_auc"))} [{fmt(ci[0])}, {fmt(ci[1])}], '
+            f'sensitivity {fmt(at.get("sensitivity"))}, specificity {fmt(at.get("specificity"))} at the stored '
+            f'threshold, ECE {fmt(rk.get("ece"))}</h2><div class="plots">{imgs}</div></section>')
+
+
 def run_page(page: RunPage) -> str:
     """The review page of one scoring run."""
     r = page.run
-    status = r.get("status", "?")
+    status = r.status or "?"
     kind = {"succeeded": "ok", "failed": "bad"}.get(status, "warn")
     drifted = page.drift.get("drifted")
     cards = "".join([
-        card("inputs", r.get("rows")), card("scored", r.get("scored")),
-        card("failed", r.get("failed"), "bad" if r.get("failed") else ""),
+        card("inputs", r.rows), card("scored", r.scored), card("failed", r.failed, "bad" if r.failed else ""),
         card("flagged malignant", page.flagged_count, "bad" if page.flagged_count else "", "flagged-count"),
         card("not like the training images", page.outside_count, "warn" if page.outside_count else "",
              "outside-count"),
         card("drift", "yes" if drifted else ("no" if page.drift.get("reference") else "n/a"),
              "bad" if drifted else "ok"),
     ])
-    health = [
-        {"": "status", "value": f"{status}" + (f" — {r['failure_reason']}" if r.get("failure_reason") else "")},
-        {"": "run id / date", "value": f"{r.get('run_id')} / {r.get('scored_date')}"},
-        {"": "input", "value": f"{r.get('input')} ({r.get('input_kind')})"},
-        {"": "left out of the input", "value": r.get("skipped_inputs") or "nothing"},
-        {"": "resumed rows", "value": r.get("resumed_rows")},
-        {"": "engine / views / batch mode",
-         "value": f"{r.get('engine')} / {Views.from_record(r).describe(per_image(r.get('views') or {}))} / "
-                  f"{counts(r.get('batch_modes'))}"},
-        {"": "model", "value": f"{r.get('model_id')} ({r.get('model')})"},
-        {"": "threshold", "value": f"{fmt(r.get('threshold'))}: {page.threshold_text}"},
-        {"": "table version", "value": r.get("table_version", "not committed")},
-        {"": "submissions (commits of this night)", "value": "; ".join(
-            f"submission {x.get('submission')}: {x.get('new', '?')} new images, table version {x.get('table_version')}"
-            + (f", {x['retry_later']} left to retry" if x.get("retry_later") else "")
-            for x in r.get("submissions") or []) or "none yet"},
-        {"": "waiting to be read again (storage unavailable)", "value": r.get("retry_later") or 0},
-        {"": "wall / start-up / commit", "value": f"{r.get('wall_seconds')} s / {r.get('startup_seconds', 0)} s / "
-                                                  f"{r.get('commit_seconds', 'n/a')} s"},
-        {"": "scoring actors ready (first / last)",
-         "value": " / ".join(f"{v} s" for v in r["actors_ready_seconds"]) if r.get("actors_ready_seconds") else "n/a"},
-        {"": "images per second (steady / overall)",
-         "value": f"{r.get('images_per_second_steady')} / {r.get('images_per_second_overall')}"},
-        {"": "rows per node", "value": counts(r.get("rows_by_node"))},
-        {"": "out-of-distribution guard", "value": page.guard_text + (
-            f" — {ood['flagged']} of {ood['scored']} scored images flagged ({fmt(ood['share'])}, expected about "
-            f"{fmt(ood['expected_share'])})" + (": FAR MORE THAN EXPECTED — are these dermoscopy images of the kind "
-                                                 "the model was trained on?" if ood.get("high") else "")
-            if (ood := r.get("out_of_distribution") or {}).get("guard") else "")},
-    ]
     failures = "".join(f"<p><b>{esc(reason)}</b> ({len(ids)}): <span class='mono'>"
                        f"{esc(', '.join(ids[:50]))}{' …' if len(ids) > 50 else ''}</span></p>"
                        for reason, ids in sorted(page.failures.items()))
@@ -338,22 +329,13 @@ def run_page(page: RunPage) -> str:
         f"{_lesions(page.outside)}</section>",
         _drift_section(page.drift),
         _trend_section(page.trend),
-        f'<section id="health"><h2>Run health</h2>{table(health)}<h2 style="margin-top:14px">Failures by reason'
-        f"</h2>{failures or '<p class=muted>(none)</p>'}</section>",
+        f'<section id="health"><h2>Run health</h2>{table(page.health)}<h2 style="margin-top:14px">Failures by '
+        f"reason</h2>{failures or '<p class=muted>(none)</p>'}</section>",
     ]
     if page.plots:
-        metrics = r.get("metrics") or {}
-        at = metrics.get("at_threshold") or {}
-        imgs = "".join(f'<img src="{data_uri(png, "image/png")}" alt="{esc(name)}">'
-                       for name, png in page.plots.items())
-        ci = metrics.get("roc_auc_ci95") or [None, None]
-        rk = metrics.get("ranking") or {}
-        sections.append(f'<section id="metrics"><h2>With labels: ROC-AUC {fmt(rk.get("roc_auc"))} '
-                        f'[{fmt(ci[0])}, {fmt(ci[1])}], sensitivity {fmt(at.get("sensitivity"))}, specificity '
-                        f'{fmt(at.get("specificity"))} at the stored threshold, ECE {fmt(rk.get("ece"))}</h2>'
-                        f'<div class="plots">{imgs}</div></section>')
+        sections.append(_metrics_section(page))
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return _page(f"skinray run {r.get('run_id')}", f"{esc(r.get('scored_date'))} · model {esc(r.get('model_id'))}"
+    return _page(f"skinray run {r.run_id}", f"{esc(r.scored_date)} · model {esc(r.model_id)}"
                  f" · generated {made}", sections, esc(LINKS_NOTE))
 
 

@@ -32,6 +32,7 @@ class ScoringInput:
     kind: str  # images | manifest
     skipped: dict[str, int] = field(default_factory=dict)  # what a folder walk left out, by reason
     nulled: dict[str, int] = field(default_factory=dict)  # manifest values read as unknown, by column (no-age ages)
+    root: str | None = None  # the folder the images must stay inside: the folder, or a manifest's --images
 
 
 def check_not_nested(input_uri: str, out_uri: str) -> None:
@@ -62,10 +63,11 @@ def load(input_uri: str, kind: str, images_root: str | None, manifest: ManifestC
                              "image_root": uri, "image_stamp": [listing.stamps.get(f, "") for f in listing.files]})
         for col in CARRIED_COLUMNS:
             rows[col] = None
-        result = ScoringInput(rows, "images", dict(listing.skipped))
+        result = ScoringInput(rows, "images", dict(listing.skipped), root=uri)
     else:
         rows, nulled = _manifest_rows(uri, images_root, manifest, storage_cfg)
-        result = ScoringInput(rows, "manifest", nulled=nulled)
+        result = ScoringInput(rows, "manifest", nulled=nulled,
+                              root=storage.normalize(images_root) if images_root else None)
     result.rows.insert(0, "input_row", np.arange(len(result.rows), dtype=np.int64))
     rows = result.rows
     key = rows["image_uri"].where(rows["image_uri"].notna(), uri + "#row" + rows["input_row"].astype(str))

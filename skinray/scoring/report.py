@@ -9,14 +9,13 @@
     out_of_distribution.csv  every image the out-of-distribution guard flagged (no call made: not in the worklist)
     metrics.json, roc.png, pr.png, confusion.png, calibration.png   when the input carries labels (as evaluate)
 
-``skinray report OUT --run-id R`` (or ``--date D``) writes the page again for a finished run.
+``skinray report OUT --run-id R`` (or ``--date D``) writes the page again for a finished run, over the rows its
+record names (:func:`skinray.scoring.record.night_rows`), the images read under the root the record keeps.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -31,15 +30,17 @@ from skinray.inference.predictor import OUT_OF_DISTRIBUTION
 from skinray.io import storage
 from skinray.model import ood
 from skinray.model.artifact import MODEL_FILE, ModelArtifact
+from skinray.model.views import Views, per_image
 from skinray.render import plots, review_page
+from skinray.render.review_page import counts, fmt
 from skinray.runtime import TRAIN_EXTRA_INSTALL, installed
-from skinray.scoring import runs, table as scores_table, worklist
+from skinray.scoring import record as records, table as scores_table, worklist
+from skinray.scoring.record import RunRecord
 from skinray.scoring.runs import run_dir
 
 log = logging.getLogger("skinray.report")
 PAGE = "report.html"
 OUTSIDE_CSV = "out_of_distribution.csv"  # every image the guard flagged
-LABELLED_PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png", "score_histogram.png")  # with labels
 BORDERLINE = 12
 TREND_RUNS = 30
 
@@ -68,51 +69,53 @@ def _ids(rows: pd.DataFrame) -> list[str]:
     return [str(i) if isinstance(i, str) else f"(row {r})" for i, r in zip(rows["isic_id"], rows["input_row"])]
 
 
-def write(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
-          run: dict[str, Any]) -> dict[str, Any]:
-    """Pictures, metrics (with labels) and the review page of one run; returns what ``run.json`` records."""
-    st, folder = cfg.storage, run_dir(out, run_id)
+def write(out: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig, run: RunRecord
+          ) -> RunRecord:
+    """Pictures, metrics (with labels), the lists and the review page of one run over its rows ``df``; returns the
+    record with what the report adds to ``run.json``. Images are read under the record's roots."""
+    st, folder = cfg.storage, run_dir(out, run.run_id)
+    df = run.with_roots(df)
     scored = df[df["error"].isna()]
-    threshold = float(run["threshold"])
-    result: dict[str, Any] = {"pngs": [], "metrics": None, "worklist": worklist.FILE}
     work = worklist.write(folder, scored, st)
-    pngs: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        if len(scored):
-            prob = scored["prob_malignant"].to_numpy(float)
-            labels = scored["label"] if "label" in scored and scored["label"].notna().all() else None
-            y = None if labels is None else labels.to_numpy().astype(int)
-            files.append(plots.plot_score_histogram(prob, os.path.join(tmp, "score_histogram.png"),
-                                                    threshold=threshold, y_true=y))
-            if y is not None and len(set(y.tolist())) == 2:
-                report = metrics.full_report(y, prob, threshold, n_boot=cfg.metrics.bootstrap)
-                storage.write_json(storage.join(folder, "metrics.json"), report, st)
-                result["metrics"] = report
-                files += [plots.plot_roc(y, prob, os.path.join(tmp, "roc.png"), threshold=threshold),
-                          plots.plot_pr(y, prob, os.path.join(tmp, "pr.png")),
-                          plots.plot_confusion(y, prob, threshold, os.path.join(tmp, "confusion.png")),
-                          plots.plot_calibration(y, prob, os.path.join(tmp, "calibration.png"))]
-            outside = out_of_distribution(scored)
-            if len(outside):
-                storage.write_text(storage.join(folder, OUTSIDE_CSV), outside[
-                    ["isic_id", "image_uri", "ood_score", "prob_malignant", "dx_pred"]].to_csv(index=False), st)
-            top = top_suspicious(scored[scored["predicted"] != OUT_OF_DISTRIBUTION], cfg.score.top_k)
-            if len(top) and artifact is not None:
-                storage.write_text(storage.join(folder, "top_suspicious.csv"),
-                                   top[["isic_id", "image_uri", "prob_malignant", "logit_malignant", "predicted",
-                                        "dx_pred"]].to_csv(index=False), st)
-                sheet = _contact_sheet(top, artifact, cfg, os.path.join(tmp, "top_suspicious.png"))
-                files += [sheet] if sheet else []
-        for path in files:
-            with open(path, "rb") as f:
-                pngs[os.path.basename(path)] = f.read()
-            storage.write_bytes(storage.join(folder, os.path.basename(path)), pngs[os.path.basename(path)], st)
-        result["pngs"] = list(pngs)
-    page, seconds = _run_page(out, run_id, df, artifact, cfg, {**run, **result}, pngs, work)
+    pictures, report = _pictures(folder, scored, artifact, cfg, run.threshold)
+    plots.publish(pictures, folder, st)
+    run = run.reported(pngs=list(pictures), metrics=report, worklist=worklist.FILE)
+    page, seconds = _run_page(out, df, artifact, cfg, run, pictures, work)
     storage.write_text(storage.join(folder, PAGE), review_page.run_page(page), st)
-    result["saliency_seconds_per_image"] = seconds
-    return result
+    return run.explained(seconds)
+
+
+def _pictures(folder: str, scored: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
+              threshold: float) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+    """The run's pictures (PNG bytes by name, in the order ``run.json`` lists them) and, with labels of both
+    classes, its metrics; writes ``metrics.json`` and the lists of the suspicious and the out-of-distribution
+    images beside them."""
+    if not len(scored):
+        return {}, None
+    st = cfg.storage
+    prob = scored["prob_malignant"].to_numpy(float)
+    labels = scored["label"] if "label" in scored and scored["label"].notna().all() else None
+    y = None if labels is None else labels.to_numpy().astype(int)
+    report: dict[str, Any] | None = None
+    if y is not None and len(set(y.tolist())) == 2:
+        report = metrics.full_report(y, prob, threshold, n_boot=cfg.metrics.bootstrap)
+        storage.write_json(storage.join(folder, "metrics.json"), report, st)
+        labelled = plots.labelled_drawings(y, prob, threshold)
+        drawings = {"score_histogram.png": labelled.pop("score_histogram.png"), **labelled}  # the histogram first
+    else:
+        drawings = {"score_histogram.png": lambda path: plots.plot_score_histogram(prob, path, threshold=threshold,
+                                                                                     y_true=y)}
+    outside = out_of_distribution(scored)
+    if len(outside):
+        storage.write_text(storage.join(folder, OUTSIDE_CSV), outside[
+            ["isic_id", "image_uri", "ood_score", "prob_malignant", "dx_pred"]].to_csv(index=False), st)
+    top = top_suspicious(scored[scored["predicted"] != OUT_OF_DISTRIBUTION], cfg.score.top_k)
+    if len(top) and artifact is not None:
+        storage.write_text(storage.join(folder, "top_suspicious.csv"), top[
+            ["isic_id", "image_uri", "prob_malignant", "logit_malignant", "predicted", "dx_pred"]].to_csv(index=False),
+            st)
+        drawings["top_suspicious.png"] = lambda path: _contact_sheet(top, artifact, cfg, path)
+    return plots.pngs(drawings), report
 
 
 def _decoded(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig) -> list[np.ndarray | None]:
@@ -166,7 +169,7 @@ def _saliency(artifact: ModelArtifact | None, cfg: SkinrayConfig) -> tuple[Any, 
                  "(bright = more).")
 
 
-def _trend(out: str, run: dict[str, Any], cfg: SkinrayConfig) -> list[dict[str, Any]]:
+def _trend(out: str, run: RunRecord, cfg: SkinrayConfig) -> list[dict[str, Any]]:
     """Recent committed runs (from the table's history) and this one, oldest first."""
     rows: list[dict[str, Any]] = []
     try:
@@ -174,36 +177,44 @@ def _trend(out: str, run: dict[str, Any], cfg: SkinrayConfig) -> list[dict[str, 
     except SkinrayError:
         history = pd.DataFrame()
     for rec in history.tail(TREND_RUNS).to_dict("records"):
-        if rec.get("run_id") == run["run_id"]:
+        if rec.get("run_id") == run.run_id:
             continue
         rows.append(_trend_point(rec))
-    rows.append(_trend_point(run))
+    rows.append(_point(run.run_id, run.scored_date, run.flagged, run.scored, run.failed, run.rows, run.mean_prob,
+                       bool((run.drift or {}).get("drifted"))))
     return rows[-TREND_RUNS:]
 
 
-def _trend_point(rec: dict[str, Any]) -> dict[str, Any]:
+def _trend_point(commit: dict[str, Any]) -> dict[str, Any]:
+    """A point of the trend from a commit's metadata in the table's history (its values as text)."""
     def num(key: str) -> float | None:
         try:
-            value = float(rec.get(key))
-            return value if np.isfinite(value) else None
+            return float(commit.get(key))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return None
 
-    scored, rows = num("scored"), num("rows")
-    return {"run_id": rec.get("run_id"), "scored_date": rec.get("scored_date"),
-            "flag_rate": (num("flagged") / scored) if scored and num("flagged") is not None else None,
-            "failure_rate": (num("failed") / rows) if rows and num("failed") is not None else None,
-            "mean_prob": num("mean_prob"),
-            "drifted": str(rec.get("drifted", (rec.get("drift") or {}).get("drifted"))).lower() == "true"}
+    return _point(commit.get("run_id"), commit.get("scored_date"), num("flagged"), num("scored"), num("failed"),
+                  num("rows"), num("mean_prob"), str(commit.get("drifted")).lower() == "true")
 
 
-def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig,
-              run: dict[str, Any], pngs: dict[str, bytes], work: pd.DataFrame
-              ) -> tuple[review_page.RunPage, float | None]:
-    scored, folder = df[df["error"].isna()], run_dir(out, run_id)
+def _point(run_id: Any, scored_date: Any, flagged: float | None, scored: float | None, failed: float | None,
+           rows: float | None, mean_prob: float | None, drifted: bool) -> dict[str, Any]:
+    def finite(value: float | None) -> float | None:
+        return value if value is not None and np.isfinite(value) else None
+
+    flagged, scored, failed, rows, mean_prob = map(finite, (flagged, scored, failed, rows, mean_prob))
+    return {"run_id": run_id, "scored_date": scored_date,
+            "flag_rate": (flagged / scored) if scored and flagged is not None else None,
+            "failure_rate": (failed / rows) if rows and failed is not None else None,
+            "mean_prob": mean_prob, "drifted": drifted}
+
+
+def _run_page(out: str, df: pd.DataFrame, artifact: ModelArtifact | None, cfg: SkinrayConfig, run: RunRecord,
+              pngs: dict[str, bytes], work: pd.DataFrame) -> tuple[review_page.RunPage, float | None]:
+    scored, folder = df[df["error"].isna()], run_dir(out, run.run_id)
     flagged_rows = worklist.flagged(scored).head(cfg.score.top_k)  # the worklist's first, as cards
     outside_rows = out_of_distribution(scored)
-    near = borderline(scored.drop(index=outside_rows.index), float(run["threshold"]), BORDERLINE, flagged_rows.index)
+    near = borderline(scored.drop(index=outside_rows.index), run.threshold, BORDERLINE, flagged_rows.index)
     cam, note = _saliency(artifact, cfg)
     k = cfg.score.explain_top_k
     flagged, t1 = _cards(flagged_rows.head(k) if cam else flagged_rows, artifact, cfg, cam, folder)
@@ -213,17 +224,52 @@ def _run_page(out: str, run_id: str, df: pd.DataFrame, artifact: ModelArtifact |
     failures = {str(reason): _ids(group) for reason, group in
                 df[df["error"].notna()].assign(_r=lambda d: images.error_reasons(d["error"])).groupby("_r")}
     threshold_text = describe(artifact.meta.threshold) if artifact is not None else str(
-        (run.get("threshold_policy") or {}).get("policy", ""))
+        run.threshold_policy.get("policy", ""))
+    guard_text = ood.describe(artifact.meta.ood) if artifact is not None else "unknown (the model cannot be opened)"
     page = review_page.RunPage(
         run=run, flagged_count=len(work), flagged=flagged, worklist=[review_page.Flag(
             int(w.rank), w.isic_id, float(w.prob_malignant), w.dx_pred, w.dx_pred_prob, w.image_uri,
             worklist.link(w.image_uri, folder)) for w in work.itertuples()],
-        borderline=near_cards, failures=failures, drift=run.get("drift") or {"reference": False},
-        trend=_trend(out, run, cfg), threshold_text=threshold_text,
-        plots={k_: v for k_, v in pngs.items() if k_ in LABELLED_PLOTS} if run.get("metrics") else {},
-        saliency_note=note, outside=outside, outside_count=int(len(outside_rows)),
-        guard_text=ood.describe(artifact.meta.ood) if artifact is not None else "unknown (the model cannot be opened)")
+        borderline=near_cards, failures=failures, drift=run.drift or {"reference": False},
+        trend=_trend(out, run, cfg), health=health(run, threshold_text, guard_text),
+        plots={k_: v for k_, v in pngs.items() if k_ in plots.LABELLED_PLOTS} if run.metrics else {},
+        saliency_note=note, outside=outside, outside_count=int(len(outside_rows)), guard_text=guard_text)
     return page, (round(float(np.mean(timings)), 4) if timings else None)
+
+
+def health(run: RunRecord, threshold_text: str, guard_text: str) -> list[dict[str, Any]]:
+    """The page's run-health table: where the input came from, how it was scored, how long it took."""
+    o = run.out_of_distribution or {}
+    guard = (f" — {o['flagged']} of {o['scored']} scored images flagged ({fmt(o['share'])}, expected about "
+             f"{fmt(o['expected_share'])})" + (": FAR MORE THAN EXPECTED — are these dermoscopy images of the kind "
+                                               "the model was trained on?" if o.get("high") else "")
+             if o.get("guard") else "")
+    submissions = "; ".join(
+        f"submission {x.get('submission')}: {x.get('new', '?')} new images, table version {x.get('table_version')}"
+        + (f", {x['retry_later']} left to retry" if x.get("retry_later") else "") for x in run.submissions)
+    views = Views(tta=run.tta, band=run.tta_band).describe(per_image(run.views))
+    return [
+        {"": "status", "value": f"{run.status}" + (f" — {run.failure_reason}" if run.failure_reason else "")},
+        {"": "run id / date", "value": f"{run.run_id} / {run.scored_date}"},
+        {"": "input", "value": f"{run.input} ({run.input_kind})"},
+        {"": "left out of the input", "value": run.skipped_inputs or "nothing"},
+        {"": "resumed rows", "value": run.resumed_rows},
+        {"": "engine / views / batch mode", "value": f"{run.engine} / {views} / {counts(run.batch_modes)}"},
+        {"": "model", "value": f"{run.model_id} ({run.model})"},
+        {"": "threshold", "value": f"{fmt(run.threshold)}: {threshold_text}"},
+        {"": "table version", "value": "not committed" if run.table_version is None else run.table_version},
+        {"": "submissions (commits of this night)", "value": submissions or "none yet"},
+        {"": "waiting to be read again (storage unavailable)", "value": run.retry_later},
+        {"": "wall / start-up / commit", "value": f"{run.wall_seconds} s / "
+                                                  f"{0 if run.startup_seconds is None else run.startup_seconds} s / "
+                                                  f"{'n/a' if run.commit_seconds is None else run.commit_seconds} s"},
+        {"": "scoring actors ready (first / last)",
+         "value": " / ".join(f"{v} s" for v in run.actors_ready_seconds) if run.actors_ready_seconds else "n/a"},
+        {"": "images per second (steady / overall)",
+         "value": f"{run.images_per_second_steady} / {run.images_per_second_overall}"},
+        {"": "rows per node", "value": counts(run.rows_by_node)},
+        {"": "out-of-distribution guard", "value": guard_text + guard},
+    ]
 
 
 def _contact_sheet(rows: pd.DataFrame, artifact: ModelArtifact, cfg: SkinrayConfig, path: str) -> str | None:
@@ -248,21 +294,14 @@ def regenerate(out: str, cfg: SkinrayConfig, run_id: str | None = None, date: st
         if match.empty:
             raise SkinrayError(f"no committed run for {date} under {out}")
         run_id = str(match["run_id"].iloc[0])
-    record = runs.read(out, run_id, cfg.storage)
-    if record is None:
+    run = records.read(out, run_id, cfg.storage)
+    if run is None:
         raise SkinrayError(f"no run {run_id} under {out}")
-    if record.get("status") in ("succeeded", "incomplete"):
-        df = scores_table.run_rows(out, run_id, cfg.storage)
-    elif storage.exists(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage):
-        df = storage.read_parquet(storage.join(run_dir(out, run_id), "rows.parquet"), cfg.storage).to_pandas()
-    else:
-        raise SkinrayError(f"run {run_id} is {record.get('status')}: no rows to show yet")
-    if record.get("input_kind") == "images":
-        df["image_root"] = record.get("input")
+    df = records.night_rows(out, run, cfg.storage)
     try:
-        artifact: ModelArtifact | None = ModelArtifact.open(record["model"], cfg.storage)
+        artifact: ModelArtifact | None = ModelArtifact.open(run.model, cfg.storage)
     except SkinrayError as exc:
         log.warning("no images or saliency on the page: %s", exc)
         artifact = None
-    write(out, run_id, df, artifact, cfg, record)
+    write(out, df, artifact, cfg, run)
     return storage.join(run_dir(out, run_id), PAGE)

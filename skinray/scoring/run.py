@@ -1,8 +1,9 @@
 """Batch scoring: a night's image set → the scores table, every image of the night answered exactly once.
 
     OUT/scores/              Delta Lake table, one commit per submission   (skinray.scoring.table)
-    OUT/runs/<run_id>/       run.json (claim, submissions, outcome), lease.json, pictures and metrics
-                             (skinray.scoring.runs, skinray.scoring.report)
+    OUT/runs/<run_id>/       run.json (claim, submissions, outcome) and a failed night's rows.parquet
+                             (skinray.scoring.record), lease.json (skinray.scoring.runs), pictures, metrics and
+                             the review page (skinray.scoring.report)
     OUT/_staging/<run_id>/   parts of a submission in progress              (skinray.scoring.staging)
 
 A *run* is one night of one input and one model (the default run id hashes the three). Every submission of it
@@ -15,7 +16,6 @@ recorded as failed and stays failed on re-submit (exit 3).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -36,7 +36,17 @@ from skinray.io import storage
 from skinray.model import ood, views
 from skinray.model.artifact import ModelArtifact
 from skinray.runtime import versions
-from skinray.scoring import inputs as score_inputs, report as score_report, runs, staging, table as scores_table
+from skinray.scoring import (
+    inputs as score_inputs,
+    record as records,
+    report as score_report,
+    row_schema,
+    runs,
+    staging,
+    table as scores_table,
+    worklist,
+)
+from skinray.scoring.record import RunRecord
 
 log = logging.getLogger("skinray.score")
 
@@ -77,7 +87,7 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
         if buffer:
             part = pd.concat(buffer, ignore_index=True).assign(run_id=run_id, model_id=model_id,
                                                                 scored_at=pd.Timestamp.now(tz="UTC"))
-            writer.write(scores_table.to_rows(part))
+            writer.write(row_schema.to_rows(part))
             buffer, buffered = [], 0
 
     for batch in ray_plan.pipeline_batches(ds, cfg):
@@ -110,20 +120,6 @@ def _score_rows(todo: pd.DataFrame, cfg: SkinrayConfig, out: str, run_id: str, m
             # the start-up is the first batch
             "actors_ready_seconds": [round(min(ready) - started, 2), round(max(ready) - started, 2)] if ready else None,
             "images_per_second_overall": round(len(todo) / max(finished - started, 1e-9), 1)}
-
-
-def _outcome(result: pd.DataFrame, cfg: SkinrayConfig) -> dict[str, Any]:
-    n_failed = int(result["error"].notna().sum())
-    by_reason = images.error_reasons(result["error"].dropna()).value_counts().to_dict()
-    outcome: dict[str, Any] = {"rows": int(len(result)), "scored": int(len(result) - n_failed), "failed": n_failed,
-                               "failed_by_reason": {str(k): int(v) for k, v in by_reason.items()},
-                               "status": "succeeded"}
-    share = n_failed / max(len(result), 1)
-    if share > cfg.score.max_failure_fraction:
-        outcome["status"] = "failed"
-        outcome["failure_reason"] = (f"{n_failed} of {len(result)} images could not be scored ({share:.1%} > "
-                                     f"score.max_failure_fraction {cfg.score.max_failure_fraction:.1%})")
-    return outcome
 
 
 def _retryable(rows: pd.DataFrame) -> pd.Series:
@@ -167,25 +163,21 @@ def _plan(rows: pd.DataFrame, out: str, run_id: str, date: str, st: Any) -> Subm
     return Submission(pending, staged, len(rows) - len(pending), parts.quarantined)
 
 
-def _header(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_input: Any, fingerprint: str,
-            artifact: ModelArtifact) -> dict[str, Any]:
-    """The part of run.json a submission knows before it scores."""
-    return {
-        "run_id": run_id, "scored_date": date, "status": "running", "input": input_uri,
-        "input_kind": scoring_input.kind, "input_fingerprint": fingerprint, "skipped_inputs": scoring_input.skipped,
-        "nulled_values": scoring_input.nulled,  # impossible values read as unknown, by column
-        "model": artifact.uri, "model_id": artifact.model_id, "engine": cfg.inference.engine,
+def _submitted(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scoring_input: Any, fingerprint: str,
+               artifact: ModelArtifact) -> RunRecord:
+    """The record a submission starts with: what it knows before it scores."""
+    return RunRecord.submitted(
+        run_id=run_id, scored_date=date, input=input_uri, input_kind=scoring_input.kind, image_root=scoring_input.root,
+        input_fingerprint=fingerprint, skipped_inputs=scoring_input.skipped, nulled_values=scoring_input.nulled,
+        model=artifact.uri, model_id=artifact.model_id, engine=cfg.inference.engine,
         **views.for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point,
-                          cfg.inference.tta).record(), "threshold": artifact.threshold,
-        "threshold_policy": artifact.meta.threshold.model_dump(),
-        "calibration": artifact.meta.calibration.model_dump(), "diagnoses": artifact.diagnoses,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "table": scores_table.table_uri(cfg.score.out or ""), "config": json.loads(cfg.model_dump_json(by_alias=True)),
-        "versions": versions(),
-    }
+                        cfg.inference.tta).record(), threshold=artifact.threshold,
+        threshold_policy=artifact.meta.threshold.model_dump(), calibration=artifact.meta.calibration.model_dump(),
+        diagnoses=artifact.diagnoses, table=scores_table.table_uri(cfg.score.out or ""),
+        config=json.loads(cfg.model_dump_json(by_alias=True)), versions=versions())
 
 
-def score(cfg: SkinrayConfig) -> runs.RunRecord:
+def score(cfg: SkinrayConfig) -> RunRecord:
     """Score the night's images that have no answer yet, in one commit; returns the night's record (``run.json``).
 
     Raises :class:`TemporaryError` (exit 75) after committing when some images could not be read for a passing
@@ -205,35 +197,34 @@ def score(cfg: SkinrayConfig) -> runs.RunRecord:
     scoring_input = score_inputs.load(input_uri, s.input_kind, s.images, cfg.manifest, st)
     rows = scoring_input.rows
     run_id = s.run_id or default_run_id(input_uri, artifact.model_id, date)
-    record = runs.claim(out, run_id, date, input_uri, artifact.model_id, st)
+    found = records.claim(out, run_id, date, input_uri, artifact.model_id, st)
     with runs.lease(out, run_id, s.lease_seconds, st) as lease:
         plan = _plan(rows, out, run_id, date, st)
-        if plan.pending.empty and record is not None and record.get("status") in ("succeeded", "incomplete"):
+        if found is not None and found.answers_all(len(plan.pending)):
             log.info("run %s: nothing new (%s images answered, table version %s)", run_id, f"{plan.answered:,}",
-                     record.get("table_version"), extra={"event": {
-                         "run_id": run_id, "status": "nothing_new", "table_version": record.get("table_version")}})
+                     found.table_version, extra={"event": {
+                         "run_id": run_id, "status": "nothing_new", "table_version": found.table_version}})
             staging.clear(out, run_id, st)
-            return runs.RunRecord.from_record(record, already_complete=True)
-        summary = _header(cfg, run_id, date, input_uri, scoring_input, input_fingerprint(rows, artifact.model_id),
-                          artifact)
-        if record is None:
-            runs.write(out, summary, st)
+            return found.found_complete()
+        run = _submitted(cfg, run_id, date, input_uri, scoring_input, input_fingerprint(rows, artifact.model_id),
+                         artifact)
+        if found is None:
+            records.write(out, run, st)
         todo = plan.todo
         log.info("run %s: %s inputs (%s), %s answered before, %s staged, %s to score with %s", run_id,
                  f"{len(rows):,}", scoring_input.kind, f"{plan.answered:,}", f"{len(plan.staged):,}",
                  f"{len(todo):,}", cfg.inference.engine, extra={"event": {"run_id": run_id, "stage": "score"}})
-        summary.update(scored_this_attempt=int(len(todo)), resumed_rows=int(len(plan.staged)),
-                       quarantined_parts=plan.quarantined)
+        run = run.planned(scored_this_attempt=int(len(todo)), resumed_rows=int(len(plan.staged)),
+                          quarantined_parts=plan.quarantined)
         if len(todo):
-            summary.update(_score_rows(todo, cfg, out, run_id, artifact.model_id, lease))
+            run = run.throughput(**_score_rows(todo, cfg, out, run_id, artifact.model_id, lease))
             plan = _plan(rows, out, run_id, date, st)
-        return _finish(plan, summary, rows, artifact, cfg, out, run_id, date, lease, started)
+        return _finish(plan, run, artifact, cfg, out, date, lease, started)
 
 
-def _finish(plan: Submission, summary: dict[str, Any], rows: pd.DataFrame, artifact: ModelArtifact,
-            cfg: SkinrayConfig, out: str, run_id: str, date: str, lease: runs.Lease, started: float) -> runs.RunRecord:
-    """Check, commit and record a scored submission; the night's pages and figures over its current answers."""
-    st, s = cfg.storage, cfg.score
+def _night(plan: Submission, out: str, run_id: str, st: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, int]:
+    """The night's answers after this submission (earlier submissions' and the new), the new rows to commit, which
+    new rows wait to be read again, and how many submissions are committed already."""
     new = plan.staged
     if len(new) != len(plan.pending):
         raise SkinrayError(f"run {run_id}: {len(new)} scored rows for {len(plan.pending)} new inputs; the staged "
@@ -245,50 +236,49 @@ def _finish(plan: Submission, summary: dict[str, Any], rows: pd.DataFrame, artif
     if len(earlier):
         earlier = earlier[~earlier["image_key"].isin(set(final.get("image_key", [])))]
     night = pd.concat([earlier, final], ignore_index=True) if len(earlier) else final.reset_index(drop=True)
-    night = night.merge(rows[["image_key", "image_root"]], on="image_key", how="left") if len(night) else night
-    summary.update(_outcome(night, cfg), retry_later=int(retry.sum()))
-    summary.update(_figures(night, artifact, s, run_id))
-    if summary["status"] == "failed":
-        _record_failure(summary, new, night, artifact, cfg, out, run_id)
+    return night, final, retry, committed
+
+
+def _finish(plan: Submission, run: RunRecord, artifact: ModelArtifact, cfg: SkinrayConfig, out: str, date: str,
+            lease: runs.Lease, started: float) -> RunRecord:
+    """Check, commit and record a scored submission; the night's pages and figures over its current answers."""
+    st, s, run_id = cfg.storage, cfg.score, run.run_id
+    night, final, retry, committed = _night(plan, out, run_id, st)
+    run = run.outcome(night, int(retry.sum()), s.max_failure_fraction)
+    run = run.with_figures(**_figures(night, artifact, s, run_id))
+    if run.stays_failed:
+        _record_failure(run, plan.staged, night, artifact, cfg, out)
     lease.check()
     if len(final):
         commit_started = time.time()
-        meta = {k: summary[k] for k in ("status", "rows", "scored", "failed", "failed_by_reason", "flagged",
-                                        "mean_prob", "model_id", "input", "engine", "threshold", "started_at")}
-        meta.update(drifted=summary["drift"]["drifted"], new=int(len(final)), retry_later=summary["retry_later"],
-                    out_of_distribution=summary["out_of_distribution"].get("flagged"))
-        scores_table.commit_run(out, run_id, date, scores_table.to_rows(final), meta, st, fail_at=s.fail_at,
-                                submission=committed + 1)
-        summary["commit_seconds"] = round(time.time() - commit_started, 3)
+        scores_table.commit_run(out, run_id, date, row_schema.to_rows(final), run.commit_info(new=int(len(final))),
+                                st, fail_at=s.fail_at, submission=committed + 1)
+        run = run.committed_in(round(time.time() - commit_started, 3))
         if s.fail_at == "after_commit":
             os._exit(137)  # fault injection (tests): killed after the commit, before run.json says so
-    summary["submissions"] = scores_table.run_submissions(out, run_id, st)
-    summary["table_version"] = summary["submissions"][-1]["table_version"] if summary["submissions"] else None
-    if summary["retry_later"]:
-        summary["status"] = "incomplete"
-    summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   wall_seconds=round(time.time() - started, 2))
+    run = run.finished(scores_table.run_submissions(out, run_id, st), wall_seconds=round(time.time() - started, 2))
     # the pictures and the review page after the commit: they show the table version and every timing
-    summary.update(score_report.write(out, run_id, night, artifact, cfg, summary))
-    runs.write(out, summary, st)
+    run = score_report.write(out, night, artifact, cfg, run)
+    records.write(out, run, st)
     staging.clear(out, run_id, st)
-    _announce(summary)
-    if summary["retry_later"]:
-        raise TemporaryError(f"run {run_id}: {summary['retry_later']} images could not be read now (storage "
+    _announce(run)
+    if run.retry_later:
+        raise TemporaryError(f"run {run_id}: {run.retry_later} images could not be read now (storage "
                              "unavailable); they are not in the table: run the same command again later",
                              run_id=run_id)
-    return runs.RunRecord.from_record(summary)
+    return run
 
 
 def _figures(night: pd.DataFrame, artifact: ModelArtifact, s: Any, run_id: str) -> dict[str, Any]:
-    """The night's flagged count, mean, out-of-distribution share and drift, over its scored images."""
+    """The night's flagged count (the worklist's rows), mean, out-of-distribution share and drift, over its scored
+    images."""
     scored = night[night["error"].isna()] if len(night) else night
     figures: dict[str, Any] = {"out_of_distribution": ood.summary(scored, artifact.meta.ood)}
     if figures["out_of_distribution"].get("high"):
         log.warning("run %s: %s of %s images are not like the training images (about %.0f%% expected)", run_id,
                     figures["out_of_distribution"]["flagged"], len(scored),
                     100 * figures["out_of_distribution"]["expected_share"])
-    figures.update(flagged=int((scored["predicted"] == "malignant").sum()) if len(scored) else 0,
+    figures.update(flagged=int(len(worklist.flagged(scored))) if len(scored) else 0,
                    mean_prob=round(float(scored["prob_malignant"].mean()), 6) if len(scored) else None,
                    drift=drift.compare(artifact.reference(), scored, s.drift_psi, s.drift_ks_alpha))
     if figures["drift"]["drifted"]:
@@ -297,28 +287,25 @@ def _figures(night: pd.DataFrame, artifact: ModelArtifact, s: Any, run_id: str) 
     return figures
 
 
-def _record_failure(summary: dict[str, Any], new: pd.DataFrame, night: pd.DataFrame, artifact: ModelArtifact,
-                    cfg: SkinrayConfig, out: str, run_id: str) -> None:
+def _record_failure(run: RunRecord, new: pd.DataFrame, night: pd.DataFrame, artifact: ModelArtifact,
+                    cfg: SkinrayConfig, out: str) -> None:
     """A night failed on its data: its new rows go to ``rows.parquet``, never to the table; it stays failed."""
     st = cfg.storage
-    storage.write_parquet(scores_table.to_rows(new), storage.join(runs.run_dir(out, run_id), "rows.parquet"), st)
-    summary.update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    summary.update(score_report.write(out, run_id, night, artifact, cfg, summary))
-    runs.write(out, summary, st)
-    staging.clear(out, run_id, st)
-    raise DataError(summary["failure_reason"] + f"; the rows are in {runs.run_dir(out, run_id)}/rows.parquet, "
-                    "not in the scores table", run_id=run_id)
+    where = records.write_rows(out, run.run_id, new, st)
+    run = score_report.write(out, night, artifact, cfg, run.stopped())
+    records.write(out, run, st)
+    staging.clear(out, run.run_id, st)
+    raise DataError(f"{run.failure_reason}; the rows are in {where}, not in the scores table", run_id=run.run_id)
 
 
-def _announce(summary: dict[str, Any]) -> None:
-    last = summary["submissions"][-1] if summary["submissions"] else {}
-    if last.get("started_at") != summary["started_at"]:
+def _announce(run: RunRecord) -> None:
+    last = run.submissions[-1] if run.submissions else {}
+    if last.get("started_at") != run.started_at:
         last = {}  # this submission committed nothing
     log.info("run %s: %s new images committed as table version %s; the night has %s scored, %s failed, %s flagged",
-             summary["run_id"], f"{last.get('new', 0):,}", summary["table_version"], f"{summary['scored']:,}",
-             f"{summary['failed']:,}", summary["flagged"],
-             extra={"event": {k: summary.get(k) for k in (
+             run.run_id, f"{last.get('new', 0):,}", run.table_version, f"{run.scored:,}", f"{run.failed:,}",
+             run.flagged, extra={"event": {k: getattr(run, k) for k in (
                  "run_id", "scored_date", "status", "rows", "scored", "failed", "failed_by_reason", "flagged",
                  "retry_later", "table_version", "wall_seconds", "images_per_second_steady",
-                 "images_per_second_overall")} | {"drifted": summary["drift"]["drifted"],
+                 "images_per_second_overall")} | {"drifted": (run.drift or {}).get("drifted"),
                                                   "submission": last.get("submission")}})

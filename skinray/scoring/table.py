@@ -12,9 +12,11 @@
 * Exactly once: the commit carries a Delta *application transaction* ``skinray-score/<run_id>`` whose version is
   the submission's number; a submission already in the table is not committed again, Delta's conflict check
   refuses two commits removing the same file, and a second process is kept out by the run's lease
-  (:mod:`skinray.scoring.runs`).
+  (:mod:`skinray.scoring.runs`). Whether a run's submission is in the table is :func:`submissions`' answer.
 * Run metadata (run id, submission, date, counts, model id, status) is in each commit's ``commitInfo``.
 * A table at ``OUT/scores`` with another schema (not made by skinray) is refused, never written into.
+
+The rows' schema and their conversion from a scoring frame are :mod:`skinray.scoring.row_schema`'s.
 """
 
 from __future__ import annotations
@@ -37,50 +39,13 @@ import pyarrow.parquet as pq
 from skinray import SkinrayError, TemporaryError
 from skinray.io import storage
 from skinray.io.storage import StorageConfig
+from skinray.scoring.row_schema import ADDED_COLUMNS, FILE_SCHEMA, PARTITION, SCHEMA, same_type, stats, to_file_schema
 
 TABLE_DIR = "scores"
-PARTITION = "scored_date"
 APP_PREFIX = "skinray-score/"
 META_PREFIX = "skinray."
-SCHEMA = pa.schema([
-    (PARTITION, pa.date32()),
-    ("run_id", pa.string()),
-    ("input_row", pa.int64()),
-    ("isic_id", pa.string()),
-    ("image_uri", pa.string()),
-    ("prob_malignant", pa.float64()),
-    ("logit_malignant", pa.float64()),
-    ("predicted", pa.string()),
-    ("confidence", pa.float64()),
-    ("threshold", pa.float64()),
-    ("dx_pred", pa.string()),
-    ("dx_probs", pa.map_(pa.string(), pa.float64())),
-    ("ood_score", pa.float64()),  # the out-of-distribution guard (skinray.model.ood); null for models without one
-    ("out_of_distribution", pa.bool_()),
-    ("model_id", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")),
-    ("image_key", pa.string()),  # the image's identity within the night (score_inputs): the MERGE key
-    ("image_stamp", pa.string()),  # size:mtime of the bytes scored: changed bytes are scored again
-    ("error", pa.string()),
-    ("image_width", pa.int32()),
-    ("image_height", pa.int32()),
-    ("mean_red", pa.float32()),
-    ("mean_green", pa.float32()),
-    ("mean_blue", pa.float32()),
-    ("label", pa.int8()),
-    ("benign_malignant", pa.string()),
-    ("dx", pa.string()),
-    ("age_approx", pa.float32()),
-    ("sex", pa.string()),
-    ("anatom_site_general", pa.string()),
-    ("lesion_id", pa.string()),
-])
-FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION])  # partition values live in the log
-# added to a table made before them, at its next commit
-ADDED_COLUMNS = ("ood_score", "out_of_distribution", "image_key", "image_stamp")
 ROWS_PER_FILE = 500_000
 COMMIT_TRIES = 5  # commits refused by a concurrent writer's (another night's, another run's) before giving up
-STAT_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp, pa.types.is_string)
 
 
 def table_uri(out: str) -> str:
@@ -126,17 +91,11 @@ def check_schema(table: Any, uri: str) -> None:
     our rows into it would commit columns that read back as nulls."""
     have = {f.name: f.type for f in pa.schema(table.schema().to_arrow())}
     wrong = [f.name for f in SCHEMA if f.name not in ADDED_COLUMNS
-             and (f.name not in have or not _same_type(have[f.name], f.type))]
+             and (f.name not in have or not same_type(have[f.name], f.type))]
     if wrong or table.metadata().partition_columns != [PARTITION]:
         raise SkinrayError(f"{uri} is a Delta table of another schema (missing or different: "
                            f"{', '.join(wrong[:6]) or 'the scored_date partition'}{' ...' if len(wrong) > 6 else ''})"
                            ": not a skinray scores table; choose another --out")
-
-
-def _same_type(have: pa.DataType, want: pa.DataType) -> bool:
-    if pa.types.is_map(want):
-        return pa.types.is_map(have)
-    return have == want or (pa.types.is_string(want) and pa.types.is_large_string(have))
 
 
 def _with_added_columns(table: Any, uri: str, storage_cfg: StorageConfig | None) -> Any:
@@ -155,10 +114,14 @@ def app_id(run_id: str) -> str:
     return APP_PREFIX + run_id
 
 
+def _committed(table: Any, run_id: str) -> int:
+    """How many submissions of the run ``table`` (a loaded version, or None) holds: its application transaction."""
+    return 0 if table is None else int(table.transaction_version(app_id(run_id)) or 0)
+
+
 def submissions(out: str, run_id: str, storage_cfg: StorageConfig | None = None) -> int:
     """How many submissions of this run are committed (0: none)."""
-    table = _load(table_uri(out), storage_cfg)
-    return 0 if table is None else int(table.transaction_version(app_id(run_id)) or 0)
+    return _committed(_load(table_uri(out), storage_cfg), run_id)
 
 
 def answered(out: str, run_id: str, scored_date: str, storage_cfg: StorageConfig | None = None) -> pd.DataFrame:
@@ -180,29 +143,6 @@ def answered(out: str, run_id: str, scored_date: str, storage_cfg: StorageConfig
     return found[["image_key", "image_stamp"]]
 
 
-def _stats(table: pa.Table) -> str:
-    """Delta file statistics: row and null counts, min/max of every flat column.
-
-    Readers prune files with them; deltalake's pyarrow reader turns a column without min/max into a condition that
-    never holds, so every column that has values gets both.
-    """
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    for f in table.schema:
-        if table.num_rows and any(check(f.type) for check in STAT_TYPES):
-            lo, hi = pc.min_max(table[f.name]).values()
-            if lo.is_valid:
-                mins[f.name], maxs[f.name] = _stat_value(lo.as_py()), _stat_value(hi.as_py())
-    nulls = {f.name: int(table[f.name].null_count) for f in table.schema if not pa.types.is_map(f.type)}
-    return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
-
-
-def _stat_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    return value
-
-
 def _write_files(uri: str, scored_date: str, name: str, rows: pa.Table, storage_cfg: StorageConfig | None) -> list:
     """``rows`` as data files of the night's partition (not yet part of the table): their add actions."""
     from deltalake.transaction import AddAction
@@ -215,7 +155,7 @@ def _write_files(uri: str, scored_date: str, name: str, rows: pa.Table, storage_
         pq.write_table(chunk, buf, compression="zstd")
         storage.write_bytes(storage.join(uri, *rel.split("/")), buf.getvalue(), storage_cfg)
         actions.append(AddAction(rel, buf.getbuffer().nbytes, {PARTITION: scored_date}, int(time.time() * 1000),
-                                 True, _stats(chunk)))
+                                 True, stats(chunk)))
     return actions
 
 
@@ -243,16 +183,9 @@ def _replaced(table: Any, uri: str, scored_date: str, keys: set[str], name: str,
         kept.append(data.filter(pc.invert(hit)))
     rest = [t for t in kept if t.num_rows]
     if rest:
-        merged = pa.concat_tables([_to_file_schema(t) for t in rest])
+        merged = pa.concat_tables([to_file_schema(t) for t in rest])
         actions += _write_files(uri, scored_date, f"{name}-kept", merged, storage_cfg)
     return actions
-
-
-def _to_file_schema(table: pa.Table) -> pa.Table:
-    """A data file's rows in today's file schema (a file written before :data:`ADDED_COLUMNS` lacks them)."""
-    columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in FILE_SCHEMA]
-    return pa.Table.from_arrays(columns, schema=FILE_SCHEMA)
 
 
 def commit_run(out: str, run_id: str, scored_date: str, rows: pa.Table, metadata: dict[str, Any],
@@ -267,7 +200,7 @@ def commit_run(out: str, run_id: str, scored_date: str, rows: pa.Table, metadata
 
     uri = table_uri(out)
     table = _open_or_create(uri, storage_cfg)
-    if (table.transaction_version(app_id(run_id)) or 0) >= submission:
+    if _committed(table, run_id) >= submission:
         return run_version(out, run_id, storage_cfg)
     rows = rows.select(FILE_SCHEMA.names).cast(FILE_SCHEMA)
     if rows.column("image_key").null_count:
@@ -396,39 +329,3 @@ def run_rows(out: str, run_id: str, storage_cfg: StorageConfig | None = None) ->
     """The current answers a run gave (every submission of it), in input order."""
     data = snapshot(out, storage_cfg).dataset.to_table(filter=pc.field("run_id") == run_id).to_pandas()
     return data.sort_values("input_row").reset_index(drop=True)
-
-
-def to_rows(df: pd.DataFrame) -> pa.Table:
-    """A run's rows as scoring produces them (pandas; ``dx_probs`` as JSON text) → the table's file schema."""
-    columns = []
-    for f in FILE_SCHEMA:
-        values = df[f.name] if f.name in df else None
-        if values is None:
-            columns.append(pa.nulls(len(df), f.type))
-        elif f.name == "dx_probs":  # JSON text from scoring, or the map as read back from a table or a part
-            columns.append(pa.array([_as_map(v) for v in values], f.type))
-        elif pa.types.is_string(f.type):
-            columns.append(pa.array([None if _missing(v) else str(v) for v in values], f.type))
-        elif pa.types.is_integer(f.type):
-            columns.append(pa.array(pd.array(values, dtype="Int64"), pa.int64()).cast(f.type))
-        elif pa.types.is_boolean(f.type):
-            columns.append(pa.array([None if _missing(v) else bool(v) for v in values], f.type))
-        elif pa.types.is_timestamp(f.type):
-            columns.append(pa.array(pd.to_datetime(values, utc=True), f.type))
-        else:
-            columns.append(pa.array(pd.to_numeric(values, errors="coerce"), f.type, from_pandas=True))
-    return pa.Table.from_arrays(columns, schema=FILE_SCHEMA)
-
-
-def _as_map(value: Any) -> list[tuple[str, float]] | None:
-    if isinstance(value, str):
-        return list(json.loads(value).items())
-    if isinstance(value, dict):
-        return list(value.items())
-    if value is None or _missing(value):
-        return None
-    return [tuple(pair) for pair in value]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or value is pd.NA or value is pd.NaT

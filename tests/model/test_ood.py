@@ -16,7 +16,7 @@ from skinray import SkinrayError
 from skinray.config import load_config
 from skinray.model import artifact, ood
 from skinray.query import preset_sql, run_query
-from skinray.scoring import runs
+from skinray.scoring import record as records, runs
 from skinray.scoring.run import score
 
 DATE = "2026-12-07"
@@ -118,8 +118,8 @@ def test_non_lesions_are_flagged_set_apart_and_counted(model_dir, mixed_folder, 
     assert (outside["predicted"] == "out_of_distribution").all() and outside["prob_malignant"].notna().all()
     assert (rows.loc[~rows["out_of_distribution"], "predicted"].isin(["benign", "malignant"])).all()
     assert ((rows["ood_score"] > guard.threshold) == rows["out_of_distribution"]).all()
-    o = runs.read(out, record.run_id)["out_of_distribution"]
-    assert o["guard"] and o["flagged"] == len(outside) == record.record["out_of_distribution"]["flagged"]
+    o = records.read(out, record.run_id).out_of_distribution
+    assert o["guard"] and o["flagged"] == len(outside) == record.out_of_distribution["flagged"]
     assert record.flagged == int((rows["predicted"] == "malignant").sum())  # never counted as malignant or benign
     daily = run_query(out, preset_sql("daily_counts"))
     assert int(daily["out_of_distribution"].iloc[0]) == len(outside)

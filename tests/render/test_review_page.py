@@ -254,16 +254,20 @@ def test_counts_read_as_words_not_dicts():
 
 def test_a_run_with_many_images_unlike_the_training_images_says_so_in_its_health():
     from skinray.render.review_page import Lesion, RunPage, run_page
+    from skinray.scoring.record import RunRecord
+    from skinray.scoring.report import health
 
     many = {"guard": True, "flagged": 40, "scored": 100, "share": 0.4, "expected_share": 0.05, "high": True}
-    page = RunPage(run={"run_id": "r", "status": "succeeded", "out_of_distribution": many}, flagged_count=0,
-                   flagged=[], borderline=[], failures={}, drift={"reference": False}, trend=[], threshold_text="t",
-                   outside=[Lesion("x1", "data:image/jpeg;base64,", None, 0.2, "out_of_distribution")],
-                   outside_count=40, guard_text="Mahalanobis distance ...")
-    html = run_page(page)
+
+    def page(ood: dict, **extra) -> str:
+        run = RunRecord(run_id="r", scored_date="2026-11-25", status="succeeded", input="/in", model="/m",
+                        model_id="m", threshold=0.5, out_of_distribution=ood)
+        return run_page(RunPage(run=run, flagged_count=0, flagged=[], borderline=[], failures={},
+                                drift={"reference": False}, trend=[], health=health(run, "t", "g"), **extra))
+
+    html = page(many, outside=[Lesion("x1", "data:image/jpeg;base64,", None, 0.2, "out_of_distribution")],
+                outside_count=40, guard_text="Mahalanobis distance ...")
     assert 'id="out-of-distribution" data-count="40"' in html and "FAR MORE THAN EXPECTED" in html
     assert "40 of 100 scored images flagged" in html and "x1" in html
-    calm = run_page(RunPage(run={"run_id": "r", "status": "succeeded", "out_of_distribution": {
-        **many, "flagged": 5, "share": 0.05, "high": False}}, flagged_count=0, flagged=[], borderline=[],
-        failures={}, drift={"reference": False}, trend=[], threshold_text="t", guard_text="g"))
+    calm = page({**many, "flagged": 5, "share": 0.05, "high": False}, guard_text="g")
     assert "FAR MORE" not in calm and "(none)" in calm

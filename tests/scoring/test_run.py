@@ -5,6 +5,7 @@ other, and readers that never see a failed or half-committed run."""
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,10 +25,10 @@ from skinray.config import load_config
 from skinray.io import storage
 from skinray.model.artifact import ModelArtifact
 from skinray.query import preset_sql, run_query, scores_dataset
-from skinray.scoring import runs, table as scores_table
+from skinray.scoring import record as records, runs, table as scores_table
 from skinray.scoring.run import score
 
-from conftest import BUCKET, REPO
+from conftest import BUCKET, FAILED_RUN_JSON_KEYS_V0, REPO, RUN_JSON_ADDED, RUN_JSON_KEYS_V0
 
 pytestmark = pytest.mark.slow
 BAD = {"zero.jpg": "empty", "text.jpg": "not_image", "truncated.jpg": "undecodable", "bomb.png": "too_many_pixels"}
@@ -101,23 +102,23 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
     assert summary.failed == len(BAD) and summary.failed_by_reason == {r: 1 for r in BAD.values()}
     assert str(df["run_id"].iloc[0]) == summary.run_id and len(df.model_id.iloc[0]) == 16
     # the folder's own clutter is left out and counted, an old Parquet output included: never read as a manifest
-    assert summary.record["input_kind"] == "images"
-    assert summary.record["skipped_inputs"] == {"hidden": 2, "not_image_suffix": 1}
+    assert summary.input_kind == "images"
+    assert summary.skipped_inputs == {"hidden": 2, "not_image_suffix": 1}
     # the operating point travels with every run: how the threshold was chosen and how scores were calibrated
-    assert summary.record["threshold_policy"]["policy"] == "youden"
-    assert {"temperature", "bias"} <= set(summary.record["calibration"])
-    assert summary.record["tta"] is True and summary.status == "succeeded" and summary.table_version == 1
-    assert sum(summary.record["rows_by_node"].values()) == summary.rows
+    assert summary.threshold_policy["policy"] == "youden"
+    assert {"temperature", "bias"} <= set(summary.calibration)
+    assert summary.tta is True and summary.status == "succeeded" and summary.table_version == 1
+    assert sum(summary.rows_by_node.values()) == summary.rows
     # the start-up split where the actors had their model loaded: the first one before any row came back
-    first, last = summary.record["actors_ready_seconds"]
-    assert 0 <= first <= summary.record["startup_seconds"] and first <= last, summary.record
+    first, last = summary.actors_ready_seconds
+    assert 0 <= first <= summary.startup_seconds and first <= last, summary.record
     # the batch policy measured per actor: every row says how its call ran
-    modes = summary.record["batch_modes"]
+    modes = summary.batch_modes
     assert sum(modes.values()) == summary.rows and set(modes) <= {"probing", "per_image", "batch"}, modes
     # and how many views its score averages: flips near the model's threshold, one view elsewhere, none if failed
-    by_views = summary.record["views"]
+    by_views = summary.views
     band = ModelArtifact.open(model_dir).meta.tta_band
-    assert band is not None and summary.record["tta_band"] == band
+    assert band is not None and summary.tta_band == band
     assert sum(by_views.values()) == summary.rows and by_views.get("0", 0) == summary.failed, by_views
     assert set(by_views) <= {"0", "1", "3"}
     run_dir = runs.run_dir(out, summary.run_id)
@@ -128,7 +129,11 @@ def test_every_input_once_with_errors_recorded(where, image_folder, model_dir, r
         assert 'href="s3:' not in page and '<code class="uri">s3://' in page
     assert not storage.exists(storage.join(run_dir, "lease.json"))
     assert not storage.exists(storage.join(out, "_staging", summary.run_id))
-    assert storage.read_json(storage.join(run_dir, "run.json"))["status"] == "succeeded"
+    written = storage.read_json(storage.join(run_dir, "run.json"))
+    assert written["status"] == "succeeded"
+    # every key run.json held before it had a schema, and the two the schema adds
+    assert set(written) == RUN_JSON_KEYS_V0 | RUN_JSON_ADDED, set(written) ^ (RUN_JSON_KEYS_V0 | RUN_JSON_ADDED)
+    assert written["image_root"] == storage.normalize(image_folder[where]) and written["format_version"] == 1
     if where == "s3":  # nothing an `aws s3 cp --recursive` would trip over
         prefix = out[len(f"s3://{BUCKET}/"):]
         paginator = storage.boto3_client().get_paginator("list_objects_v2")
@@ -150,7 +155,7 @@ def test_links_out_of_the_folder_are_refused_per_row_and_loops_end(image_folder,
     assert len(df) == image_folder["n"] + 1 and df["image_uri"].is_unique
     escape = df[df.image_uri.str.endswith("/escape.jpg")]
     assert escape["error"].iloc[0].startswith("unsafe_path") and pd.isna(escape["prob_malignant"].iloc[0])
-    assert summary.record["skipped_inputs"]["duplicate_link"] == 1
+    assert summary.skipped_inputs["duplicate_link"] == 1
 
 
 def test_rerun_is_a_noop_and_a_rescore_replaces_the_date_in_presets(image_folder, model_dir, ray_session, tmp_path):
@@ -159,7 +164,7 @@ def test_rerun_is_a_noop_and_a_rescore_replaces_the_date_in_presets(image_folder
     again = score(_cfg(model_dir, image_folder["local"], out))
     assert again.already_complete and again.run_id == first.run_id
     other = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "manual-2", "inference.tta": False}))
-    assert first.record["tta"] is True and other.record["tta"] is False  # the model's TTA setting unless overridden
+    assert first.tta is True and other.tta is False  # the model's TTA setting unless overridden
     n = image_folder["n"]
     assert run_query(out, preset_sql("daily_counts"))["images"].tolist() == [n]  # each image once per date
     assert set(_rows(out)["run_id"]) == {"manual-2"} and len(_rows(out)) == n  # the re-score replaced the night
@@ -189,7 +194,7 @@ def test_killed_run_resumes_without_gaps_or_duplicates(image_folder, model_dir, 
     assert parts_before >= 2, "the run was not caught midway"
     assert (out / "runs" / "crash" / "lease.json").exists()  # the dead owner's lease: taken over, not waited for
     summary = score(_cfg(model_dir, image_folder["local"], str(out), **{"score.run_id": "crash"}))
-    assert summary.record["resumed_rows"] >= 6 and summary.record["scored_this_attempt"] < image_folder["n"]
+    assert summary.resumed_rows >= 6 and summary.scored_this_attempt < image_folder["n"]
     df = _rows(str(out))
     assert len(df) == image_folder["n"] and df["input_row"].is_unique
     assert sorted(df["input_row"]) == list(range(image_folder["n"]))
@@ -219,7 +224,7 @@ def test_a_second_process_on_a_running_run_fails_at_once(image_folder, model_dir
 def test_onnx_and_tensorflow_engines_agree(image_folder, model_dir, ray_session, tmp_path):
     a = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "onnx")))
     b = score(_cfg(model_dir, image_folder["local"], str(tmp_path / "tf"), **{"inference.engine": "tf"}))
-    assert a.record["engine"] == "onnx" and b.record["engine"] == "tf"
+    assert a.engine == "onnx" and b.engine == "tf"
     pa_ = _rows(str(tmp_path / "onnx")).set_index("image_uri").sort_index()
     pb = _rows(str(tmp_path / "tf")).set_index("image_uri").sort_index()
     assert (pa_.logit_malignant - pb.logit_malignant).abs().max() < 1e-4
@@ -240,15 +245,45 @@ def test_manifest_input_carries_labels_checks_template_columns_and_writes_metric
     summary = score(_cfg(model_dir, str(tmp_path / "m.csv"), out, **{
         "score.images": str(tmp_path / "images"), "manifest.image_template": "{images}/{clinic}/{isic_id}.jpg"}))
     df = _rows(out).sort_values("input_row")
-    assert len(df) == sample["summary"]["n"] and summary.record["input_kind"] == "manifest"
+    assert len(df) == sample["summary"]["n"] and summary.input_kind == "manifest"
     assert df["error"].iloc[0].startswith("unsafe_id") and df["error"].iloc[1].startswith("unsafe_id")
     failed = set(df.loc[df.error.notna(), "isic_id"]) - set(df["isic_id"].iloc[:2])
     assert failed == set(sample["summary"]["missing_ids"]) | set(sample["summary"]["corrupt_ids"])
-    assert df["label"].notna().all() and summary.record["metrics"]["n"] == summary.scored
+    assert df["label"].notna().all() and summary.metrics["n"] == summary.scored
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "metrics.json"):  # as evaluate writes
         assert storage.exists(storage.join(runs.run_dir(out, summary.run_id), name)), name
     page = storage.read_text(storage.join(runs.run_dir(out, summary.run_id), "report.html"))
     assert '<section id="metrics">' in page and page.count('alt="pr.png"') == 1
+
+
+def test_a_manifest_runs_page_written_again_reads_its_images_under_the_same_root(sample, model_dir, ray_session,
+                                                                                 tmp_path):
+    """``skinray report`` of a manifest run guards its images as scoring did: the root is in run.json."""
+    from skinray.scoring.report import regenerate
+
+    images = tmp_path / "images"
+    shutil.copytree(f"{sample['local']}/images", images)
+    outside = tmp_path / "elsewhere.jpg"
+    manifest = pd.read_csv(f"{sample['local']}/metadata.csv")
+    manifest = manifest[~manifest["isic_id"].isin(sample["summary"]["corrupt_ids"] + sample["summary"]["missing_ids"])]
+    manifest.head(16).to_csv(tmp_path / "m.csv", index=False)
+    out = str(tmp_path / "scores")
+    cfg = _cfg(model_dir, str(tmp_path / "m.csv"), out, **{"score.images": str(images)})
+    run = score(cfg)
+    assert run.input_kind == "manifest" and run.image_root == str(images) and run.failed == 0
+    page = os.path.join(runs.run_dir(out, run.run_id), "report.html")
+    shown = re.findall(r'<img src="data:image/jpeg[^"]*" alt="(?!saliency of )([^"]+)">', open(page).read())
+    assert shown, "the page shows the images it lists"
+    # an image of the night becomes a link out of the image root: scoring would refuse to read it, and so does
+    # the page written again (before, a manifest run's page was written again without the root)
+    victim = images / f"{shown[0]}.jpg"
+    shutil.copy(victim, outside)
+    victim.unlink()
+    victim.symlink_to(outside)
+    assert regenerate(out, cfg, run_id=run.run_id) == page
+    again = open(page).read()
+    assert f'alt="{shown[0]}"' not in again
+    assert all(f'alt="{i}"' in again for i in shown[1:])
 
 
 def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_dir, ray_session, tmp_path):
@@ -256,8 +291,9 @@ def test_a_failed_run_is_never_committed_and_stays_failed(image_folder, model_di
     with pytest.raises(SkinrayError, match="could not be scored"):
         score(_cfg(model_dir, image_folder["local"], out, **{"score.max_failure_fraction": 0.01}))
     run_id = next(iter(os.listdir(os.path.join(out, "runs"))))
-    record = runs.read(out, run_id)
-    assert record["status"] == "failed" and "could not be scored" in record["failure_reason"]
+    record = records.read(out, run_id)
+    assert record.status == "failed" and "could not be scored" in record.failure_reason
+    assert set(storage.read_json(records.run_uri(out, run_id))) == FAILED_RUN_JSON_KEYS_V0 | RUN_JSON_ADDED
     assert len(pd.read_parquet(os.path.join(out, "runs", run_id, "rows.parquet"))) == image_folder["n"]
     assert scores_table.submissions(out, run_id) == 0  # readers never see it
     started = time.time()
@@ -278,7 +314,7 @@ def test_a_pool_the_cluster_cannot_start_is_one_line_and_the_run_stays_retryable
                                                              "inference.actor_start_seconds": 3}))
     assert time.time() - started < 120
     run_id = next(iter(os.listdir(os.path.join(out, "runs"))))
-    assert runs.read(out, run_id)["status"] == "running"  # not a failed run: the same command can be tried again
+    assert records.read(out, run_id).status == "running"  # not a failed run: the same command can be tried again
     ok = score(_cfg(model_dir, image_folder["local"], out))
     assert ok.status == "succeeded" and len(_rows(out)) == image_folder["n"]
 
@@ -324,14 +360,14 @@ def test_readers_see_none_or_all_of_a_run_killed_mid_commit(where, fail_at, imag
         data_files = [f for f in storage.list_files(scores_table.table_uri(out), suffixes=[".parquet"])
                       if "/part-mid-" in f]
         assert data_files, "the data files were written before the kill"
-        assert runs.read(out, "mid")["status"] == "running"
+        assert records.read(out, "mid").status == "running"
         summary = score(_cfg(model_dir, image_folder["local"], out, **{"score.run_id": "mid"}))
         time.sleep(0.5)
     finally:
         stop.set()
         reader.join(timeout=30)
     n = image_folder["n"]
-    assert summary.status == "succeeded" and runs.read(out, "mid")["status"] == "succeeded"
+    assert summary.status == "succeeded" and records.read(out, "mid").status == "succeeded"
     assert seen and set(seen) <= {0, n}, sorted(set(seen))  # never part of the run, never twice
     assert seen[-1] == n and len(_rows(out)) == n
     versions = scores_table.snapshot(out).runs
@@ -384,13 +420,13 @@ def test_a_night_is_scored_once_however_often_it_is_submitted(where, image_folde
     before = _rows(out).set_index("image_uri")["scored_at"]
     add(image_folder["good"][10:16])  # six images arrive after the 02:00 run
     second = score(cfg)  # the scheduler's retry: the same command
-    assert second.run_id == first.run_id and second.record["scored_this_attempt"] == 6
+    assert second.run_id == first.run_id and second.scored_this_attempt == 6
     rows = _rows(out)
     assert len(rows) == 16 and rows["image_uri"].is_unique and set(rows["run_id"]) == {first.run_id}
     assert rows.set_index("image_uri")["scored_at"].reindex(before.index).equals(before)  # not scored again
-    assert [s["submission"] for s in second.record["submissions"]] == [1, 2]
-    assert [s["new"] for s in second.record["submissions"]] == [10, 6] and second.rows == 16
-    assert runs.read(out, first.run_id)["submissions"][-1]["table_version"] == 2
+    assert [s["submission"] for s in second.submissions] == [1, 2]
+    assert [s["new"] for s in second.submissions] == [10, 6] and second.rows == 16
+    assert records.read(out, first.run_id).submissions[-1]["table_version"] == 2
     version = scores_table.snapshot(out).version
     idle = score(cfg)  # nothing new: no commit, exit 0
     assert idle.already_complete and scores_table.snapshot(out).version == version
@@ -402,8 +438,8 @@ def test_a_night_is_scored_once_however_often_it_is_submitted(where, image_folde
         shutil.copy(os.path.join(image_folder["local"], image_folder["good"][20]), os.path.join(night, name))
         os.utime(os.path.join(night, name), ns=(time.time_ns(), time.time_ns() + 10**9))
         third = score(cfg)
-        assert third.record["scored_this_attempt"] == 1 and len(_rows(out)) == 16
-        assert third.record["submissions"][-1]["new"] == 1
+        assert third.scored_this_attempt == 1 and len(_rows(out)) == 16
+        assert third.submissions[-1]["new"] == 1
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -413,7 +449,7 @@ def test_a_rescore_with_another_model_replaces_the_night_for_every_reader(where,
     out = str(tmp_path / "out") if where == "local" else f"s3://{BUCKET}/rescore-out-{os.urandom(4).hex()}"
     first = score(_cfg(model_dir, night, out))
     second = score(_cfg(promising_model, night, out))  # another model: another run of the same night
-    assert second.run_id != first.run_id and second.record["scored_this_attempt"] == 12
+    assert second.run_id != first.run_id and second.scored_this_attempt == 12
     uri = scores_table.table_uri(out)
     options = storage.delta_storage_options(uri)
     table = DeltaTable(uri, storage_options=options)
@@ -454,13 +490,13 @@ def test_reads_failing_for_a_while_are_retried_and_reads_failing_throughout_wait
     assert error["kind"] == "temporary" and error["level"] == "error" and error["run_id"] and error["time"]
     rows = _rows(out2)
     assert len(rows) == 9 and not rows["image_uri"].str.split("/").str[-1].isin(names).any()  # not committed
-    record = runs.read(out2, error["run_id"])
-    assert record["status"] == "incomplete" and record["retry_later"] == 3
+    record = records.read(out2, error["run_id"])
+    assert record.status == "incomplete" and record.retry_later == 3
     again = run_cli(*[a for a in args if a not in ("--endpoint-url", proxy.url)])  # the bucket is back
     assert again.returncode == 0, again.stderr[-2000:]
     rows = _rows(out2)
     assert len(rows) == 12 and rows["image_uri"].is_unique and rows["error"].isna().all()
-    assert runs.read(out2, error["run_id"])["status"] == "succeeded"
+    assert records.read(out2, error["run_id"]).status == "succeeded"
 
 
 def test_exit_codes_tell_a_scheduler_what_to_do(image_folder, model_dir, tmp_path):

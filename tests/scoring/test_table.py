@@ -4,7 +4,6 @@ once, what readers see, the SQL sandbox.
 Runs against a local folder and the S3 endpoint (moto), which honours the conditional writes Delta's commits use.
 """
 
-import json
 import os
 import re
 
@@ -18,9 +17,9 @@ from deltalake import DeltaTable
 from skinray import SkinrayError
 from skinray.io import storage
 from skinray.query import preset_sql, run_query, scores_dataset
-from skinray.scoring import table as scores_table
+from skinray.scoring import row_schema, table as scores_table
 
-from conftest import BUCKET
+from conftest import BUCKET, score_rows as _rows
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -28,22 +27,6 @@ def out(request, tmp_path, s3_endpoint):
     if request.param == "local":
         return str(tmp_path / "out")
     return f"s3://{BUCKET}/table-test-{os.urandom(4).hex()}"
-
-
-def _rows(run_id: str, n: int = 5, seed: int = 0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    logit = rng.normal(0, 3, n)
-    prob = 1 / (1 + np.exp(-logit))
-    df = pd.DataFrame({
-        "run_id": run_id, "input_row": np.arange(n), "isic_id": [f"ISIC_{i}" for i in range(n)],
-        "image_uri": [f"/in/{i}.jpg" for i in range(n)], "prob_malignant": prob, "logit_malignant": logit,
-        "predicted": np.where(prob >= 0.4, "malignant", "benign"), "confidence": np.maximum(prob, 1 - prob),
-        "threshold": 0.4, "dx_pred": "nv", "dx_probs": json.dumps({"mel": 0.2, "nv": 0.8}), "model_id": "m" * 16,
-        "scored_at": pd.Timestamp("2026-11-25T03:00:00Z"), "error": None, "label": None,
-        "image_key": [f"/in/{i}.jpg" for i in range(n)], "image_stamp": "1:1"})
-    df.loc[n - 1, ["prob_malignant", "logit_malignant", "predicted", "confidence", "dx_pred", "dx_probs"]] = None
-    df.loc[n - 1, "error"] = "missing: /in/4.jpg"
-    return scores_table.to_rows(df)
 
 
 def _count(out: str, run_id: str, **kw) -> int:
@@ -149,7 +132,7 @@ def test_top_of_the_ranking_has_no_ties_from_saturated_outputs(out):
     rows = _rows("r", n=6).to_pandas()
     rows["logit_malignant"] = [40.0, 35.0, 30.0, 25.0, 20.0, None]
     rows["prob_malignant"] = 1 / (1 + np.exp(-rows["logit_malignant"]))
-    scores_table.commit_run(out, "r", "2026-11-25", scores_table.to_rows(rows.assign(scored_at=pd.Timestamp.now(
+    scores_table.commit_run(out, "r", "2026-11-25", row_schema.to_rows(rows.assign(scored_at=pd.Timestamp.now(
         tz="UTC"), dx_probs=None)), {})
     top = run_query(out, preset_sql("top_suspicious", 5, "2026-11-25"))
     assert top["isic_id"].tolist() == [f"ISIC_{i}" for i in range(5)]  # ordered by logit, not the rounded prob

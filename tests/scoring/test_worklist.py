@@ -14,6 +14,7 @@ import pandas as pd
 from skinray.config import StorageConfig
 from skinray.render import review_page
 from skinray.scoring import worklist
+from skinray.scoring.record import RunRecord
 
 
 def _scored() -> pd.DataFrame:
@@ -62,8 +63,9 @@ def test_links_find_the_image_from_the_page_folder(tmp_path):
 
 def _page(flags: list[review_page.Flag], cards: list[review_page.Lesion] | None = None) -> str:
     return review_page.run_page(review_page.RunPage(
-        run={"run_id": "r", "status": "succeeded"}, flagged_count=len(flags), flagged=cards or [], borderline=[],
-        failures={}, drift={"reference": False}, trend=[], threshold_text="t", worklist=flags))
+        run=RunRecord(run_id="r", scored_date="2026-11-25", status="succeeded", input="/in", model="/m", model_id="m",
+                      threshold=0.5), flagged_count=len(flags), flagged=cards or [], borderline=[], failures={},
+        drift={"reference": False}, trend=[], worklist=flags))
 
 
 def test_the_page_lists_every_flagged_image_and_shows_s3_uris_as_text():
