@@ -34,16 +34,16 @@ log = logging.getLogger("skinray.evaluate")
 class EvaluationReport:
     """``evaluate``: ranking and decision metrics of one split at the model's stored operating point."""
 
-    split: str
-    n: int
-    failed: int
-    roc_auc: float | None
+    roc_auc: float | None  # how the images rank, with its 95% interval, and calibration
     roc_auc_ci95: tuple[float | None, float | None]
     ece: float | None
-    threshold: float
+    threshold: float  # the decisions at the stored operating point
     sensitivity: float | None
     specificity: float | None
     diagnosis_balanced_accuracy: float | None  # models with a diagnosis output and labelled diagnoses
+    split: str  # on what
+    n: int
+    failed: int
     record: dict[str, Any] = field(repr=False)  # metrics.json
 
     @classmethod
