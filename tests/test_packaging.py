@@ -112,6 +112,14 @@ def _import_names(dist: str) -> set[str]:
     return _modules_by_distribution().get(dist) or NOT_INSTALLED_HERE.get(dist, {dist.replace("-", "_")})
 
 
+def test_every_folder_of_the_package_is_installed():
+    """The package list is written out (see pyproject.toml): a new room that is not on it would be missing from
+    every installed copy, and an entry without a folder would fail the build."""
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "skinray").rglob("*")
+               if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts}
+    assert set(PROJECT["tool"]["setuptools"]["packages"]) == folders
+
+
 def test_every_declared_dependency_is_used():
     """A dependency nothing imports (tqdm was one) costs every install and every image for nothing."""
     imported = _imported_modules()
