@@ -89,11 +89,11 @@ def _engine_proc(q: Any, barrier: Any, model_dir: str, engine_name: str, threads
 
         from skinray.inference.engines import make_engine
         from skinray.model.artifact import ModelArtifact
-        from skinray.model.views import VIEWS, for_model, run
+        from skinray.model.views import VIEWS, run
 
         artifact = ModelArtifact.open(model_dir)
         engine = make_engine(artifact, engine_name, False, threads, policy)
-        views = for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point, tta)
+        views = artifact.views(tta)
         x = np.load(npy, mmap_mode="r")
         run(engine, np.asarray(x[idx[:1]], dtype=np.float32), views)  # warm-up, not timed
         for j in idx:  # fault the pages in: reading pre-decoded tensors is not what (b) measures

@@ -209,7 +209,7 @@ def evaluate(cfg: SkinrayConfig) -> EvaluationReport:
                                      "described": ood.describe(art.meta.ood)}
     report.update(split=e.split, in_training_data=seen, model_id=art.model_id, failed=int(len(failed)),
                   threshold_policy=art.meta.threshold.model_dump(), calibration=art.meta.calibration.model_dump(),
-                  **views.for_model(art.meta.tta, art.meta.tta_band, art.operating_point, cfg.inference.tta).record(), views_per_image=views_per_image)
+                  **art.views(cfg.inference.tta).record(), views_per_image=views_per_image)
     drawings = plots.labelled_drawings(y, p, thr)
     if report.get("diagnosis", {}).get("n"):
         drawings["diagnosis_confusion.png"] = lambda path: plots.plot_diagnosis_confusion(report["diagnosis"], path)

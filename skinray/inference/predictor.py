@@ -60,7 +60,7 @@ class ImagePredictor:
         self.engine = make_engine(self.artifact, inference.engine, use_gpu, threads, inference.batch_policy)
         self.image_cfg = self.artifact.image_config(image_guards or ImageConfig())
         self.op = self.artifact.operating_point
-        self.views = views.for_model(self.artifact.meta.tta, self.artifact.meta.tta_band, self.op, inference.tta)
+        self.views = self.artifact.views(inference.tta)
         self.diagnoses = self.artifact.diagnoses
         self.guard = self.artifact.guard() if inference.engine != "onnx-int8" else None
         self.pool = ThreadPoolExecutor(IO_THREADS)

@@ -37,6 +37,7 @@ from skinray.decision.operating_point import OperatingPoint, ThresholdChoice
 from skinray.io import storage
 from skinray.io.storage import StorageConfig
 from skinray.model.ood import FILE as OOD_FILE, OodGuard, Stats
+from skinray.model.views import Views, for_model
 
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -268,6 +269,11 @@ class ModelArtifact:
     @property
     def operating_point(self) -> OperatingPoint:
         return OperatingPoint(self.meta.calibration, self.meta.threshold)
+
+    def views(self, override: bool | None = None) -> Views:
+        """The views this model's images are scored on: its own TTA setting and flip band, unless ``override``
+        (``inference.tta``) says flips for every image (True) or one view (False)."""
+        return for_model(self.meta.tta, self.meta.tta_band, self.operating_point, override)
 
     @property
     def threshold(self) -> float:

@@ -222,10 +222,11 @@ class RunRecord(BaseModel):
         """``rows`` with ``image_root``: the folder each image must stay inside when read again, as scoring read it
         — the root for an image under it; none for a manifest's absolute URI elsewhere (scoring read it without)."""
         root = self.root
-        prefix = None if root is None else root.rstrip("/") + "/"
-        roots = [root if prefix and isinstance(u, str) and (u == root or u.startswith(prefix)) else None
-                 for u in rows["image_uri"]]
-        return rows.assign(image_root=pd.Series(roots, index=rows.index, dtype=object))  # None, never NaN
+        if not root:
+            return rows.assign(image_root=pd.Series([None] * len(rows), index=rows.index, dtype=object))
+        uri = rows["image_uri"].astype("string")
+        under = (uri.eq(root) | uri.str.startswith(root.rstrip("/") + "/")).fillna(False).astype(bool)
+        return rows.assign(image_root=pd.Series(root, index=rows.index, dtype=object).where(under, None))
 
 
 # --- run.json -------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from skinray.data import images
 from skinray.decision import drift
 from skinray.inference import engines, plan as ray_plan, predictor
 from skinray.io import storage
-from skinray.model import ood, views
+from skinray.model import ood
 from skinray.model.artifact import ModelArtifact
 from skinray.runtime import versions
 from skinray.scoring import (
@@ -170,8 +170,7 @@ def _submitted(cfg: SkinrayConfig, run_id: str, date: str, input_uri: str, scori
         run_id=run_id, scored_date=date, input=input_uri, input_kind=scoring_input.kind, image_root=scoring_input.root,
         input_fingerprint=fingerprint, skipped_inputs=scoring_input.skipped, nulled_values=scoring_input.nulled,
         model=artifact.uri, model_id=artifact.model_id, engine=cfg.inference.engine,
-        **views.for_model(artifact.meta.tta, artifact.meta.tta_band, artifact.operating_point,
-                        cfg.inference.tta).record(), threshold=artifact.threshold,
+        **artifact.views(cfg.inference.tta).record(), threshold=artifact.threshold,
         threshold_policy=artifact.meta.threshold.model_dump(), calibration=artifact.meta.calibration.model_dump(),
         diagnoses=artifact.diagnoses, table=scores_table.table_uri(cfg.score.out or ""),
         config=json.loads(cfg.model_dump_json(by_alias=True)), versions=versions())
